@@ -1,0 +1,37 @@
+"""The pipeline-manager service: application factory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app.config import default_config, load_or_create_secret_key
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build and configure the Flask application."""
+    app = Flask(__name__, instance_relative_config=True, static_folder=None)
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    app.config.from_mapping(default_config(app.instance_path))
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("PIPELINE_MANAGER")
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = load_or_create_secret_key(app.instance_path)
+
+    from app import database, errors, extensions
+
+    extensions.init_app(app)
+    database.init_app(app)
+    errors.init_app(app)
+
+    from app import auth, cli, connectors, docs, pipelines, resets, view_data, worker
+
+    for module in (auth, pipelines, connectors, resets, view_data, docs, cli, worker):
+        module.init_app(app)
+    return app

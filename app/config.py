@@ -1,0 +1,70 @@
+"""Configuration defaults and the instance-folder bootstrap.
+
+Settings come, in order, from these defaults, ``instance/config.py``, environment
+variables prefixed ``PIPELINE_MANAGER_`` (JSON-decoded where possible), and
+finally the ``test_config`` mapping given to :func:`app.create_app`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+SECRET_KEY_FILE = "secret_key"  # noqa: S105 (a file name, not a secret)
+
+
+def default_config(instance_path: str) -> dict[str, Any]:
+    """Return the defaults that every deployment starts from."""
+    return {
+        "SQLALCHEMY_DATABASE_URI": "sqlite:///"
+        + os.path.join(instance_path, "pipeline-manager.db"),
+        "SQLALCHEMY_ENGINE_OPTIONS": {},
+        # Bodies bigger than this answer 413 PayloadTooLarge.
+        "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
+        # Reset tokens older than this answer 400 InvalidResetToken (reason "expired").
+        "RESET_TOKEN_MAX_AGE": 7 * 24 * 3600,
+        # Signing keys that are being rotated out; tokens they signed still verify.
+        "SECRET_KEY_FALLBACKS": [],
+        # Folder that file sinks live in; relative sink paths are taken from here.
+        "SINK_DIR": os.path.join(instance_path, "sinks"),
+        # Seconds a worker's claim on a reset or a connector lasts without renewal.
+        "WORKER_LEASE_SECONDS": 30,
+        # Seconds the background worker sleeps when it found nothing to do.
+        "WORKER_POLL_INTERVAL": 0.5,
+        # Run the worker loop in a background thread of each serving process.
+        "BACKGROUND_WORKER": True,
+        # Seconds a client is told to wait when the database is busy.
+        "RETRY_AFTER_SECONDS": 1,
+        "API_TITLE": "Pipeline manager",
+        "API_VERSION": "v0",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_URL_PREFIX": "/",
+    }
+
+
+def load_or_create_secret_key(instance_path: str) -> str:
+    """Return the instance's signing key, creating it on first start.
+
+    The key is created with ``O_EXCL`` so that several processes starting at
+    once agree on one key: the loser of the race reads the winner's file.
+    """
+    path = Path(instance_path) / SECRET_KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):
+            key = path.read_text().strip()
+            if key:
+                return key
+            # The creating process has not written it yet.
+            import time
+
+            time.sleep(0.01)
+        raise RuntimeError(f"{path} is empty; delete it to create a new key") from None
+    key = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key

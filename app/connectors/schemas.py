@@ -1,0 +1,60 @@
+"""Request and response shapes of output connectors."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from marshmallow import validate
+
+from app.pipelines.schemas import name_field
+from app.transports import TRANSPORTS
+
+
+class TransportIn(ma.Schema):
+    """Which transport a connector uses, and its settings."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    name = ma.fields.String(
+        required=True,
+        validate=validate.OneOf(sorted(TRANSPORTS)),
+        metadata={"enum": sorted(TRANSPORTS), "example": "file"},
+    )
+    config = ma.fields.Dict(
+        keys=ma.fields.String(),
+        load_default=dict,
+        metadata={
+            "description": 'file: {"path": "out/totals.jsonl"}; '
+            'http: {"url": "http://127.0.0.1:9000/in", "timeout": 10}',
+            "example": {"path": "out/totals.jsonl"},
+        },
+    )
+
+
+class ConnectorCreate(ma.Schema):
+    """Body of ``POST .../views/{view_name}/connectors``."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    name = name_field(required=True, metadata={"example": "sink1"})
+    transport = ma.fields.Nested(TransportIn, required=True)
+
+
+class TransportOut(ma.Schema):
+    """A connector's transport."""
+
+    name = ma.fields.String(required=True)
+    config = ma.fields.Dict(required=True)
+
+
+class ConnectorOut(ma.Schema):
+    """An output connector as the API shows it."""
+
+    name = ma.fields.String(required=True)
+    pipeline_name = ma.fields.Function(lambda c: c.view.pipeline.name, required=True)
+    view_name = ma.fields.Function(lambda c: c.view.name, required=True)
+    transport = ma.fields.Function(
+        lambda c: {"name": c.transport, "config": c.config}, required=True
+    )
+    created_at = ma.fields.AwareDateTime(required=True)

@@ -1,0 +1,87 @@
+"""Everything that depends on which database engine is in use.
+
+The rest of the code speaks portable SQLAlchemy; SQLite- or PostgreSQL-specific
+behaviour (connection pragmas, which errors mean "busy, try again") lives here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+
+from app.extensions import db
+
+# PostgreSQL SQLSTATE codes (and classes) after which a retry can succeed.
+_PG_TRANSIENT_CLASSES = ("08", "53", "57")
+_PG_TRANSIENT_CODES = {"40001", "40P01", "55P03"}
+_SQLITE_TRANSIENT_MESSAGES = ("database is locked", "database is busy", "database table is locked")
+
+
+def utcnow() -> dt.datetime:
+    """Return the current time as an aware UTC datetime."""
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """An aware UTC datetime on every engine (SQLite keeps no time zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        """Store UTC; naive values are taken to be UTC already."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        """Return aware UTC datetimes."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Tell whether a database error means "busy or unreachable, retry later"."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate:
+        return sqlstate in _PG_TRANSIENT_CODES or sqlstate[:2] in _PG_TRANSIENT_CLASSES
+    message = str(orig).lower()
+    if any(text in message for text in _SQLITE_TRANSIENT_MESSAGES):
+        return True
+    # psycopg raises OperationalError without a SQLSTATE when it cannot connect.
+    return type(orig).__name__ == "OperationalError" and "connect" in message
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    """Make SQLite fit for several processes: WAL, a busy timeout, foreign keys."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def init_app(app: Flask) -> None:
+    """Apply the engine-specific connection settings."""
+    with app.app_context():
+        engine = db.engine
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _configure_sqlite)

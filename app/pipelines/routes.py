@@ -1,0 +1,118 @@
+"""HTTP routes of pipelines and their views."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.auth import current_tenant
+from app.pipelines import service
+from app.pipelines.models import Pipeline
+from app.pipelines.schemas import (
+    PipelineCreate,
+    PipelineOut,
+    PipelineUpdate,
+    ViewCreate,
+    ViewOut,
+)
+from app.schemas import documents_errors
+
+UNKNOWN = "Unknown pipeline"
+NOT_STOPPED = "The pipeline is not stopped"
+
+blp = Blueprint(
+    "pipelines", __name__, url_prefix="/v0/pipelines", description="Pipelines and their lifecycle."
+)
+
+
+def load_pipeline(pipeline_name: str) -> Pipeline:
+    """Load the caller's pipeline of that name or raise ``UnknownPipelineName``."""
+    return service.get_pipeline(current_tenant(), pipeline_name)
+
+
+@blp.route("")
+class Pipelines(MethodView):
+    """The caller's pipelines."""
+
+    @blp.response(200, PipelineOut(many=True))
+    def get(self):
+        """List pipelines"""
+        return service.list_pipelines(current_tenant())
+
+    @blp.arguments(PipelineCreate)
+    @blp.response(201, PipelineOut)
+    @documents_errors(blp, {409: "A pipeline of that name exists"})
+    def post(self, body):
+        """Create a pipeline"""
+        pipeline = service.create_pipeline(current_tenant(), **body)
+        return pipeline, 201, {"Location": f"/v0/pipelines/{pipeline.name}"}
+
+
+@blp.route("/<pipeline_name>")
+class PipelineItem(MethodView):
+    """One pipeline."""
+
+    @blp.response(200, PipelineOut)
+    @documents_errors(blp, {404: UNKNOWN})
+    def get(self, pipeline_name):
+        """Get a pipeline"""
+        return load_pipeline(pipeline_name)
+
+    @blp.arguments(PipelineUpdate)
+    @blp.response(200, PipelineOut)
+    @documents_errors(blp, {404: UNKNOWN, 409: "Views change only while the pipeline is stopped"})
+    def patch(self, body, pipeline_name):
+        """Change a pipeline's description or views"""
+        return service.update_pipeline(load_pipeline(pipeline_name), **body)
+
+    @blp.response(204)
+    @documents_errors(blp, {404: UNKNOWN, 409: NOT_STOPPED})
+    def delete(self, pipeline_name):
+        """Delete a stopped pipeline"""
+        service.delete_pipeline(load_pipeline(pipeline_name))
+
+
+def _action_route(action: str, summary: str) -> None:
+    """Register ``POST /v0/pipelines/{pipeline_name}/{action}``."""
+
+    def run(pipeline_name):
+        return getattr(service, action)(load_pipeline(pipeline_name))
+
+    run.__doc__ = summary
+    run.__name__ = action
+    run = documents_errors(
+        blp, {404: UNKNOWN, 409: "The action does not apply to the pipeline's status"}
+    )(blp.response(200, PipelineOut)(run))
+    blp.route(f"/<pipeline_name>/{action}", methods=["POST"], endpoint=action)(run)
+
+
+_action_route("start", "Start a pipeline (a new incarnation) or resume a paused one")
+_action_route("stop", "Stop a pipeline, ending its incarnation")
+_action_route("pause", "Pause a running pipeline")
+_action_route("resume", "Resume a paused pipeline")
+
+
+@blp.route("/<pipeline_name>/views")
+class Views(MethodView):
+    """A pipeline's output views."""
+
+    @blp.response(200, ViewOut(many=True))
+    @documents_errors(blp, {404: UNKNOWN})
+    def get(self, pipeline_name):
+        """List a pipeline's views"""
+        return load_pipeline(pipeline_name).views
+
+    @blp.arguments(ViewCreate)
+    @blp.response(201, ViewOut)
+    @documents_errors(blp, {404: UNKNOWN, 409: "The pipeline is not stopped, or the view exists"})
+    def post(self, body, pipeline_name):
+        """Add a view to a stopped pipeline"""
+        return service.add_view(load_pipeline(pipeline_name), body["name"])
+
+
+@blp.route("/<pipeline_name>/views/<view_name>", methods=["DELETE"])
+@blp.response(204)
+@documents_errors(blp, {404: "Unknown pipeline or view", 409: NOT_STOPPED})
+def delete_view(pipeline_name, view_name):
+    """Remove a view from a stopped pipeline"""
+    service.remove_view(load_pipeline(pipeline_name), view_name)

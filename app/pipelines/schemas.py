@@ -1,0 +1,73 @@
+"""Request and response shapes of pipelines and views."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from marshmallow import validate
+
+from app.pipelines.models import NAME_PATTERN, PipelineStatus
+
+NAME_FIELD_HELP = "Letters, digits, '_' and '-', 1 to 100 characters."
+
+
+def name_field(metadata: dict | None = None, **kwargs: object) -> ma.fields.String:
+    """A name as the contract allows them."""
+    return ma.fields.String(
+        validate=validate.Regexp(NAME_PATTERN, error=NAME_FIELD_HELP),
+        metadata={"pattern": NAME_PATTERN, "description": NAME_FIELD_HELP, **(metadata or {})},
+        **kwargs,
+    )
+
+
+class PipelineCreate(ma.Schema):
+    """Body of ``POST /v0/pipelines``."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    name = name_field(required=True, metadata={"example": "orders"})
+    description = ma.fields.String(load_default="", validate=validate.Length(max=10_000))
+    views = ma.fields.List(name_field(), load_default=list, validate=validate.Length(max=1000))
+
+
+class PipelineUpdate(ma.Schema):
+    """Body of ``PATCH /v0/pipelines/{pipeline_name}``."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    description = ma.fields.String(validate=validate.Length(max=10_000))
+    views = ma.fields.List(name_field(), validate=validate.Length(max=1000))
+
+
+class PipelineOut(ma.Schema):
+    """A pipeline as the API shows it."""
+
+    name = ma.fields.String(required=True)
+    id = ma.fields.UUID(required=True)
+    tenant = ma.fields.String(required=True)
+    description = ma.fields.String(required=True)
+    status = ma.fields.String(
+        required=True,
+        validate=validate.OneOf(PipelineStatus.ALL),
+        metadata={"enum": list(PipelineStatus.ALL)},
+    )
+    incarnation = ma.fields.Integer(required=True)
+    views = ma.fields.List(ma.fields.String(), required=True, attribute="view_names")
+    created_at = ma.fields.AwareDateTime(required=True)
+    status_since = ma.fields.AwareDateTime(required=True)
+
+
+class ViewCreate(ma.Schema):
+    """Body of ``POST /v0/pipelines/{pipeline_name}/views``."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    name = name_field(required=True, metadata={"example": "totals"})
+
+
+class ViewOut(ma.Schema):
+    """An output view."""
+
+    name = ma.fields.String(required=True)

@@ -1,0 +1,255 @@
+"""Pipeline work: lookups, definitions and the lifecycle.
+
+Status changes are single conditional ``UPDATE`` statements, so that several
+processes acting on one pipeline at once cannot both win a transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
+
+from app.database import utcnow
+from app.errors import (
+    DuplicateName,
+    IllegalPipelineAction,
+    InvalidRequest,
+    PipelineNotStopped,
+    UnknownPipelineName,
+    UnknownView,
+)
+from app.extensions import db
+from app.pipelines.models import Pipeline, PipelineStatus, View
+from app.resets.models import Reset, ResetStatus
+
+
+def find_pipeline(tenant: str, name: str) -> Pipeline | None:
+    """Return the tenant's pipeline of that name, or None."""
+    return db.session.execute(
+        sa.select(Pipeline).where(Pipeline.tenant == tenant, Pipeline.name == name)
+    ).scalar_one_or_none()
+
+
+def get_pipeline(tenant: str, name: str) -> Pipeline:
+    """Return the tenant's pipeline of that name or raise ``UnknownPipelineName``."""
+    pipeline = find_pipeline(tenant, name)
+    if pipeline is None:
+        raise UnknownPipelineName(name)
+    return pipeline
+
+
+def get_view(pipeline: Pipeline, view_name: str) -> View:
+    """Return the pipeline's view of that name or raise ``UnknownView``."""
+    for view in pipeline.views:
+        if view.name == view_name:
+            return view
+    raise UnknownView(pipeline.name, view_name)
+
+
+def list_pipelines(tenant: str) -> list[Pipeline]:
+    """Return the tenant's pipelines, by name."""
+    return list(
+        db.session.execute(
+            sa.select(Pipeline)
+            .where(Pipeline.tenant == tenant)
+            .order_by(Pipeline.name)
+            .options(selectinload(Pipeline.views))
+        ).scalars()
+    )
+
+
+def _check_unique(view_names: Iterable[str]) -> list[str]:
+    names = list(view_names)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidRequest(
+            "View names must be unique within a pipeline",
+            details={"views": [f"Duplicate view name '{n}'" for n in duplicates]},
+        )
+    return names
+
+
+def create_pipeline(
+    tenant: str, name: str, description: str = "", views: Iterable[str] = ()
+) -> Pipeline:
+    """Create a stopped pipeline with the given output views."""
+    names = _check_unique(views)
+    pipeline = Pipeline(tenant=tenant, name=name, description=description or "")
+    pipeline.views = [View(name=v, position=i) for i, v in enumerate(names)]
+    db.session.add(pipeline)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        if find_pipeline(tenant, name) is not None:
+            raise DuplicateName(
+                f"A pipeline named '{name}' already exists", details={"pipeline_name": name}
+            ) from None
+        raise
+    return pipeline
+
+
+def require_stopped(pipeline: Pipeline, action: str) -> None:
+    """Raise ``PipelineNotStopped`` unless the pipeline is stopped."""
+    if pipeline.status != PipelineStatus.STOPPED:
+        raise PipelineNotStopped(
+            f"Pipeline '{pipeline.name}' must be stopped to {action}; it is {pipeline.status}",
+            details={"pipeline_name": pipeline.name, "status": pipeline.status},
+        )
+
+
+def update_pipeline(
+    pipeline: Pipeline, description: str | None = None, views: Iterable[str] | None = None
+) -> Pipeline:
+    """Change a pipeline's description and, while it is stopped, its views."""
+    if description is not None:
+        pipeline.description = description
+    if views is not None:
+        names = _check_unique(views)
+        if names != pipeline.view_names:
+            require_stopped(pipeline, "change its views")
+            existing = {v.name: v for v in pipeline.views}
+            kept = []
+            for position, name in enumerate(names):
+                view = existing.get(name) or View(name=name)
+                view.position = position
+                kept.append(view)
+            pipeline.views = kept
+    db.session.commit()
+    return pipeline
+
+
+def add_view(pipeline: Pipeline, name: str) -> View:
+    """Add an output view to a stopped pipeline."""
+    require_stopped(pipeline, "add a view")
+    if name in pipeline.view_names:
+        raise DuplicateName(
+            f"Pipeline '{pipeline.name}' already has a view '{name}'",
+            details={"pipeline_name": pipeline.name, "view_name": name},
+        )
+    view = View(name=name, position=len(pipeline.views))
+    pipeline.views.append(view)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise DuplicateName(
+            f"Pipeline '{pipeline.name}' already has a view '{name}'",
+            details={"pipeline_name": pipeline.name, "view_name": name},
+        ) from None
+    return view
+
+
+def remove_view(pipeline: Pipeline, name: str) -> None:
+    """Remove an output view (and its connectors) from a stopped pipeline."""
+    view = get_view(pipeline, name)
+    require_stopped(pipeline, "remove a view")
+    pipeline.views.remove(view)
+    db.session.commit()
+
+
+def delete_pipeline(pipeline: Pipeline) -> None:
+    """Delete a stopped pipeline with everything it owns."""
+    require_stopped(pipeline, "be deleted")
+    db.session.delete(pipeline)
+    db.session.commit()
+
+
+def _transition(pipeline: Pipeline, action: str, allowed: dict[str, dict]) -> Pipeline:
+    """Apply ``allowed[current status]`` as a conditional update, or refuse."""
+    for _attempt in range(3):
+        current = pipeline.status
+        if current not in allowed:
+            raise IllegalPipelineAction(
+                f"Cannot {action} pipeline '{pipeline.name}' while it is {current}",
+                details={"pipeline_name": pipeline.name, "status": current, "action": action},
+            )
+        values = allowed[current]
+        if not values:  # Already where the action leads: nothing to do.
+            return pipeline
+        now = utcnow()
+        result = db.session.execute(
+            sa.update(Pipeline)
+            .where(Pipeline.id == pipeline.id, Pipeline.status == current)
+            .values(status_since=now, **values)
+        )
+        if result.rowcount == 1:
+            if current != PipelineStatus.STOPPED and values.get("status") == PipelineStatus.STOPPED:
+                _abandon_resets(pipeline, now)
+            db.session.commit()
+            db.session.refresh(pipeline)
+            return pipeline
+        # Someone else changed the status meanwhile: look again.
+        db.session.rollback()
+        db.session.refresh(pipeline)
+    raise IllegalPipelineAction(
+        f"Pipeline '{pipeline.name}' is changing status; retry",
+        details={"pipeline_name": pipeline.name, "action": action},
+    )
+
+
+def _abandon_resets(pipeline: Pipeline, now: object) -> None:
+    """End the incarnation's unfinished resets."""
+    db.session.execute(
+        sa.update(Reset)
+        .where(
+            Reset.pipeline_id == pipeline.id,
+            Reset.status == ResetStatus.IN_PROGRESS,
+        )
+        .values(
+            status=ResetStatus.ABANDONED,
+            completed_at=now,
+            queued_connector_id=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            error="The pipeline was stopped before the reset completed",
+        )
+    )
+
+
+RUNNING = {"status": PipelineStatus.RUNNING}
+STOPPED = {"status": PipelineStatus.STOPPED}
+PAUSED = {"status": PipelineStatus.PAUSED}
+
+
+def start(pipeline: Pipeline) -> Pipeline:
+    """Start a stopped pipeline (a new incarnation) or resume a paused one."""
+    return _transition(
+        pipeline,
+        "start",
+        {
+            PipelineStatus.STOPPED: {**RUNNING, "incarnation": Pipeline.incarnation + 1},
+            PipelineStatus.PAUSED: RUNNING,
+            PipelineStatus.RUNNING: {},
+        },
+    )
+
+
+def stop(pipeline: Pipeline) -> Pipeline:
+    """Stop a pipeline, ending its incarnation."""
+    return _transition(
+        pipeline,
+        "stop",
+        {
+            PipelineStatus.RUNNING: STOPPED,
+            PipelineStatus.PAUSED: STOPPED,
+            PipelineStatus.STOPPED: {},
+        },
+    )
+
+
+def pause(pipeline: Pipeline) -> Pipeline:
+    """Pause a running pipeline; its incarnation goes on."""
+    return _transition(
+        pipeline, "pause", {PipelineStatus.RUNNING: PAUSED, PipelineStatus.PAUSED: {}}
+    )
+
+
+def resume(pipeline: Pipeline) -> Pipeline:
+    """Resume a paused pipeline."""
+    return _transition(
+        pipeline, "resume", {PipelineStatus.PAUSED: RUNNING, PipelineStatus.RUNNING: {}}
+    )

@@ -1,0 +1,13 @@
+"""Output connector resets: tokens, status and the executor that does them."""
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    """Build the token signer and register the resets blueprint."""
+    from app.extensions import api
+    from app.resets import tokens
+    from app.resets.routes import blp
+
+    tokens.init_app(app)
+    api.register_blueprint(blp)

@@ -1,0 +1,71 @@
+"""Output connector resets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.connectors.models import Connector
+from app.database import UTCDateTime, utcnow
+from app.extensions import db
+
+
+class ResetPhase:
+    """Where a reset is in its work."""
+
+    QUEUED = "queued"
+    RESETTING_SINK = "resetting_sink"
+    REPLAYING_SNAPSHOT = "replaying_snapshot"
+    DONE = "done"
+    ALL = (QUEUED, RESETTING_SINK, REPLAYING_SNAPSHOT, DONE)
+
+
+class ResetStatus:
+    """How a reset stands, as callers see it."""
+
+    IN_PROGRESS = "inprogress"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    # The incarnation ended before the reset completed; never served with 200.
+    ABANDONED = "abandoned"
+    ALL = (IN_PROGRESS, COMPLETE, FAILED, ABANDONED)
+
+
+class Reset(db.Model):
+    """One reset of one output connector, in one incarnation of its pipeline."""
+
+    __tablename__ = "resets"
+    __table_args__ = (
+        sa.Index("ix_resets_pipeline_incarnation_status", "pipeline_id", "incarnation", "status"),
+        sa.Index("ix_resets_status_phase", "status", "phase"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    pipeline_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("pipelines.id", ondelete="CASCADE")
+    )
+    connector_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("connectors.id", ondelete="CASCADE"), index=True
+    )
+    incarnation: Mapped[int] = mapped_column(sa.Integer)
+    status: Mapped[str] = mapped_column(sa.String(16), default=ResetStatus.IN_PROGRESS)
+    phase: Mapped[str] = mapped_column(sa.String(32), default=ResetPhase.QUEUED)
+    # Equal to connector_id while the reset is queued, NULL after: its unique
+    # index lets only one queued reset per connector exist, on every engine.
+    queued_connector_id: Mapped[int | None] = mapped_column(sa.Integer, unique=True)
+    # The token handed out for this reset, so a duplicate request gets it again.
+    token: Mapped[str] = mapped_column(sa.String(512), default="")
+    snapshot_records: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    replayed_records: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    # Which worker holds the reset, and until when; see app.resets.executor.
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    connector: Mapped[Connector] = relationship(lazy="joined", innerjoin=True)

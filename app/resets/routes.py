@@ -1,0 +1,68 @@
+"""HTTP routes of resets: issuing one, and polling its status."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from flask_smorest import Blueprint
+
+from app.pipelines.routes import load_pipeline
+from app.resets import service
+from app.resets.schemas import ResetIssued, ResetStatusOut, ResetStatusQuery
+from app.schemas import documents_errors
+
+blp = Blueprint(
+    "resets",
+    __name__,
+    url_prefix="/v0/pipelines/<pipeline_name>",
+    description="Output connector resets and their progress.",
+)
+
+
+def status_url(pipeline_name: str, token: str) -> str:
+    """Return the reset_status URL of a token (a path: callers know the host)."""
+    return f"/v0/pipelines/{quote(pipeline_name)}/reset_status?token={quote(token)}"
+
+
+@blp.route("/views/<view_name>/connectors/<connector_name>/reset", methods=["POST"])
+@blp.response(202, ResetIssued)
+@documents_errors(
+    blp,
+    {
+        404: "Unknown pipeline, view or connector",
+        503: "The pipeline is stopped (PipelineNotRunning) or the database is busy",
+    },
+)
+def issue_reset(pipeline_name, view_name, connector_name):
+    """Reset an output connector
+
+    The connector drops what it buffered, asks its sink to reset itself,
+    replays a full snapshot of the view, then streams on. While a reset of
+    the connector is still queued, the same reset (and token) is returned.
+    """
+    pipeline = load_pipeline(pipeline_name)
+    reset = service.request_reset(pipeline, view_name, connector_name)
+    url = status_url(pipeline.name, reset.token)
+    reset.status_url = url
+    return reset, 202, {"Location": url, "Cache-Control": "no-store"}
+
+
+@blp.route("/reset_status", methods=["GET"])
+@blp.arguments(ResetStatusQuery, location="query", as_kwargs=True)
+@blp.response(200, ResetStatusOut)
+@documents_errors(
+    blp,
+    {
+        400: "InvalidResetToken: missing, malformed, bad signature, expired, another "
+        "pipeline's, or naming an incarnation or reset this pipeline never had "
+        "(details.reason says which)",
+        404: "UnknownPipelineName",
+        410: "PipelineRestarted: the token is of an earlier incarnation; reissue the reset",
+        503: "PipelineNotRunning (the pipeline is stopped) or ServiceUnavailable "
+        "(the database is busy; see Retry-After)",
+    },
+)
+def get_reset_status(pipeline_name, token=None):
+    """Progress of an output connector reset"""
+    reset = service.reset_status(load_pipeline(pipeline_name), token)
+    return reset, 200, {"Cache-Control": "no-store"}

@@ -1,0 +1,53 @@
+"""Response shapes of resets."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from marshmallow import validate
+
+from app.resets.models import ResetPhase, ResetStatus
+
+SERVED_STATUSES = [ResetStatus.IN_PROGRESS, ResetStatus.COMPLETE, ResetStatus.FAILED]
+
+
+class ResetStatusQuery(ma.Schema):
+    """Query of ``GET .../reset_status``."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    # Not marked required: a missing token answers InvalidResetToken, reason "missing".
+    token = ma.fields.String(
+        metadata={"description": "The token returned when the reset was issued."}
+    )
+
+
+class ResetStatusOut(ma.Schema):
+    """Progress of a reset."""
+
+    reset_id = ma.fields.UUID(required=True, attribute="id")
+    status = ma.fields.String(
+        required=True, validate=validate.OneOf(SERVED_STATUSES), metadata={"enum": SERVED_STATUSES}
+    )
+    phase = ma.fields.String(
+        required=True,
+        validate=validate.OneOf(ResetPhase.ALL),
+        metadata={"enum": list(ResetPhase.ALL)},
+    )
+    pipeline_name = ma.fields.Function(lambda r: r.connector.view.pipeline.name, required=True)
+    view_name = ma.fields.Function(lambda r: r.connector.view.name, required=True)
+    connector_name = ma.fields.Function(lambda r: r.connector.name, required=True)
+    incarnation = ma.fields.Integer(required=True)
+    snapshot_records = ma.fields.Integer(required=True)
+    replayed_records = ma.fields.Integer(required=True)
+    requested_at = ma.fields.AwareDateTime(required=True)
+    started_at = ma.fields.AwareDateTime(required=True, allow_none=True)
+    completed_at = ma.fields.AwareDateTime(required=True, allow_none=True)
+    error = ma.fields.String(required=True, allow_none=True)
+
+
+class ResetIssued(ResetStatusOut):
+    """Answer to a reset request: the token and where to poll it."""
+
+    token = ma.fields.String(required=True)
+    status_url = ma.fields.String(required=True)

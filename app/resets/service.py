@@ -1,0 +1,122 @@
+"""Reset work on the request side: issuing resets and answering their status."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from app.connectors.service import get_connector
+from app.database import utcnow
+from app.errors import PipelineNotRunning, PipelineRestarted
+from app.extensions import db
+from app.pipelines.models import Pipeline, PipelineStatus
+from app.resets.models import Reset, ResetPhase, ResetStatus
+from app.resets.tokens import invalid_token, reset_tokens
+
+
+def _queued_reset(connector_id: int) -> Reset | None:
+    return db.session.execute(
+        sa.select(Reset).where(Reset.queued_connector_id == connector_id)
+    ).scalar_one_or_none()
+
+
+def request_reset(pipeline: Pipeline, view_name: str, connector_name: str) -> Reset:
+    """Queue a reset of a connector, or return the one already queued for it."""
+    connector = get_connector(pipeline, view_name, connector_name)
+    if pipeline.status == PipelineStatus.STOPPED:
+        raise PipelineNotRunning(
+            pipeline.name, f"Pipeline '{pipeline.name}' is stopped; start it to reset a connector"
+        )
+    for _attempt in range(3):
+        queued = _queued_reset(connector.id)
+        if queued is not None:
+            if queued.incarnation == pipeline.incarnation:
+                return queued
+            # A leftover of an ended incarnation: it will never run.
+            abandon(queued, "The pipeline was restarted before the reset started")
+        reset = Reset(
+            pipeline_id=pipeline.id,
+            connector=connector,
+            incarnation=pipeline.incarnation,
+            queued_connector_id=connector.id,
+        )
+        db.session.add(reset)
+        db.session.flush()  # assigns the id the token carries
+        reset.token = reset_tokens().issue(pipeline.id, pipeline.incarnation, reset.id)
+        try:
+            db.session.commit()
+            return reset
+        except IntegrityError:
+            # Another request queued one first: answer with that one.
+            db.session.rollback()
+    queued = _queued_reset(connector.id)
+    if queued is None:
+        raise RuntimeError("could not queue a reset")
+    return queued
+
+
+def abandon(reset: Reset, why: str) -> None:
+    """Mark a reset of an ended incarnation abandoned (if still in progress)."""
+    db.session.execute(
+        sa.update(Reset)
+        .where(Reset.id == reset.id, Reset.status == ResetStatus.IN_PROGRESS)
+        .values(
+            status=ResetStatus.ABANDONED,
+            queued_connector_id=None,
+            completed_at=utcnow(),
+            lease_owner=None,
+            lease_expires_at=None,
+            error=why,
+        )
+    )
+    db.session.commit()
+
+
+def reset_status(pipeline: Pipeline, token: str | None) -> Reset:
+    """Return the reset a token names, if it belongs to the live incarnation.
+
+    The checks run from what the token alone shows to what needs the
+    database, and each failure has its own answer (see the contract's table).
+    """
+    claims = reset_tokens().read(token)
+    if claims.pipeline_id != pipeline.id:
+        raise invalid_token("wrong_pipeline", pipeline_name=pipeline.name)
+    if claims.incarnation < 1 or claims.incarnation > pipeline.incarnation:
+        raise invalid_token(
+            "unknown_incarnation",
+            token_incarnation=claims.incarnation,
+            current_incarnation=pipeline.incarnation,
+        )
+    if pipeline.status == PipelineStatus.STOPPED:
+        raise PipelineNotRunning(
+            pipeline.name,
+            f"Pipeline '{pipeline.name}' is stopped; no live incarnation can answer",
+        )
+    if claims.incarnation != pipeline.incarnation:
+        raise PipelineRestarted(
+            f"Pipeline '{pipeline.name}' was restarted after this reset was issued; "
+            "issue the reset again",
+            details={
+                "pipeline_name": pipeline.name,
+                "token_incarnation": claims.incarnation,
+                "current_incarnation": pipeline.incarnation,
+            },
+        )
+    reset = db.session.execute(
+        sa.select(Reset).where(
+            Reset.id == claims.reset_id,
+            Reset.pipeline_id == pipeline.id,
+            Reset.incarnation == claims.incarnation,
+        )
+    ).scalar_one_or_none()
+    if reset is None:
+        raise invalid_token("unknown_reset")
+    return reset
+
+
+def public_status(reset: Reset) -> str:
+    """The status callers see (an abandoned reset is never served)."""
+    return reset.status
+
+
+__all__ = ["ResetPhase", "abandon", "public_status", "request_reset", "reset_status"]

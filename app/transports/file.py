@@ -1,0 +1,106 @@
+"""The ``file`` transport: a JSON-lines file under the sink directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flask import current_app
+
+from app.errors import InvalidRequest
+from app.transports.base import TransportError
+
+
+def sink_dir() -> Path:
+    """Return the folder that file sinks must live in."""
+    return Path(current_app.config["SINK_DIR"]).resolve()
+
+
+def resolve_sink_path(path: str) -> Path:
+    """Resolve a sink path; a relative one is taken from the sink directory.
+
+    Raises ``ValueError`` when the path leaves the sink directory, through
+    ``..``, an absolute path elsewhere, or a symbolic link.
+    """
+    if not path or "\x00" in path:
+        raise ValueError("The path is empty or holds a NUL character")
+    base = sink_dir()
+    candidate = Path(path)
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    resolved = Path(os.path.realpath(candidate))
+    if resolved == base or base not in resolved.parents:
+        raise ValueError(f"The path must name a file inside the sink directory {base}")
+    return resolved
+
+
+class FileTransport:
+    """Writes each change as one JSON line, in delivery order."""
+
+    name = "file"
+
+    def validate_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Check that ``path`` names a file inside the sink directory."""
+        unknown = sorted(set(config) - {"path"})
+        if unknown:
+            raise InvalidRequest(
+                "Unknown settings of the file transport",
+                details={"transport.config": [f"Unknown setting '{k}'" for k in unknown]},
+            )
+        path = config.get("path")
+        if not isinstance(path, str):
+            raise InvalidRequest(
+                "The file transport needs a 'path'",
+                details={"transport.config.path": ["A string is required."]},
+            )
+        try:
+            resolved = resolve_sink_path(path)
+        except ValueError as exc:
+            raise InvalidRequest(
+                "The sink path is not allowed", details={"transport.config.path": [str(exc)]}
+            ) from None
+        if resolved.is_dir():
+            raise InvalidRequest(
+                "The sink path names a folder",
+                details={"transport.config.path": ["The path must name a file."]},
+            )
+        return {"path": path}
+
+    def path_of(self, connector: Any) -> Path:
+        """Return the resolved sink file of a connector."""
+        try:
+            return resolve_sink_path(connector.config["path"])
+        except ValueError as exc:
+            raise TransportError(str(exc)) from None
+
+    def reset(self, connector: Any) -> None:
+        """Replace the sink file atomically with an empty one."""
+        target = self.path_of(connector)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".reset-", dir=target.parent)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise TransportError(f"Cannot reset sink file {target}: {exc.strerror}") from None
+
+    def deliver(self, connector: Any, records: Sequence[dict[str, Any]], batch_id: str) -> None:
+        """Append the records as JSON lines and flush them to disk."""
+        target = self.path_of(connector)
+        data = "".join(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in records)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "a", encoding="utf-8") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise TransportError(f"Cannot write sink file {target}: {exc.strerror}") from None

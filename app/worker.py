@@ -1,0 +1,79 @@
+"""The worker: runs resets (and, later, delivery) outside the request path.
+
+``flask worker`` runs it in the foreground. A serving process also runs one
+in a background thread (``BACKGROUND_WORKER``, on by default), started by
+gunicorn's ``post_worker_init`` hook or by the first request. Which worker does
+which reset is decided by leases in the database, so any number of them can
+run at once, in any number of processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from flask import Flask, current_app
+
+from app.extensions import db
+
+log = logging.getLogger(__name__)
+
+_started_in_pid: int | None = None
+_start_lock = threading.Lock()
+
+
+def run_once(executor: object | None = None) -> bool:
+    """Do one unit of work of every kind; return whether any was found."""
+    from app.resets.executor import ResetExecutor
+
+    executor = executor or ResetExecutor()
+    return executor.run_once()
+
+
+def run_loop(app: Flask, stop: threading.Event) -> None:
+    """Work until ``stop`` is set, sleeping when there is nothing to do."""
+    from app.resets.executor import ResetExecutor
+
+    interval = float(app.config["WORKER_POLL_INTERVAL"])
+    with app.app_context():
+        executor = ResetExecutor()
+    log.info("worker %s started", executor.owner)
+    while not stop.is_set():
+        busy = False
+        with app.app_context():
+            try:
+                busy = run_once(executor)
+            except Exception:
+                log.exception("worker iteration failed; retrying")
+                db.session.rollback()
+            finally:
+                db.session.remove()
+        if not busy:
+            stop.wait(interval)
+
+
+def start_background(app: Flask) -> threading.Thread | None:
+    """Start this process's background worker thread once (per process, so after a fork too)."""
+    global _started_in_pid
+    if not app.config.get("BACKGROUND_WORKER") or app.testing:
+        return None
+    with _start_lock:
+        if _started_in_pid == os.getpid():
+            return None
+        _started_in_pid = os.getpid()
+    thread = threading.Thread(
+        target=run_loop, args=(app, threading.Event()), name="pipeline-worker", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _start_on_first_request() -> None:
+    if _started_in_pid != os.getpid():
+        start_background(current_app._get_current_object())
+
+
+def init_app(app: Flask) -> None:
+    """Start the background worker with the first request a process serves."""
+    app.before_request(_start_on_first_request)

@@ -1,0 +1,143 @@
+"""Shared fixtures: an app on a fresh SQLite file, its clients and helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.extensions import db
+from app.resets.executor import ResetExecutor
+
+# pytest-flask's live_server follows the app fixture's scope.
+live_server_scope = "function"
+
+
+@pytest.fixture
+def app_config(tmp_path: Path) -> dict[str, Any]:
+    """The test configuration; override it in a module to change a setting."""
+    return {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret-key",
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'test.db'}",
+        "SINK_DIR": str(tmp_path / "sinks"),
+        "BACKGROUND_WORKER": False,
+    }
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any]) -> Iterator[Flask]:
+    """An app on its own SQLite file, with the schema created."""
+    app = create_app(app_config)
+    with app.app_context():
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def auth_headers() -> dict[str, str]:
+    """Headers that authenticate as a writer of the default tenant."""
+    return {}
+
+
+@pytest.fixture
+def client(app: Flask, auth_headers: dict[str, str]) -> FlaskClient:
+    """A test client that sends ``auth_headers`` with every request."""
+    client = app.test_client()
+    for name, value in auth_headers.items():
+        client.environ_base["HTTP_" + name.upper().replace("-", "_")] = value
+    return client
+
+
+@pytest.fixture
+def anon_client(app: Flask) -> FlaskClient:
+    """A test client that sends no credentials."""
+    return app.test_client()
+
+
+@pytest.fixture
+def run_resets(app: Flask):
+    """Run the reset executor synchronously until no reset is left."""
+
+    def run() -> int:
+        with app.app_context():
+            done = ResetExecutor(owner="test-worker").run_pending()
+            db.session.remove()
+            return done
+
+    return run
+
+
+class Api:
+    """Small helpers over the test client for the common setup steps."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def create_pipeline(self, name: str = "orders", views: tuple[str, ...] = ("totals",)) -> dict:
+        r = self.client.post("/v0/pipelines", json={"name": name, "views": list(views)})
+        assert r.status_code == 201, r.get_json()
+        return r.get_json()
+
+    def add_file_connector(
+        self,
+        pipeline: str = "orders",
+        view: str = "totals",
+        name: str = "sink1",
+        path: str = "out/totals.jsonl",
+    ) -> dict:
+        r = self.client.post(
+            f"/v0/pipelines/{pipeline}/views/{view}/connectors",
+            json={"name": name, "transport": {"name": "file", "config": {"path": path}}},
+        )
+        assert r.status_code == 201, r.get_json()
+        return r.get_json()
+
+    def action(self, pipeline: str, action: str) -> dict:
+        r = self.client.post(f"/v0/pipelines/{pipeline}/{action}")
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()
+
+    def reset(
+        self, pipeline: str = "orders", view: str = "totals", connector: str = "sink1"
+    ) -> str:
+        r = self.client.post(f"/v0/pipelines/{pipeline}/views/{view}/connectors/{connector}/reset")
+        assert r.status_code == 202, r.get_json()
+        return r.get_json()["token"]
+
+    def status(self, token: str | None, pipeline: str = "orders"):
+        query = {} if token is None else {"token": token}
+        return self.client.get(f"/v0/pipelines/{pipeline}/reset_status", query_string=query)
+
+
+@pytest.fixture
+def api(client: FlaskClient) -> Api:
+    """Setup helpers bound to the authenticated client."""
+    return Api(client)
+
+
+@pytest.fixture
+def running_pipeline(api: Api) -> Api:
+    """A running pipeline 'orders' with view 'totals' and file connector 'sink1'."""
+    api.create_pipeline()
+    api.add_file_connector()
+    api.action("orders", "start")
+    return api
+
+
+def assert_error(response: Any, status: int, error_code: str) -> dict:
+    """Check an error response's status and body shape; return the body."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"message", "error_code", "details"}, body
+    assert body["error_code"] == error_code, body
+    assert isinstance(body["details"], dict) and isinstance(body["message"], str)
+    return body
