@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -34,16 +36,17 @@ def request_reset(pipeline: Pipeline, view_name: str, connector_name: str) -> Re
                 return queued
             # A leftover of an ended incarnation: it will never run.
             abandon(queued, "The pipeline was restarted before the reset started")
+        reset_id = uuid.uuid4()
         reset = Reset(
+            id=reset_id,
             pipeline_id=pipeline.id,
             connector=connector,
             incarnation=pipeline.incarnation,
             queued_connector_id=connector.id,
+            token=reset_tokens().issue(pipeline.id, pipeline.incarnation, reset_id),
         )
-        db.session.add(reset)
-        db.session.flush()  # assigns the id the token carries
-        reset.token = reset_tokens().issue(pipeline.id, pipeline.incarnation, reset.id)
         try:
+            db.session.add(reset)
             db.session.commit()
             return reset
         except IntegrityError:
