@@ -7,7 +7,15 @@ from typing import Any, Protocol
 
 
 class TransportError(Exception):
-    """The sink could not be acted on; the message is safe to show to operators."""
+    """The sink could not be acted on; the message is safe to show to operators.
+
+    ``attempts`` is how many times the driver tried before giving up (1 when
+    it did not retry), so callers can count retries as well as failures.
+    """
+
+    def __init__(self, message: str, *, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts
 
 
 class Transport(Protocol):
@@ -21,5 +29,10 @@ class Transport(Protocol):
     def reset(self, connector: Any) -> None:
         """Ask the sink to reset itself (for a file: leave it empty)."""
 
-    def deliver(self, connector: Any, records: Sequence[dict[str, Any]], batch_id: str) -> None:
-        """Append change records (``{"insert": ...}``/``{"delete": ...}``) to the sink."""
+    def deliver(
+        self, connector: Any, records: Sequence[dict[str, Any]], batch_id: str
+    ) -> int | None:
+        """Append change records (``{"insert": ...}``/``{"delete": ...}``) to the sink.
+
+        Returns the number of bytes sent to the sink, when the driver knows it.
+        """

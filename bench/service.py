@@ -1,0 +1,123 @@
+"""The service under measurement: the real app on a temporary SQLite file."""
+
+from __future__ import annotations
+
+import importlib
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from app import create_app
+from app.extensions import db
+
+PIPELINE = "bench"
+VIEW = "totals"
+CONNECTOR = "sink"
+SINK = "bench/totals.jsonl"
+NOOP_PATH = "/bench-noop"
+CHANGES_RULE = "/v0/pipelines/<pipeline_name>/views/<view_name>/changes"
+
+
+def create_api_key(app: Flask) -> str | None:
+    """Create a write key through the auth service, if the app has one; return its secret."""
+    try:
+        auth_service = importlib.import_module("app.auth.service")
+    except ImportError:
+        return None
+    create_key = getattr(auth_service, "create_key", None)
+    if create_key is None:
+        return None
+    with app.app_context():
+        _record, secret = create_key(tenant="default", name="bench", role="write")
+    return secret
+
+
+class Service:
+    """The app on a temporary instance, with a key, a running pipeline and a reset token."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.config: dict[str, Any] = {
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'bench.db'}",
+            # Not JSON, so it survives being passed through PIPELINE_MANAGER_* variables.
+            "SECRET_KEY": "bench-" + secrets.token_urlsafe(32),
+            "SINK_DIR": str(workdir / "sinks"),
+            # The benchmark drives the worker itself, so its timings are its own.
+            "BACKGROUND_WORKER": False,
+        }
+        self.app = create_app(self.config)
+        # The in-app baseline: the app's hooks and error layer, no database, no auth.
+        self.app.add_url_rule(NOOP_PATH, "bench_noop", lambda: {})
+        with self.app.app_context():
+            db.create_all()
+        self.api_key = create_api_key(self.app)
+        self.client: FlaskClient = self.app.test_client()
+        if self.api_key:
+            self.client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {self.api_key}"
+        self.token: str | None = None
+        self.sink_path = workdir / "sinks" / SINK
+
+    def call(self, method: str, path: str, expect: tuple[int, ...], **kwargs: Any) -> TestResponse:
+        """Send a request; raise with the error body if the status is not expected."""
+        response = self.client.open(path, method=method, **kwargs)
+        if response.status_code not in expect:
+            body = response.get_data(as_text=True)
+            raise RuntimeError(f"{method} {path} answered {response.status_code}: {body}")
+        return response
+
+    def has_rule(self, rule: str) -> bool:
+        """Tell whether the app serves a URL rule."""
+        return any(r.rule == rule for r in self.app.url_map.iter_rules())
+
+    def setup_pipeline(self) -> None:
+        """Create the pipeline with a file connector, start it and issue a reset."""
+        self.call("POST", "/v0/pipelines", (201,), json={"name": PIPELINE, "views": [VIEW]})
+        self.call(
+            "POST",
+            f"/v0/pipelines/{PIPELINE}/views/{VIEW}/connectors",
+            (201,),
+            json={
+                "name": CONNECTOR,
+                "transport": {"name": "file", "config": {"path": SINK}},
+            },
+        )
+        self.call("POST", f"/v0/pipelines/{PIPELINE}/start", (200, 202))
+        self.token = self.issue_reset()
+
+    def issue_reset(self) -> str:
+        """Issue a reset of the connector; return its token."""
+        response = self.call(
+            "POST", f"/v0/pipelines/{PIPELINE}/views/{VIEW}/connectors/{CONNECTOR}/reset", (202,)
+        )
+        return response.get_json()["token"]
+
+    def status_path(self, token: str | None = None) -> str:
+        """The reset_status URL of a token (by default the one made by ``setup_pipeline``)."""
+        return f"/v0/pipelines/{PIPELINE}/reset_status?token={token or self.token}"
+
+    def status(self, token: str) -> dict[str, Any]:
+        """Return the reset_status body of a token."""
+        return self.call("GET", self.status_path(token), (200,)).get_json()
+
+    def run_worker_until_idle(self, limit: int = 1_000_000) -> int:
+        """Run the worker's units of work until none is left; return how many ran."""
+        from app import worker
+
+        done = 0
+        with self.app.app_context():
+            try:
+                while done < limit and worker.run_once():
+                    done += 1
+            finally:
+                db.session.remove()
+        return done
+
+    def close(self) -> None:
+        """Release the database connections."""
+        with self.app.app_context():
+            db.session.remove()
+            db.engine.dispose()
