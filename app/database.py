@@ -7,6 +7,8 @@ behaviour (connection pragmas, which errors mean "busy, try again") lives here.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,6 +69,41 @@ def is_transient_error(exc: BaseException) -> bool:
         return True
     # psycopg raises OperationalError without a SQLSTATE when it cannot connect.
     return type(orig).__name__ == "OperationalError" and "connect" in message
+
+
+def insert_ignoring_duplicates(
+    table: sa.Table, values: dict[str, Any], index_elements: list[str]
+) -> sa.Insert:
+    """Return an ``INSERT`` that does nothing when a row with the same key exists."""
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only the two engines above are supported
+        raise NotImplementedError(f"no INSERT ... ON CONFLICT for {dialect}")
+    return insert(table).values(**values).on_conflict_do_nothing(index_elements=index_elements)
+
+
+@contextmanager
+def snapshot_connection() -> Iterator[sa.Connection]:
+    """Yield a connection whose reads all see one moment of the database.
+
+    PostgreSQL: a ``REPEATABLE READ`` transaction. SQLite: an explicit
+    ``BEGIN``, because pysqlite otherwise runs each ``SELECT`` in a transaction
+    of its own; in WAL mode the first read fixes the snapshot and writers on
+    other connections carry on meanwhile. The transaction is rolled back at
+    the end: it only reads.
+    """
+    with db.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

@@ -1,4 +1,4 @@
-"""The worker: runs resets (and, later, delivery) outside the request path.
+"""The worker: runs resets and delivery outside the request path.
 
 ``flask worker`` runs it in the foreground. A serving process also runs one
 in a background thread (``BACKGROUND_WORKER``, on by default), started by
@@ -23,27 +23,32 @@ _started_in_pid: int | None = None
 _start_lock = threading.Lock()
 
 
-def run_once(executor: object | None = None) -> bool:
-    """Do one unit of work of every kind; return whether any was found."""
+def run_once(executor: object | None = None, delivery: object | None = None) -> bool:
+    """Do one unit of work of every kind, resets first; return whether any was found."""
+    from app.delivery.worker import DeliveryWorker
     from app.resets.executor import ResetExecutor
 
     executor = executor or ResetExecutor()
-    return executor.run_once()
+    delivery = delivery or DeliveryWorker(owner=executor.owner)
+    busy = executor.run_once()
+    return delivery.run_once() or busy
 
 
 def run_loop(app: Flask, stop: threading.Event) -> None:
     """Work until ``stop`` is set, sleeping when there is nothing to do."""
+    from app.delivery.worker import DeliveryWorker
     from app.resets.executor import ResetExecutor
 
     interval = float(app.config["WORKER_POLL_INTERVAL"])
     with app.app_context():
         executor = ResetExecutor()
+        delivery = DeliveryWorker(owner=executor.owner)
     log.info("worker %s started", executor.owner)
     while not stop.is_set():
         busy = False
         with app.app_context():
             try:
-                busy = run_once(executor)
+                busy = run_once(executor, delivery)
             except Exception:
                 log.exception("worker iteration failed; retrying")
                 db.session.rollback()

@@ -26,4 +26,23 @@ class Connector(db.Model):
     config: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+    # Delivery state (see app.delivery). The last change-log seq the sink has,
+    # and for a file sink the file's length at that point: recovery cuts the
+    # file back to it, so a batch written but not recorded is written again once.
+    delivered_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    committed_length: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    # Which worker (delivery or reset) holds the connector, and until when.
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # What the stats route shows.
+    transmitted_records: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    transmitted_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    transport_errors: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    last_error_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Failures in a row, and when delivery may be tried again (backoff).
+    consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    resets_completed: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+
     view: Mapped[View] = relationship(lazy="joined", innerjoin=True)

@@ -4,4 +4,8 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    """Nothing to wire yet: no route takes view changes in."""
+    """Register the view-data blueprint."""
+    from app.extensions import api
+    from app.view_data.routes import blp
+
+    api.register_blueprint(blp)

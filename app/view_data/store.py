@@ -1,24 +1,231 @@
-"""The stored contents of views, as the reset executor and the delivery worker read them.
+"""The stored contents of views: the Z-set, the change log and snapshots of them.
 
-No view changes are taken in yet, so every view is empty and every snapshot
-has no records.
+Every function here works inside the caller's transaction (``db.session``) except
+:func:`open_snapshot`, which reads on a connection of its own so that a long
+replay sees one moment of the view while writers carry on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 
-def snapshot_count(view_id: int) -> int:
-    """Return how many records a snapshot of the view holds now."""
-    return 0
+from app.database import insert_ignoring_duplicates, snapshot_connection
+from app.extensions import db
+from app.view_data.models import ViewChange, ViewLog, ViewRecord
+
+# Rows per statement when reading or writing many keys at once (well under
+# SQLite's and PostgreSQL's limits on bound parameters).
+CHUNK = 500
+INSERT = 1
+DELETE = -1
 
 
-def snapshot_batches(view_id: int, batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Yield the view's current contents as ``{"insert": record}`` batches."""
-    yield from ()
+class InvalidDelete(Exception):
+    """A delete of a record the view does not hold (``index`` is its place in the batch)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"element {index} deletes a record the view does not hold")
+        self.index = index
 
 
-def drop_buffered(connector: Any) -> None:
-    """Forget the connector's undelivered changes (the reset replays a snapshot instead)."""
+def canonical(record: dict[str, Any]) -> str:
+    """Return a record's canonical JSON text: sorted keys, no spaces."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def record_key(text: str) -> str:
+    """Return the Z-set key of a record's canonical JSON."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def as_change(weight: int, text: str) -> dict[str, Any]:
+    """Return the change in Feldera's format: ``{"insert": record}`` or ``{"delete": record}``."""
+    return {"insert" if weight > 0 else "delete": json.loads(text)}
+
+
+def log_end(view_id: int) -> int:
+    """Return the last sequence number of the view's change log (0 when empty)."""
+    end = db.session.execute(
+        sa.select(ViewLog.last_seq).where(ViewLog.view_id == view_id)
+    ).scalar_one_or_none()
+    return end or 0
+
+
+def _allocate(view_id: int, count: int) -> int:
+    """Reserve ``count`` sequence numbers for the view; return the last one.
+
+    The ``UPDATE`` is the transaction's first write to the view, so it takes
+    the lock that serializes the view's writers before anything is read.
+    """
+    db.session.execute(
+        insert_ignoring_duplicates(
+            ViewLog.__table__, {"view_id": view_id, "last_seq": 0}, ["view_id"]
+        )
+    )
+    db.session.execute(
+        sa.update(ViewLog)
+        .where(ViewLog.view_id == view_id)
+        .values(last_seq=ViewLog.last_seq + count)
+        .execution_options(synchronize_session=False)
+    )
+    return db.session.execute(
+        sa.select(ViewLog.last_seq).where(ViewLog.view_id == view_id)
+    ).scalar_one()
+
+
+def _weights(view_id: int, keys: Sequence[str]) -> dict[str, int]:
+    """Return the current weight of each key the view holds."""
+    found: dict[str, int] = {}
+    for start in range(0, len(keys), CHUNK):
+        chunk = keys[start : start + CHUNK]
+        rows = db.session.execute(
+            sa.select(ViewRecord.key, ViewRecord.weight).where(
+                ViewRecord.view_id == view_id, ViewRecord.key.in_(chunk)
+            )
+        )
+        found.update((key, weight) for key, weight in rows)
+    return found
+
+
+def apply_changes(view_id: int, changes: Sequence[tuple[int, str]]) -> tuple[int, int]:
+    """Append changes to the log and fold them into the Z-set; return (first, last) seq.
+
+    ``changes`` are ``(weight, canonical JSON)`` pairs, weight ``1`` (insert) or
+    ``-1`` (delete), applied in order. Raises :class:`InvalidDelete` for the
+    first delete of a record not present at that point; the caller rolls the
+    whole transaction back, so a batch is stored entirely or not at all.
+    Nothing is committed here.
+    """
+    last = _allocate(view_id, len(changes))
+    first = last - len(changes) + 1
+    keyed = [(weight, text, record_key(text)) for weight, text in changes]
+    texts = {key: text for _weight, text, key in keyed}
+    before = _weights(view_id, list(texts))
+    after = dict(before)
+    for index, (weight, _text, key) in enumerate(keyed):
+        weight = after.get(key, 0) + weight
+        if weight < 0:
+            raise InvalidDelete(index)
+        after[key] = weight
+
+    db.session.execute(
+        sa.insert(ViewChange),
+        [
+            {"view_id": view_id, "seq": first + i, "weight": weight, "record": text}
+            for i, (weight, text, _key) in enumerate(keyed)
+        ],
+    )
+    added = [k for k, w in after.items() if k not in before and w > 0]
+    changed = [k for k, w in after.items() if k in before and 0 < w != before[k]]
+    gone = [k for k, w in after.items() if k in before and w == 0]
+    if added:
+        db.session.execute(
+            sa.insert(ViewRecord),
+            [{"view_id": view_id, "key": k, "record": texts[k], "weight": after[k]} for k in added],
+        )
+    if changed:
+        db.session.execute(
+            sa.update(ViewRecord),
+            [{"view_id": view_id, "key": k, "weight": after[k]} for k in changed],
+        )
+    for start in range(0, len(gone), CHUNK):
+        db.session.execute(
+            sa.delete(ViewRecord)
+            .where(ViewRecord.view_id == view_id, ViewRecord.key.in_(gone[start : start + CHUNK]))
+            .execution_options(synchronize_session=False)
+        )
+    return first, last
+
+
+def read_changes(view_id: int, after_seq: int, limit: int) -> list[tuple[int, int, str]]:
+    """Return up to ``limit`` changes after ``after_seq``, in order, as (seq, weight, JSON)."""
+    rows = db.session.execute(
+        sa.select(ViewChange.seq, ViewChange.weight, ViewChange.record)
+        .where(ViewChange.view_id == view_id, ViewChange.seq > after_seq)
+        .order_by(ViewChange.seq)
+        .limit(limit)
+    )
+    return [tuple(row) for row in rows]
+
+
+def contents(view_id: int) -> Iterator[tuple[dict[str, Any], int]]:
+    """Yield every record of the view with its weight, page by page (for checks and tools)."""
+    last_key = ""
+    while True:
+        rows = db.session.execute(
+            sa.select(ViewRecord.key, ViewRecord.record, ViewRecord.weight)
+            .where(ViewRecord.view_id == view_id, ViewRecord.key > last_key)
+            .order_by(ViewRecord.key)
+            .limit(CHUNK)
+        ).all()
+        if not rows:
+            return
+        for _key, text, weight in rows:
+            yield json.loads(text), weight
+        last_key = rows[-1].key
+
+
+@dataclass
+class Snapshot:
+    """A view's contents as of one moment: after change ``seq`` of its log."""
+
+    connection: sa.Connection
+    view_id: int
+    seq: int
+    records: int
+
+    def batches(self, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+        """Yield the snapshot as ``{"insert": record}`` batches of at most ``batch_size``.
+
+        Pages through the Z-set by key (keyset pagination), so memory holds one
+        page and one batch whatever the view's size. A record of weight ``n``
+        is inserted ``n`` times.
+        """
+        batch: list[dict[str, Any]] = []
+        last_key = ""
+        while True:
+            rows = self.connection.execute(
+                sa.select(ViewRecord.key, ViewRecord.record, ViewRecord.weight)
+                .where(ViewRecord.view_id == self.view_id, ViewRecord.key > last_key)
+                .order_by(ViewRecord.key)
+                .limit(batch_size)
+            ).all()
+            if not rows:
+                break
+            for _key, text, weight in rows:
+                change = {"insert": json.loads(text)}
+                for _copy in range(weight):
+                    batch.append(change)
+                    if len(batch) >= batch_size:
+                        yield batch
+                        batch = []
+            last_key = rows[-1].key
+        if batch:
+            yield batch
+
+
+@contextmanager
+def open_snapshot(view_id: int) -> Iterator[Snapshot]:
+    """Open a consistent snapshot of a view: its log position and the Z-set at it.
+
+    Both are read in one read transaction of a connection of its own, so
+    changes committed while the snapshot is replayed are not in it; they
+    follow it in the log, after ``Snapshot.seq``.
+    """
+    with snapshot_connection() as conn:
+        seq = conn.execute(
+            sa.select(ViewLog.last_seq).where(ViewLog.view_id == view_id)
+        ).scalar_one_or_none()
+        records = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(ViewRecord.weight), 0)).where(
+                ViewRecord.view_id == view_id
+            )
+        ).scalar_one()
+        yield Snapshot(conn, view_id, seq or 0, int(records))

@@ -1,0 +1,61 @@
+"""View data: each view's current contents (a Z-set) and its ordered change log."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.extensions import db
+
+_VIEW_FK = "views.id"
+
+
+class ViewLog(db.Model):
+    """The head of a view's change log: the last sequence number handed out.
+
+    Writers bump ``last_seq`` first thing in their transaction; the row lock
+    (PostgreSQL) or the write lock (SQLite) this takes serializes the writers
+    of one view, so sequence ranges never overlap and the Z-set is updated by
+    one writer at a time.
+    """
+
+    __tablename__ = "view_logs"
+
+    view_id: Mapped[int] = mapped_column(
+        sa.ForeignKey(_VIEW_FK, ondelete="CASCADE"), primary_key=True
+    )
+    last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+
+
+class ViewChange(db.Model):
+    """One change of a view, in log order: a record inserted (+1) or deleted (-1)."""
+
+    __tablename__ = "view_changes"
+    __table_args__ = (sa.CheckConstraint("weight IN (1, -1)", name="ck_view_changes_weight"),)
+
+    view_id: Mapped[int] = mapped_column(
+        sa.ForeignKey(_VIEW_FK, ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    weight: Mapped[int] = mapped_column(sa.SmallInteger)
+    # The record as canonical JSON (sorted keys, no spaces).
+    record: Mapped[str] = mapped_column(sa.Text)
+
+
+class ViewRecord(db.Model):
+    """One record of a view's current contents and its weight (how many times it is in).
+
+    ``key`` is the SHA-256 of the record's canonical JSON: a fixed-size key
+    that every engine can index, whatever the record's size. Rows whose weight
+    drops to 0 are deleted, so every stored weight is positive.
+    """
+
+    __tablename__ = "view_records"
+    __table_args__ = (sa.CheckConstraint("weight > 0", name="ck_view_records_weight"),)
+
+    view_id: Mapped[int] = mapped_column(
+        sa.ForeignKey(_VIEW_FK, ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    record: Mapped[str] = mapped_column(sa.Text)
+    weight: Mapped[int] = mapped_column(sa.BigInteger)

@@ -1,0 +1,56 @@
+"""HTTP routes of view data: the engine pushes view changes here."""
+
+from __future__ import annotations
+
+from flask import request
+from flask_smorest import Blueprint
+
+from app.pipelines.routes import load_pipeline
+from app.schemas import documents_errors
+from app.view_data import service
+from app.view_data.schemas import CHANGES_BODY, ChangesAccepted
+
+blp = Blueprint(
+    "view_data",
+    __name__,
+    url_prefix="/v0/pipelines/<pipeline_name>/views/<view_name>",
+    description="View changes pushed by the pipeline's engine.",
+)
+
+
+@blp.route("/changes", methods=["POST"])
+@blp.doc(requestBody=CHANGES_BODY)
+@blp.response(200, ChangesAccepted)
+@documents_errors(
+    blp,
+    {
+        400: "InvalidRequest: the body is not a batch of changes; `details.index` and "
+        "`details.problem` name the first bad element (a delete of a record the view "
+        "does not hold is one)",
+        404: "Unknown pipeline or view",
+        413: "PayloadTooLarge: more changes or bytes than one batch may carry",
+        503: "PipelineNotRunning (the pipeline is stopped) or ServiceUnavailable",
+    },
+)
+def push_changes(pipeline_name, view_name):
+    """Push a batch of view changes
+
+    The batch is stored atomically, in order, at the end of the view's change
+    log, and folded into the view's contents. A paused pipeline takes changes
+    in; its connectors deliver them after it resumes.
+    """
+    view = service.writable_view(load_pipeline(pipeline_name), view_name)
+    service.check_size(size=request.content_length)
+    body = request.get_data(cache=False)
+    service.check_size(size=len(body))
+    changes = service.parse_changes(body, request.content_type)
+    service.check_size(records=len(changes))
+    result = service.push_changes(view, changes)
+    return {
+        "records": result.records,
+        "inserts": result.inserts,
+        "deletes": result.deletes,
+        "first_seq": result.first_seq,
+        "last_seq": result.last_seq,
+        "log_end": result.log_end,
+    }

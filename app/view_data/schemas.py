@@ -1,0 +1,41 @@
+"""Response shapes of view data."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+
+class ChangesAccepted(ma.Schema):
+    """Answer to a stored batch of view changes."""
+
+    records = ma.fields.Integer(required=True, metadata={"description": "Changes in the batch."})
+    inserts = ma.fields.Integer(required=True)
+    deletes = ma.fields.Integer(required=True)
+    first_seq = ma.fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Log position of the batch's first change (null if empty)."},
+    )
+    last_seq = ma.fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Log position of the batch's last change (null if empty)."},
+    )
+    log_end = ma.fields.Integer(
+        required=True, metadata={"description": "The view's change log now ends here."}
+    )
+
+
+CHANGES_BODY = {
+    "required": True,
+    "description": 'A batch of changes in Feldera\'s JSON format: `[{"insert": {...}}, '
+    '{"delete": {...}}]`, or one change per line with `Content-Type: application/x-ndjson` '
+    "(or `application/jsonl`). Applied in order and stored atomically.",
+    "content": {
+        "application/json": {
+            "schema": {"type": "array", "items": {"type": "object"}},
+            "example": [{"insert": {"id": 1, "total": 10}}, {"delete": {"id": 0, "total": 4}}],
+        },
+        "application/x-ndjson": {"schema": {"type": "string"}},
+    },
+}

@@ -1,0 +1,154 @@
+"""View changes in: parsing a batch, checking it, and storing it atomically."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+
+from app.errors import InvalidRequest, PayloadTooLarge, PipelineNotRunning
+from app.extensions import db
+from app.pipelines.models import Pipeline, PipelineStatus, View
+from app.pipelines.service import get_view
+from app.view_data import store
+
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a stored batch added to the view's log."""
+
+    inserts: int
+    deletes: int
+    first_seq: int | None
+    last_seq: int | None
+    log_end: int
+
+    @property
+    def records(self) -> int:
+        """How many changes the batch held."""
+        return self.inserts + self.deletes
+
+
+def bad_element(index: int, problem: str, **more: Any) -> InvalidRequest:
+    """The 400 error naming the first bad element of a batch."""
+    return InvalidRequest(
+        f"Change {index} of the batch is not valid: {problem}",
+        details={"index": index, "problem": problem, **more},
+    )
+
+
+def _parse_element(element: Any, index: int, **where: Any) -> tuple[int, str]:
+    """Turn ``{"insert": {...}}`` / ``{"delete": {...}}`` into ``(weight, canonical JSON)``."""
+    if not isinstance(element, dict):
+        raise bad_element(index, 'expected an object like {"insert": {...}}', **where)
+    if len(element) != 1 or next(iter(element)) not in ("insert", "delete"):
+        raise bad_element(
+            index, "expected exactly one key, 'insert' or 'delete'", keys=sorted(element), **where
+        )
+    ((op, record),) = element.items()
+    if not isinstance(record, dict):
+        raise bad_element(index, f"the '{op}' value must be a JSON object (a record)", **where)
+    weight = store.INSERT if op == "insert" else store.DELETE
+    return weight, store.canonical(record)
+
+
+def _json_error(exc: json.JSONDecodeError) -> str:
+    """Say where JSON is broken, without quoting the parser's own words."""
+    return f"not valid JSON (line {exc.lineno}, column {exc.colno})"
+
+
+def parse_changes(body: bytes, content_type: str | None = None) -> list[tuple[int, str]]:
+    """Parse a batch: a JSON array, or newline-delimited JSON for the ndjson types.
+
+    Raises ``InvalidRequest`` naming the first bad element (``details.index``,
+    and ``details.line`` for newline-delimited JSON).
+    """
+    mimetype = (content_type or "").split(";")[0].strip().lower()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            "The body is not UTF-8", details={"body": ["The body must be UTF-8 encoded JSON."]}
+        ) from None
+    if mimetype in NDJSON_TYPES:
+        changes = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            index = len(changes)
+            try:
+                element = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise bad_element(index, _json_error(exc), line=number) from None
+            changes.append(_parse_element(element, index, line=number))
+        return changes
+    try:
+        elements = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"The body is {_json_error(exc)}", details={"body": [_json_error(exc)]}
+        ) from None
+    if not isinstance(elements, list):
+        raise InvalidRequest(
+            "The body must be a JSON array of changes",
+            details={"body": ['Expected [{"insert": {...}}, {"delete": {...}}, ...].']},
+        )
+    return [_parse_element(element, index) for index, element in enumerate(elements)]
+
+
+def max_records() -> int:
+    """The most changes one batch may carry."""
+    return int(current_app.config["VIEW_CHANGES_MAX_RECORDS"])
+
+
+def max_bytes() -> int:
+    """The largest body of one batch, in bytes."""
+    return int(current_app.config["VIEW_CHANGES_MAX_BYTES"])
+
+
+def check_size(*, records: int | None = None, size: int | None = None) -> None:
+    """Raise ``PayloadTooLarge`` for a batch over the configured limits."""
+    if size is not None and size > max_bytes():
+        raise PayloadTooLarge(
+            f"The batch is larger than the {max_bytes()} bytes accepted; split it",
+            details={"max_bytes": max_bytes(), "bytes": size},
+        )
+    if records is not None and records > max_records():
+        raise PayloadTooLarge(
+            f"The batch holds more than the {max_records()} changes accepted; split it",
+            details={"max_records": max_records(), "records": records},
+        )
+
+
+def writable_view(pipeline: Pipeline, view_name: str) -> View:
+    """Return the view that changes go to, or raise (404 unknown view, 503 stopped).
+
+    A paused pipeline takes changes in; only their delivery waits for resume.
+    """
+    view = get_view(pipeline, view_name)
+    if pipeline.status == PipelineStatus.STOPPED:
+        raise PipelineNotRunning(
+            pipeline.name, f"Pipeline '{pipeline.name}' is stopped; start it to push changes"
+        )
+    return view
+
+
+def push_changes(view: View, changes: list[tuple[int, str]]) -> PushResult:
+    """Store a parsed batch in one transaction: the log and the Z-set, or nothing."""
+    inserts = sum(1 for weight, _text in changes if weight > 0)
+    if not changes:
+        return PushResult(0, 0, None, None, store.log_end(view.id))
+    try:
+        first, last = store.apply_changes(view.id, changes)
+        db.session.commit()
+    except store.InvalidDelete as exc:
+        db.session.rollback()
+        raise bad_element(exc.index, "deletes a record the view does not hold") from None
+    except BaseException:
+        db.session.rollback()
+        raise
+    return PushResult(inserts, len(changes) - inserts, first, last, last)

@@ -1,0 +1,444 @@
+"""Delivery: the worker streams view changes to sinks, once, in order, while the pipeline runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app.connectors.models import Connector
+from app.delivery.worker import DeliveryWorker
+from app.extensions import db
+from app.resets.executor import ResetExecutor
+from app.transports import TransportError
+from app.transports.file import FileTransport
+from app.worker import run_once
+from tests.conftest import assert_error
+
+CHANGES = "/v0/pipelines/orders/views/totals/changes"
+STATS = "/v0/pipelines/orders/views/totals/connectors/{}/stats"
+
+
+class SimulatedCrash(BaseException):
+    """A worker dying on the spot: no handler runs, the lease stays taken."""
+
+
+def push(client, changes: list[dict]) -> dict:
+    """Push a batch to orders/totals; return the answer."""
+    r = client.post(CHANGES, json=changes)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def inserts(start: int, count: int) -> list[dict]:
+    """``count`` inserts of records numbered from ``start``."""
+    return [{"insert": {"id": i, "name": f"r{i}"}} for i in range(start, start + count)]
+
+
+def deliver(app, owner: str = "worker-1", **kwargs: Any) -> int:
+    """Run a delivery worker until nothing is left; return how many claims it made."""
+    with app.app_context():
+        try:
+            return DeliveryWorker(owner, **kwargs).run_pending()
+        finally:
+            db.session.remove()
+
+
+def sink_lines(tmp_path: Path, name: str = "out/totals.jsonl") -> list[dict]:
+    """The JSON lines of a file sink."""
+    path = tmp_path / "sinks" / name
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def fold(lines: list[dict]) -> Counter:
+    """Fold insert/delete lines into a multiset of canonical records."""
+    folded: Counter = Counter()
+    for line in lines:
+        ((op, record),) = line.items()
+        folded[json.dumps(record, sort_keys=True)] += 1 if op == "insert" else -1
+    return +folded
+
+
+def expire_leases(app) -> None:
+    """Let every connector and reset lease run out (as if their holders died long ago)."""
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    with app.app_context():
+        db.session.execute(
+            sa.update(Connector)
+            .where(Connector.lease_owner.is_not(None))
+            .values(lease_expires_at=past)
+        )
+        db.session.execute(
+            sa.text("UPDATE resets SET lease_expires_at = :t WHERE lease_owner IS NOT NULL"),
+            {"t": past.replace(tzinfo=None)},
+        )
+        db.session.commit()
+        db.session.remove()
+
+
+def stats(client, connector: str = "sink1") -> dict:
+    """The stats of a connector of orders/totals."""
+    r = client.get(STATS.format(connector))
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def test_changes_reach_the_file_sink_in_order(running_pipeline, client, app, tmp_path):
+    push(client, inserts(0, 3))
+    push(client, [{"delete": {"id": 1, "name": "r1"}}, *inserts(3, 1)])
+    assert deliver(app) == 1
+    lines = sink_lines(tmp_path)
+    assert lines == [*inserts(0, 3), {"delete": {"id": 1, "name": "r1"}}, *inserts(3, 1)]
+    assert deliver(app) == 0  # nothing left to do
+
+
+def test_delivery_goes_in_batches_from_the_durable_offset(running_pipeline, client, app, tmp_path):
+    push(client, inserts(0, 25))
+    with app.app_context():
+        worker = DeliveryWorker("w", batch_size=10, max_batches=2)
+        assert worker.run_once()
+        assert db.session.get(Connector, 1).delivered_seq == 20
+        db.session.remove()
+    assert len(sink_lines(tmp_path)) == 20
+    deliver(app, batch_size=10)
+    assert sink_lines(tmp_path) == inserts(0, 25)
+
+
+def test_stats_show_what_was_transmitted_and_what_waits(running_pipeline, client, app, tmp_path):
+    push(client, inserts(0, 4))
+    body = stats(client)
+    assert body["queued_records"] == 4 and body["transmitted_records"] == 0
+    assert body["health"] == "healthy" and body["transport"] == "file"
+    deliver(app)
+    body = stats(client)
+    size = (tmp_path / "sinks" / "out" / "totals.jsonl").stat().st_size
+    assert body["transmitted_records"] == 4 and body["transmitted_bytes"] == size
+    assert body["queued_records"] == 0 and body["delivered_seq"] == body["log_end"] == 4
+    assert body["resets"] == {
+        "count": 0,
+        "completed": 0,
+        "last_status": None,
+        "last_phase": None,
+        "last_requested_at": None,
+        "last_completed_at": None,
+    }
+
+
+def test_stats_of_an_unknown_connector_answer_404(running_pipeline, client):
+    assert_error(client.get(STATS.format("nope")), 404, "UnknownConnector")
+
+
+def test_paused_pipeline_delivers_nothing_until_resumed(running_pipeline, client, app, tmp_path):
+    running_pipeline.action("orders", "pause")
+    push(client, inserts(0, 2))
+    assert deliver(app) == 0
+    assert sink_lines(tmp_path) == []
+    assert stats(client)["health"] == "paused"
+    running_pipeline.action("orders", "resume")
+    deliver(app)
+    assert sink_lines(tmp_path) == inserts(0, 2)
+
+
+def test_stopped_pipeline_delivers_nothing(running_pipeline, client, app, tmp_path):
+    push(client, inserts(0, 2))
+    running_pipeline.action("orders", "stop")
+    assert deliver(app) == 0
+    assert stats(client)["health"] == "stopped"
+    running_pipeline.action("orders", "start")
+    deliver(app)
+    assert sink_lines(tmp_path) == inserts(0, 2)
+
+
+def test_every_connector_of_a_view_gets_every_change(api, client, app, tmp_path):
+    api.create_pipeline()
+    api.add_file_connector(name="a", path="a.jsonl")
+    api.add_file_connector(name="b", path="b.jsonl")
+    api.action("orders", "start")
+    push(client, inserts(0, 5))
+    assert deliver(app) == 2
+    assert sink_lines(tmp_path, "a.jsonl") == sink_lines(tmp_path, "b.jsonl") == inserts(0, 5)
+
+
+def test_a_batch_written_but_not_recorded_is_cut_back_and_written_once(
+    running_pipeline, client, app, tmp_path, monkeypatch
+):
+    push(client, inserts(0, 3))
+    deliver(app)
+    push(client, inserts(3, 3))
+    real = FileTransport.deliver
+
+    def deliver_then_die(self, connector, records, batch_id):
+        real(self, connector, records, batch_id)
+        raise SimulatedCrash
+
+    monkeypatch.setattr(FileTransport, "deliver", deliver_then_die)
+    with pytest.raises(SimulatedCrash):
+        deliver(app, owner="doomed")
+    assert len(sink_lines(tmp_path)) == 6  # written, but the offset still says 3
+    monkeypatch.setattr(FileTransport, "deliver", real)
+    assert deliver(app, owner="heir") == 0  # the dead worker's lease still holds
+    expire_leases(app)
+    deliver(app, owner="heir")
+    assert sink_lines(tmp_path) == inserts(0, 6)
+
+
+def test_two_workers_at_once_deliver_each_change_once(running_pipeline, client, app, tmp_path):
+    for start in range(0, 3000, 500):
+        push(client, inserts(start, 500))
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(owner: str) -> None:
+        start.wait()
+        try:
+            with app.app_context():
+                worker = DeliveryWorker(owner, batch_size=50, max_batches=3)
+                executor = ResetExecutor(owner)
+                for _ in range(500):
+                    run_once(executor, worker)
+                    db.session.remove()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"w{n}",)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    deliver(app)
+    assert sink_lines(tmp_path) == inserts(0, 3000)
+
+
+def test_failures_are_counted_backed_off_and_cleared_on_success(
+    running_pipeline, client, app, tmp_path, monkeypatch
+):
+    push(client, inserts(0, 2))
+    real = FileTransport.deliver
+
+    def refuse(self, connector, records, batch_id):
+        raise TransportError("disk on fire")
+
+    monkeypatch.setattr(FileTransport, "deliver", refuse)
+    assert deliver(app) == 1
+    body = stats(client)
+    assert body["health"] == "failing" and body["transport_errors"] == 1
+    assert body["last_error"] == "disk on fire" and body["last_error_at"]
+    assert body["queued_records"] == 2 and body["next_attempt_at"] > body["last_error_at"]
+    assert deliver(app) == 0  # backing off
+    with app.app_context():
+        db.session.execute(sa.update(Connector).values(next_attempt_at=None))
+        db.session.commit()
+    deliver(app)
+    assert stats(client)["consecutive_failures"] == 2
+    monkeypatch.setattr(FileTransport, "deliver", real)
+    with app.app_context():
+        db.session.execute(sa.update(Connector).values(next_attempt_at=None))
+        db.session.commit()
+    deliver(app)
+    body = stats(client)
+    assert body["health"] == "healthy" and body["transport_errors"] == 2
+    assert body["queued_records"] == 0
+    assert sink_lines(tmp_path) == inserts(0, 2)
+
+
+def test_backoff_doubles_up_to_the_cap(app):
+    with app.app_context():
+        worker = DeliveryWorker("w")
+    assert [worker.backoff(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert worker.backoff(100) == 60
+
+
+def test_reset_replays_the_snapshot_then_streams_on(running_pipeline, client, app, tmp_path):
+    push(client, inserts(0, 5))
+    push(client, [{"delete": {"id": 0, "name": "r0"}}, {"insert": {"id": 1, "name": "r1"}}])
+    deliver(app)
+    token = running_pipeline.reset()
+    push(client, inserts(10, 1))  # queued reset: nothing more is delivered before it
+    assert deliver(app) == 0
+    with app.app_context():
+        assert ResetExecutor("r").run_pending() == 1
+        db.session.remove()
+    body = running_pipeline.status(token).get_json()
+    assert body["status"] == "complete"
+    # The snapshot was taken when the reset started, so it holds record 10 too.
+    assert body["snapshot_records"] == body["replayed_records"] == 6
+    lines = sink_lines(tmp_path)
+    assert all("insert" in line for line in lines)
+    assert fold(lines) == fold([*inserts(1, 4), *inserts(1, 1), *inserts(10, 1)])
+    push(client, [{"delete": {"id": 2, "name": "r2"}}])
+    deliver(app)
+    assert sink_lines(tmp_path)[6:] == [{"delete": {"id": 2, "name": "r2"}}]
+    body = stats(client)
+    assert body["resets"]["count"] == 1 and body["resets"]["completed"] == 1
+    assert body["resets"]["last_status"] == "complete" and body["queued_records"] == 0
+
+
+def test_changes_pushed_during_a_replay_follow_the_snapshot(
+    running_pipeline, client, app, tmp_path, monkeypatch
+):
+    push(client, inserts(0, 30))
+    real = FileTransport.deliver
+    pushed = []
+
+    def deliver_and_push(self, connector, records, batch_id):
+        real(self, connector, records, batch_id)
+        if batch_id.startswith("reset-") and not pushed:
+            pushed.append(push(client, [{"delete": {"id": 0, "name": "r0"}}, *inserts(30, 2)]))
+
+    monkeypatch.setattr(FileTransport, "deliver", deliver_and_push)
+    token = running_pipeline.reset()
+    with app.app_context():
+        app.config["REPLAY_BATCH_SIZE"] = 7
+        ResetExecutor("r").run_pending()
+        db.session.remove()
+    assert pushed, "the replay did not run"
+    assert running_pipeline.status(token).get_json()["snapshot_records"] == 30
+    assert fold(sink_lines(tmp_path)) == fold(inserts(0, 30))
+    deliver(app)
+    lines = sink_lines(tmp_path)
+    assert lines[30:] == [{"delete": {"id": 0, "name": "r0"}}, *inserts(30, 2)]
+    assert fold(lines) == fold(inserts(1, 31))
+
+
+def test_a_reset_killed_mid_replay_is_redone_from_the_start(
+    running_pipeline, client, app, tmp_path, monkeypatch
+):
+    push(client, inserts(0, 20))
+    real = FileTransport.deliver
+    calls = []
+
+    def die_on_second_batch(self, connector, records, batch_id):
+        calls.append(batch_id)
+        real(self, connector, records, batch_id)
+        if len(calls) == 2:
+            raise SimulatedCrash
+
+    monkeypatch.setattr(FileTransport, "deliver", die_on_second_batch)
+    token = running_pipeline.reset()
+    app.config["REPLAY_BATCH_SIZE"] = 5
+    with app.app_context(), pytest.raises(SimulatedCrash):
+        ResetExecutor("doomed").run_pending()
+    body = running_pipeline.status(token).get_json()
+    assert body["phase"] == "replaying_snapshot" and body["replayed_records"] == 5
+    push(client, inserts(20, 1))
+    assert deliver(app) == 0  # the reset still holds the connector
+    expire_leases(app)
+    assert deliver(app) == 0  # a started reset blocks delivery until it is done
+    with app.app_context():
+        assert ResetExecutor("heir").run_pending() == 1
+        db.session.remove()
+    body = running_pipeline.status(token).get_json()
+    assert body["status"] == "complete" and body["replayed_records"] == 21
+    deliver(app)
+    assert fold(sink_lines(tmp_path)) == fold(inserts(0, 21))
+    assert len(sink_lines(tmp_path)) == 21
+
+
+def test_a_failed_reset_gives_the_connector_back(
+    running_pipeline, client, app, tmp_path, monkeypatch
+):
+    push(client, inserts(0, 3))
+
+    def refuse(self, connector):
+        raise TransportError("cannot reset")
+
+    monkeypatch.setattr(FileTransport, "reset", refuse)
+    token = running_pipeline.reset()
+    with app.app_context():
+        ResetExecutor("r").run_pending()
+        db.session.remove()
+    body = running_pipeline.status(token).get_json()
+    assert body["status"] == "failed" and body["error"] == "cannot reset"
+    assert stats(client)["resets"]["last_status"] == "failed"
+    deliver(app)
+    assert sink_lines(tmp_path) == inserts(0, 3)
+
+
+class Receiver:
+    """A real HTTP server on localhost that records the messages it is sent."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.messages: list[dict] = []
+        self.fail_first = fail_first
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if receiver.fail_first > 0:
+                    receiver.fail_first -= 1
+                    self.send_response(400)
+                else:
+                    receiver.messages.append(body)
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/in"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+def test_http_sink_gets_batches_with_deterministic_ids(api, client, app, receiver):
+    api.create_pipeline()
+    r = client.post(
+        "/v0/pipelines/orders/views/totals/connectors",
+        json={"name": "hook", "transport": {"name": "http", "config": {"url": receiver.url}}},
+    )
+    assert r.status_code == 201, r.get_json()
+    api.action("orders", "start")
+    push(client, inserts(0, 3))
+    push(client, inserts(3, 2))
+    deliver(app, batch_size=3)
+    batches = [m for m in receiver.messages if m["type"] == "batch"]
+    assert [b["batch_id"] for b in batches] == ["1-1-3", "1-4-5"]
+    assert [rec for b in batches for rec in b["records"]] == inserts(0, 5)
+    body = stats(client, "hook")
+    assert body["transmitted_records"] == 5 and body["transmitted_bytes"] > 0
+
+
+def test_http_sink_failures_are_counted_then_recover(api, client, app, receiver):
+    api.create_pipeline()
+    config = {"url": receiver.url, "max_retries": 0}
+    r = client.post(
+        "/v0/pipelines/orders/views/totals/connectors",
+        json={"name": "hook", "transport": {"name": "http", "config": config}},
+    )
+    assert r.status_code == 201, r.get_json()
+    api.action("orders", "start")
+    receiver.fail_first = 1
+    push(client, inserts(0, 2))
+    deliver(app)
+    body = stats(client, "hook")
+    assert body["health"] == "failing" and body["transport_errors"] == 1
+    assert "400" in body["last_error"]
+    with app.app_context():
+        db.session.execute(sa.update(Connector).values(next_attempt_at=None))
+        db.session.commit()
+    deliver(app)
+    assert stats(client, "hook")["health"] == "healthy"
+    assert [m["batch_id"] for m in receiver.messages] == ["1-1-2"]
