@@ -26,12 +26,12 @@ test: install  ## Run the test suite
 	$(BIN)/python -m pytest
 
 lint:  ## Check style and common mistakes
-	$(BIN)/ruff check app tests wsgi.py gunicorn.conf.py
-	$(BIN)/ruff format --check app tests wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check app tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format --check app tests bench wsgi.py gunicorn.conf.py
 
 format:
-	$(BIN)/ruff format app tests wsgi.py gunicorn.conf.py
-	$(BIN)/ruff check --fix app tests wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format app tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check --fix app tests bench wsgi.py gunicorn.conf.py
 
 bench: install  ## Run the benchmarks (see bench/README.md)
 	$(BIN)/python -m bench
