@@ -370,3 +370,14 @@ def test_reset_fails_with_a_safe_error_when_the_receiver_refuses(api, run_resets
 
 def test_registry_serves_the_http_driver():
     assert isinstance(get_transport("http"), HttpTransport)
+
+
+def test_retries_stop_within_half_the_worker_lease(app, driver, receiver):
+    receiver.answer = lambda n: (503, {}, 0)
+    app.config["WORKER_LEASE_SECONDS"] = 1
+    conn = connector(receiver.url, max_retries=20, backoff={"base": 0.1, "cap": 0.1}, timeout=0.1)
+    started = time.monotonic()
+    with app.app_context(), pytest.raises(TransportError) as caught:
+        driver.deliver(conn, RECORDS, "b-1")
+    assert time.monotonic() - started < 0.8
+    assert 2 <= caught.value.attempts < 21

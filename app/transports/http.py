@@ -20,7 +20,9 @@ Messages (``Content-Type: application/json``, UTF-8), one per POST:
 
 Any 2xx answer acknowledges a message. Connection errors, timeouts, 408, 429
 and 5xx are retried with exponential backoff and jitter (``Retry-After`` is
-honoured up to the backoff cap); other answers fail at once.
+honoured up to the backoff cap), at most ``max_retries`` times and for at most
+half the worker's lease (``WORKER_LEASE_SECONDS``); other answers fail at once.
+A message that failed raises ``TransportError``; the worker tries it again later.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+from flask import current_app, has_app_context
 from requests.adapters import HTTPAdapter
 
 from app.database import utcnow
@@ -215,6 +218,18 @@ def backoff_delay(settings: HttpSettings, attempt: int, retry_after: float | Non
     return delay
 
 
+def retry_budget() -> float | None:
+    """Seconds one message may spend on retries: half the worker's lease, in an app.
+
+    A worker holds a connector (or a reset) by a lease that it renews between
+    batches; a batch still being retried when the lease runs out could reach
+    the receiver after another worker's newer messages.
+    """
+    if not has_app_context():
+        return None
+    return float(current_app.config.get("WORKER_LEASE_SECONDS", 30)) / 2
+
+
 def _names(connector: Any) -> dict[str, Any]:
     """Return the connector, view and pipeline names that every message carries."""
     view = getattr(connector, "view", None)
@@ -347,6 +362,8 @@ class HttpTransport:
         """POST a message with retries; return the body's size in bytes."""
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json", **headers}
+        budget = retry_budget()
+        started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
@@ -355,12 +372,15 @@ class HttpTransport:
                 return len(body)
             except _Failure as failure:
                 where = safe_url(settings.url)
-                if not failure.retryable or attempt > settings.max_retries:
+                delay = backoff_delay(settings, attempt, failure.retry_after)
+                # Give up early rather than outlive the worker's lease with a retry in flight.
+                worst = time.monotonic() - started + delay + settings.connect_timeout
+                out_of_time = budget is not None and worst + settings.read_timeout > budget
+                if not failure.retryable or attempt > settings.max_retries or out_of_time:
                     tries = f"{attempt} attempt" + ("s" if attempt > 1 else "")
                     raise TransportError(
                         f"POST {where} failed after {tries}: {failure.reason}", attempts=attempt
                     ) from None
-                delay = backoff_delay(settings, attempt, failure.retry_after)
                 log.warning(
                     "POST %s: %s; retry %d of %d in %.2fs",
                     where,
