@@ -19,6 +19,7 @@ VIEW = "totals"
 CONNECTOR = "sink"
 SINK = "bench/totals.jsonl"
 NOOP_PATH = "/bench-noop"
+HEALTH_PATH = "/healthz"
 CHANGES_RULE = "/v0/pipelines/<pipeline_name>/views/<view_name>/changes"
 
 
