@@ -6,6 +6,7 @@ import uuid
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.connectors.service import get_connector
 from app.database import utcnow
@@ -114,6 +115,9 @@ def reset_status(pipeline: Pipeline, token: str | None) -> Reset:
     ).scalar_one_or_none()
     if reset is None:
         raise invalid_token("unknown_reset")
+    # The answer names the pipeline through connector.view; hand that the loaded
+    # pipeline (the session holds it only weakly) rather than a fourth query.
+    set_committed_value(reset.connector.view, "pipeline", pipeline)
     return reset
 
 
