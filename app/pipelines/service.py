@@ -253,3 +253,8 @@ def resume(pipeline: Pipeline) -> Pipeline:
     return _transition(
         pipeline, "resume", {PipelineStatus.PAUSED: RUNNING, PipelineStatus.RUNNING: {}}
     )
+
+
+def restart(pipeline: Pipeline) -> Pipeline:
+    """Stop a pipeline (if live) and start it again: a new incarnation."""
+    return start(stop(pipeline))

@@ -1,0 +1,121 @@
+"""``flask connectors ...``: output connectors of a pipeline's views."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from app.cli import (
+    OperatorGroup,
+    echo_fields,
+    echo_json,
+    echo_table,
+    json_option,
+    load_input,
+    tenant_option,
+)
+from app.connectors import service
+from app.connectors.models import Connector
+from app.connectors.schemas import ConnectorCreate, ConnectorOut
+from app.pipelines.service import get_pipeline, get_view
+from app.transports import TRANSPORTS
+
+connectors = OperatorGroup("connectors", help="Add, inspect and remove output connectors.")
+
+
+def _config_text(connector: Connector) -> str:
+    """The connector's settings as ``key=value`` pairs."""
+    return " ".join(
+        f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in connector.config.items()
+    )
+
+
+@connectors.command("add")
+@click.argument("pipeline")
+@click.argument("view")
+@click.argument("connector")
+@click.option(
+    "--transport",
+    type=click.Choice(sorted(TRANSPORTS)),
+    required=True,
+    help="How the connector reaches its sink.",
+)
+@click.option("--path", help="file: the sink file, relative to the sink directory.")
+@click.option("--url", help="http: the http(s) URL that change batches are POSTed to.")
+@click.option("--timeout", type=float, help="http: seconds to wait for the sink.")
+@tenant_option
+@json_option
+def add_command(
+    pipeline: str,
+    view: str,
+    connector: str,
+    transport: str,
+    path: str | None,
+    url: str | None,
+    timeout: float | None,
+    tenant: str,
+    as_json: bool,
+) -> None:
+    """Add CONNECTOR to VIEW of stopped PIPELINE."""
+    given = {"path": path, "url": url, "timeout": timeout}
+    # Only the options given become settings: the transport driver refuses the others.
+    config = {k: v for k, v in given.items() if v is not None}
+    body = load_input(
+        ConnectorCreate(), {"name": connector, "transport": {"name": transport, "config": config}}
+    )
+    added = service.add_connector(get_pipeline(tenant, pipeline), view, **body)
+    if as_json:
+        echo_json(ConnectorOut().dump(added))
+    else:
+        click.echo(
+            f"Added connector '{added.name}' to {pipeline}/{view} "
+            f"({added.transport}: {_config_text(added)})"
+        )
+
+
+@connectors.command("list")
+@click.argument("pipeline")
+@click.argument("view", required=False)
+@tenant_option
+@json_option
+def list_command(pipeline: str, view: str | None, tenant: str, as_json: bool) -> None:
+    """List the connectors of PIPELINE (of its VIEW only, if given)."""
+    found = get_pipeline(tenant, pipeline)
+    views = [get_view(found, view)] if view else found.views
+    listed = [c for v in views for c in service.list_connectors(v)]
+    if as_json:
+        echo_json(ConnectorOut(many=True).dump(listed))
+        return
+    echo_table(
+        ("view", "connector", "transport", "config"),
+        [(c.view.name, c.name, c.transport, _config_text(c)) for c in listed],
+    )
+
+
+@connectors.command("show")
+@click.argument("pipeline")
+@click.argument("view")
+@click.argument("connector")
+@tenant_option
+@json_option
+def show_command(pipeline: str, view: str, connector: str, tenant: str, as_json: bool) -> None:
+    """Show CONNECTOR of VIEW of PIPELINE."""
+    found = service.get_connector(get_pipeline(tenant, pipeline), view, connector)
+    data = ConnectorOut().dump(found)
+    if as_json:
+        echo_json(data)
+    else:
+        transport = data.pop("transport")
+        echo_fields({**data, "transport": transport["name"], "config": _config_text(found)})
+
+
+@connectors.command("remove")
+@click.argument("pipeline")
+@click.argument("view")
+@click.argument("connector")
+@tenant_option
+def remove_command(pipeline: str, view: str, connector: str, tenant: str) -> None:
+    """Remove CONNECTOR from VIEW of stopped PIPELINE."""
+    service.remove_connector(get_pipeline(tenant, pipeline), view, connector)
+    click.echo(f"Removed connector '{connector}' from {pipeline}/{view}")

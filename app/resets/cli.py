@@ -1,0 +1,176 @@
+"""``flask resets ...``: issue output connector resets and follow them.
+
+``wait`` only polls the database, so it works whoever does the reset: a
+serving process's background worker, ``flask worker`` elsewhere, or
+``flask resets run``, which carries out the queued resets once and exits.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from app.cli import OperatorGroup, echo_json, json_option, stderr_is_tty, tenant_option
+from app.extensions import db
+from app.pipelines.service import get_pipeline
+from app.resets import service
+from app.resets.executor import ResetExecutor
+from app.resets.models import ResetPhase, ResetStatus
+from app.resets.routes import status_url
+from app.resets.schemas import ResetIssued, ResetStatusOut
+
+# Exit statuses of ``wait`` besides 0 (complete) and 1 (failed, or an error).
+EXIT_TIMEOUT = 3
+
+resets = OperatorGroup("resets", help="Reset output connectors and follow their progress.")
+
+
+@resets.command("issue")
+@click.argument("pipeline")
+@click.argument("view")
+@click.argument("connector")
+@tenant_option
+@json_option
+def issue_command(pipeline: str, view: str, connector: str, tenant: str, as_json: bool) -> None:
+    """Reset CONNECTOR of VIEW of running PIPELINE; print the reset token.
+
+    While a reset of the connector is still queued, its token is printed again.
+    """
+    found = get_pipeline(tenant, pipeline)
+    reset = service.request_reset(found, view, connector)
+    if as_json:
+        reset.status_url = status_url(found.name, reset.token)
+        echo_json(ResetIssued().dump(reset))
+    else:
+        click.echo(reset.token)
+
+
+def _status(tenant: str, pipeline: str, token: str) -> dict[str, Any]:
+    """Read a reset's status from the database as the API shows it."""
+    return ResetStatusOut().dump(service.reset_status(get_pipeline(tenant, pipeline), token))
+
+
+@resets.command("status")
+@click.argument("pipeline")
+@click.argument("token")
+@tenant_option
+def status_command(pipeline: str, token: str, tenant: str) -> None:
+    """Print the status JSON of the reset of PIPELINE that TOKEN names."""
+    echo_json(_status(tenant, pipeline, token))
+
+
+class Progress:
+    """Shows a reset's progress on stderr: a bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.last: tuple[Any, ...] | None = None
+        self.bar = None
+        if stderr_is_tty():
+            self.bar = click.progressbar(
+                length=0,
+                label=label,
+                file=sys.stderr,
+                show_pos=True,
+                show_percent=False,
+                show_eta=False,
+                item_show_func=lambda item: item,
+                # Redraw on every poll, even one that replayed nothing (a new phase).
+                update_min_steps=0,
+            )
+            self.bar.length = None  # Unknown until the snapshot is counted.
+            self.bar.__enter__()
+
+    def show(self, data: dict[str, Any]) -> None:
+        """Show one polled status."""
+        phase, replayed = data["phase"], data["replayed_records"]
+        known = phase in (ResetPhase.REPLAYING_SNAPSHOT, ResetPhase.DONE)
+        total = data["snapshot_records"] if known else None
+        if self.bar is not None:
+            self.bar.length = total
+            self.bar.update(max(replayed - self.bar.pos, 0), f"{phase} ({data['status']})")
+            return
+        state = (data["status"], phase, replayed, total)
+        if state != self.last:
+            self.last = state
+            count = f"{replayed}/{total}" if total is not None else f"{replayed}/?"
+            click.echo(
+                f"{self.label}: {phase}, {count} records replayed ({data['status']})", err=True
+            )
+
+    def close(self) -> None:
+        """End the bar's line."""
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@resets.command("wait")
+@click.argument("pipeline")
+@click.argument("token")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait before giving up (exit status 3).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05, max=60),
+    default=0.5,
+    show_default=True,
+    help="Seconds between polls.",
+)
+@tenant_option
+def wait_command(pipeline: str, token: str, timeout: float, interval: float, tenant: str) -> None:
+    """Follow the reset that TOKEN names until it ends; print its final status JSON.
+
+    Progress goes to stderr. Exit status: 0 complete, 1 failed (or an error
+    such as the pipeline being stopped or restarted), 3 still in progress
+    after --timeout.
+    """
+    deadline = time.monotonic() + timeout
+    data = _status(tenant, pipeline, token)
+    progress = Progress(f"{data['pipeline_name']}/{data['view_name']}/{data['connector_name']}")
+    try:
+        while True:
+            progress.show(data)
+            if data["status"] != ResetStatus.IN_PROGRESS:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(interval, remaining))
+            # End the read transaction and expire what the session holds, so the
+            # next poll sees what another process's worker wrote meanwhile.
+            db.session.rollback()
+            db.session.expire_all()
+            data = _status(tenant, pipeline, token)
+    finally:
+        progress.close()
+    echo_json(data)
+    if data["status"] == ResetStatus.COMPLETE:
+        return
+    if data["status"] == ResetStatus.IN_PROGRESS:
+        click.echo(
+            f"Error: The reset is still {data['phase']} after {timeout:g} seconds; "
+            "wait again with the same token",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_TIMEOUT)
+    click.echo(f"Error: The reset failed: {data['error']}", err=True)
+    raise click.exceptions.Exit(1)
+
+
+@resets.command("run")
+def run_command() -> None:
+    """Carry out the queued resets now, then exit.
+
+    A one-shot worker for resets: it takes them with the same database leases
+    as ``flask worker`` and the serving processes, so it is safe beside them.
+    """
+    done = ResetExecutor().run_pending()
+    click.echo(f"Ran {done} reset(s)")
