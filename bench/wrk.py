@@ -130,10 +130,10 @@ def measure(
         env[f"PIPELINE_MANAGER_{name}"] = str(service.config[name])
     env.update({"BENCH_WORKERS": str(workers), "BENCH_THREADS": str(threads)})
     auth = {"Authorization": f"Bearer {service.api_key}"} if service.api_key else {}
-    runs = [
-        ("plain Flask {}", "bench.plain_app:app", "/", {}),
-        ("reset_status", "wsgi:app", service.status_path(), auth),
-    ]
+    runs = [("plain Flask {}", "bench.plain_app:app", "/", {})]
+    if service.has_rule("/healthz"):
+        runs.append(("GET /healthz", "wsgi:app", "/healthz", {}))
+    runs.append(("reset_status", "wsgi:app", service.status_path(), auth))
     results = []
     for name, target, path, headers in runs:
         with gunicorn(target, env, path, headers) as base:
