@@ -30,8 +30,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     database.init_app(app)
     errors.init_app(app)
 
-    from app import auth, cli, connectors, docs, pipelines, resets, view_data, worker
+    from app import auth, cli, connectors, docs, health, pipelines, resets, view_data, worker
 
-    for module in (auth, pipelines, connectors, resets, view_data, docs, cli, worker):
+    for module in (auth, health, pipelines, connectors, resets, view_data, docs, cli, worker):
         module.init_app(app)
     return app

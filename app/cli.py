@@ -151,6 +151,7 @@ def worker_command() -> None:
 
 def init_app(app: Flask) -> None:
     """Register the ``worker`` command and every resource's command group."""
+    from app.auth.cli import api_keys
     from app.connectors.cli import connectors
     from app.pipelines.cli import pipelines
     from app.resets.cli import resets
@@ -158,5 +159,5 @@ def init_app(app: Flask) -> None:
 
     app.cli.add_command(worker_command)
     # One OperatorGroup per resource package; a new resource's group is added here.
-    for group in (pipelines, connectors, resets, views):
+    for group in (pipelines, connectors, resets, api_keys, views):
         app.cli.add_command(group)

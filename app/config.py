@@ -37,6 +37,15 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "BACKGROUND_WORKER": True,
         # Seconds a client is told to wait when the database is busy.
         "RETRY_AFTER_SECONDS": 1,
+        # JWT bearer tokens (see app/auth/jwt.py); off while no key is configured.
+        "JWT_HS256_SECRET": None,
+        "JWT_PUBLIC_KEY_FILES": [],
+        "JWT_JWKS_FILE": None,
+        "JWT_ISSUER": None,
+        "JWT_AUDIENCE": None,
+        "JWT_LEEWAY": 30,
+        "JWT_TENANT_CLAIM": "tenant",
+        "JWT_ROLE_CLAIM": "role",
         "API_TITLE": "Pipeline manager",
         "API_VERSION": "v0",
         "OPENAPI_VERSION": "3.0.3",

@@ -177,6 +177,15 @@ class ServiceUnavailable(ApiError):
     message = "The service is busy; retry later"
 
 
+class UnknownApiKey(NotFoundError):
+    """The tenant has no API key of that name."""
+
+    error_code = "UnknownApiKey"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Unknown API key name '{name}'", details={"api_key_name": name})
+
+
 # Werkzeug's HTTP errors, by status code, under stable names.
 _HTTP_ERROR_CODES = {
     400: "InvalidRequest",

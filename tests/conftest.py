@@ -43,9 +43,42 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def auth_headers() -> dict[str, str]:
+def make_key(app: Flask):
+    """Create a real API key through the service; return its ``Authorization`` header.
+
+    ``make_key(tenant="default", role="write", name=None)``.
+    """
+    from app.auth import service as auth_service
+
+    count = 0
+
+    def make(tenant: str = "default", role: str = "write", name: str | None = None) -> dict:
+        nonlocal count
+        count += 1
+        with app.app_context():
+            _, key = auth_service.create_key(tenant, name or f"test-{role}-{count}", role)
+            db.session.remove()
+        return {"Authorization": f"Bearer {key}"}
+
+    return make
+
+
+@pytest.fixture
+def auth_headers(make_key) -> dict[str, str]:
     """Headers that authenticate as a writer of the default tenant."""
-    return {}
+    return make_key("default", "write")
+
+
+@pytest.fixture
+def read_headers(make_key) -> dict[str, str]:
+    """Headers that authenticate as a reader of the default tenant."""
+    return make_key("default", "read")
+
+
+@pytest.fixture
+def other_tenant_headers(make_key) -> dict[str, str]:
+    """Headers that authenticate as a writer of tenant "other"."""
+    return make_key("other", "write")
 
 
 @pytest.fixture

@@ -299,6 +299,22 @@ def test_reset_end_to_end_empties_the_file_sink(cli, app, tmp_path: Path, run_re
     assert sink.read_bytes() == b""
 
 
+def test_reset_replays_the_view_snapshot_into_the_file_sink(cli, running, tmp_path, run_resets):
+    changes = tmp_path / "changes.ndjson"
+    changes.write_text("".join(f'{{"insert": {{"id": {i}}}}}\n' for i in range(3)))
+    ok(cli("views", "push", "orders", "totals", str(changes)))
+    token = issue(cli)
+    run_resets()
+    result = cli("resets", "wait", "orders", token)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    final = json.loads(result.stdout)
+    assert (final["snapshot_records"], final["replayed_records"]) == (3, 3)
+    assert result.stderr == "orders/totals/sink1: done, 3/3 records replayed (complete)\n"
+    sink = tmp_path / "sinks" / "out" / "totals.jsonl"
+    lines = [json.loads(line) for line in sink.read_text().splitlines()]
+    assert sorted(line["insert"]["id"] for line in lines) == [0, 1, 2]
+
+
 def test_wait_sees_a_worker_that_runs_elsewhere(cli, running, run_resets):
     token = issue(cli)
     worker_done = threading.Event()
@@ -388,12 +404,24 @@ def test_wait_draws_a_progress_bar_on_a_terminal(cli, running, run_resets, monke
     monkeypatch.setattr("app.resets.cli.stderr_is_tty", lambda: True)
     monkeypatch.setattr(click._termui_impl, "isatty", lambda _f: True)
     token = issue(cli)
-    run_resets()
-    result = cli("resets", "wait", "orders", token)
-    assert result.exit_code == 0, (result.stdout, result.stderr)
+
+    def worker() -> None:
+        # Over a second of queued polls: click's bar starts estimating then.
+        time.sleep(1.3)
+        run_resets()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        result = cli("resets", "wait", "orders", token, "--interval", "0.05", "--timeout", "20")
+    finally:
+        thread.join()
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     assert json.loads(result.stdout)["status"] == "complete"
-    assert "orders/totals/sink1" in result.stderr and "done (complete)" in result.stderr
-    assert "\r" in result.stderr  # drawn in place, not line by line
+    drawn = result.stderr.split("\r")  # drawn in place, not line by line
+    assert any("orders/totals/sink1" in d and "queued, 0/? records" in d for d in drawn)
+    assert "done, 0/0 records replayed (complete)" in drawn[-1]
+    assert "#" * 10 in drawn[-1]  # an empty snapshot is all replayed: a full bar
 
 
 def test_wait_after_stop_says_the_pipeline_is_not_running(cli, running):

@@ -1,14 +1,16 @@
-"""Who is calling: the principal of a request and its tenant.
+"""Who is calling: authentication, roles and tenants.
 
-Until credentials are checked, every ``/v0`` request acts as a writer of the
-``default`` tenant.
+Every ``/v0`` request carries ``Authorization: Bearer <credential>``: an API
+key (``apikey:...``, see :mod:`app.auth.service`) or a JWT (see
+:mod:`app.auth.jwt`). The check in :mod:`app.auth.guard` turns it into the
+request's :class:`Principal`; routes act for :func:`current_tenant` only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import Flask, g, request
+from flask import Flask, g
 
 DEFAULT_TENANT = "default"
 
@@ -32,12 +34,15 @@ def current_tenant() -> str:
     return g.principal.tenant
 
 
-def _identify() -> None:
-    """Attach the caller's principal to the request."""
-    if request.path.startswith("/v0"):
-        g.principal = Principal(name="operator", tenant=DEFAULT_TENANT, role="write")
-
-
 def init_app(app: Flask) -> None:
-    """Identify the caller of every request."""
-    app.before_request(_identify)
+    """Load the JWT keys once, guard every ``/v0`` request and add the key routes."""
+    # Imported here: these modules import Principal from this package.
+    from app.auth import guard, openapi
+    from app.auth.jwt import JwtVerifier
+    from app.auth.routes import blp
+    from app.extensions import api
+
+    app.extensions["jwt_verifier"] = JwtVerifier.from_config(app)
+    app.before_request(guard.check_request)
+    openapi.install(api.spec)
+    api.register_blueprint(blp)

@@ -67,21 +67,21 @@ class Progress:
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.last: tuple[Any, ...] | None = None
+        self.last: str | None = None
         self.bar = None
         if stderr_is_tty():
             self.bar = click.progressbar(
-                length=0,
+                # Until the snapshot is counted, an empty bar of one step: click's
+                # bar of unknown length can fail to draw.
+                length=1,
                 label=label,
                 file=sys.stderr,
-                show_pos=True,
                 show_percent=False,
                 show_eta=False,
-                item_show_func=lambda item: item,
+                item_show_func=lambda text: text,
                 # Redraw on every poll, even one that replayed nothing (a new phase).
                 update_min_steps=0,
             )
-            self.bar.length = None  # Unknown until the snapshot is counted.
             self.bar.__enter__()
 
     def show(self, data: dict[str, Any]) -> None:
@@ -89,17 +89,14 @@ class Progress:
         phase, replayed = data["phase"], data["replayed_records"]
         known = phase in (ResetPhase.REPLAYING_SNAPSHOT, ResetPhase.DONE)
         total = data["snapshot_records"] if known else None
+        text = f"{phase}, {replayed}/{'?' if total is None else total} records replayed"
+        text += f" ({data['status']})"
         if self.bar is not None:
-            self.bar.length = total
-            self.bar.update(max(replayed - self.bar.pos, 0), f"{phase} ({data['status']})")
-            return
-        state = (data["status"], phase, replayed, total)
-        if state != self.last:
-            self.last = state
-            count = f"{replayed}/{total}" if total is not None else f"{replayed}/?"
-            click.echo(
-                f"{self.label}: {phase}, {count} records replayed ({data['status']})", err=True
-            )
+            self.bar.length = 1 if total is None else total
+            self.bar.update(max(replayed - self.bar.pos, 0), text)
+        elif text != self.last:
+            self.last = text
+            click.echo(f"{self.label}: {text}", err=True)
 
     def close(self) -> None:
         """End the bar's line."""

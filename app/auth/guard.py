@@ -1,0 +1,112 @@
+"""The check in front of every ``/v0`` route: who is calling, and may they?
+
+Reads (GET, HEAD) need the ``read`` role, everything else ``write``; CORS
+preflights (OPTIONS) pass unchecked. The check runs before routing errors
+are raised, so an anonymous caller gets 401 even for a route that does not
+exist, and cannot map the API by probing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, g, request
+
+from app.auth import Principal
+from app.auth.jwt import JwtRejected
+from app.auth.models import Role
+from app.auth.service import KEY_PREFIX, is_well_formed, principal_of_key
+from app.errors import AuthenticationFailed, InsufficientPermissions
+
+REALM = "pipeline-manager"
+READ_METHODS = frozenset({"GET", "HEAD"})
+HOW_TO_GET_A_KEY = "create an API key with 'flask api-keys create NAME --role read|write'"
+
+
+def _rejected(reason: str, message: str, error: str | None = "invalid_token", **details: Any):
+    """Build the 401 answer; ``error`` is RFC 6750's code (None when no credential came)."""
+    challenge = f'Bearer realm="{REALM}"'
+    if error:
+        challenge += f', error="{error}"'
+    return AuthenticationFailed(
+        message,
+        details={"reason": reason, **details},
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+def authenticate() -> Principal:
+    """Return the principal of the request's bearer credential, or raise a 401."""
+    header = request.headers.get("Authorization", "")
+    if not header.strip():
+        raise _rejected(
+            "missing",
+            f"Send 'Authorization: Bearer <API key or JWT>'; {HOW_TO_GET_A_KEY}",
+            error=None,
+        )
+    scheme, _, credential = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise _rejected(
+            "wrong_scheme",
+            f"Use the Bearer scheme: 'Authorization: Bearer <API key or JWT>', not '{scheme[:20]}'",
+            error=None,
+        )
+    credential = credential.strip()
+    if not credential:
+        raise _rejected(
+            "missing",
+            "The Bearer credential is empty; send the API key or JWT after 'Bearer '",
+            error="invalid_request",
+        )
+    if credential.startswith(KEY_PREFIX):
+        return _authenticate_key(credential)
+    verifier = current_app.extensions.get("jwt_verifier")
+    if verifier is None:
+        raise _rejected(
+            "malformed", f"The credential is not an API key (they start with '{KEY_PREFIX}')"
+        )
+    try:
+        return verifier.verify(credential)
+    except JwtRejected as exc:
+        raise _rejected(exc.reason, exc.message, **exc.details) from None
+
+
+def _authenticate_key(key: str) -> Principal:
+    """Check an API key; unknown and revoked keys get the same answer."""
+    if not is_well_formed(key):
+        raise _rejected(
+            "malformed",
+            f"The API key is malformed: it is '{KEY_PREFIX}' followed by 43 characters; "
+            "copy it whole",
+        )
+    principal = principal_of_key(key)
+    if principal is None:
+        raise _rejected(
+            "invalid_key",
+            f"The API key is not valid (it may have been revoked); {HOW_TO_GET_A_KEY}",
+        )
+    return principal
+
+
+def role_allows(role: str, needed: str) -> bool:
+    """Tell whether a role grants what ``needed`` asks; ``write`` implies ``read``."""
+    return role == Role.WRITE or role == needed
+
+
+def check_request() -> None:
+    """Authenticate and authorize a ``/v0`` request; set ``g.principal``."""
+    path = request.path
+    if not (path == "/v0" or path.startswith("/v0/")) or request.method == "OPTIONS":
+        return
+    principal = authenticate()
+    g.principal = principal
+    if request.routing_exception is not None:
+        # No such route or method: let that 404/405 answer.
+        return
+    needed = Role.READ if request.method in READ_METHODS else Role.WRITE
+    if not role_allows(principal.role, needed):
+        raise InsufficientPermissions(
+            f"{request.method} needs the '{needed}' role; these credentials have "
+            f"'{principal.role}'. Use a {needed} key.",
+            details={"required_role": needed, "role": principal.role},
+        )

@@ -1,0 +1,43 @@
+"""API keys: a name, a tenant, a role and the hash of a secret shown once."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.database import UTCDateTime, utcnow
+from app.extensions import db
+from app.pipelines.models import NAME_MAX
+
+
+class Role:
+    """The roles a caller can hold; ``write`` implies ``read``."""
+
+    READ = "read"
+    WRITE = "write"
+    ALL = (READ, WRITE)
+
+
+class ApiKey(db.Model):
+    """One API key of one tenant. The key itself is never stored, only its hash."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "name", name="uq_api_keys_tenant_name"),
+        sa.CheckConstraint("role IN ('read', 'write')", name="ck_api_keys_role"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(NAME_MAX))
+    name: Mapped[str] = mapped_column(sa.String(NAME_MAX))
+    role: Mapped[str] = mapped_column(sa.String(8))
+    # Hex SHA-256 of the whole key; its unique index is the one lookup that
+    # authenticates a request.
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # The first characters of the key, so that a person can tell keys apart.
+    prefix: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Updated at most once a minute per key (see service.touch).
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,60 @@
+"""The bearer security scheme in the OpenAPI document.
+
+Every ``/v0`` operation is marked as needing it and documents its 401 (and,
+for mutations, 403) answer, through an apispec plugin, so a route added
+later is documented as secured without anyone remembering to.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any
+
+from apispec import APISpec, BasePlugin
+
+SCHEME_NAME = "bearerAuth"
+SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key ('apikey:...', from 'flask api-keys create') or a JWT.",
+}
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+UNAUTHORIZED = {
+    "description": "AuthenticationFailed: no, malformed, unknown, revoked or expired "
+    "credentials (see the WWW-Authenticate header)",
+    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    "content": _ERROR_CONTENT,
+}
+FORBIDDEN = {
+    "description": "InsufficientPermissions: this needs a key or token with the 'write' role",
+    "content": _ERROR_CONTENT,
+}
+_READS = {"get", "head"}
+_METHODS = {"get", "head", "post", "put", "patch", "delete"}
+
+
+class BearerAuthPlugin(BasePlugin):
+    """Marks ``/v0`` operations as secured by the bearer scheme."""
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict | None = None, **kwargs: Any
+    ) -> None:
+        """Add the security requirement and the 401/403 answers to ``/v0`` operations."""
+        if not path or not (path == "/v0" or path.startswith("/v0/")):
+            return
+        for method, operation in (operations or {}).items():
+            if method not in _METHODS or not isinstance(operation, dict):
+                continue
+            operation.setdefault("security", [{SCHEME_NAME: []}])
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("401", deepcopy(UNAUTHORIZED))
+            if method not in _READS:
+                responses.setdefault("403", deepcopy(FORBIDDEN))
+
+
+def install(spec: APISpec) -> None:
+    """Declare the scheme and mark the operations registered from now on."""
+    spec.components.security_scheme(SCHEME_NAME, SCHEME)
+    plugin = BearerAuthPlugin()
+    plugin.init_spec(spec)
+    spec.plugins = [*spec.plugins, plugin]

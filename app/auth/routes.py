@@ -1,0 +1,57 @@
+"""HTTP routes of API keys: a tenant manages its own keys."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.auth import current_tenant, service
+from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from app.schemas import documents_errors
+
+blp = Blueprint(
+    "api_keys",
+    __name__,
+    url_prefix="/v0/api_keys",
+    description="API keys of the caller's tenant. A key is shown once, when it is created.",
+)
+
+
+@blp.route("")
+class ApiKeys(MethodView):
+    """The caller's tenant's API keys."""
+
+    @blp.response(200, ApiKeyOut(many=True))
+    def get(self):
+        """List API keys"""
+        return service.list_keys(current_tenant())
+
+    @blp.arguments(ApiKeyCreate)
+    @blp.response(201, ApiKeyCreated)
+    @documents_errors(blp, {409: "An API key of that name exists"})
+    def post(self, body):
+        """Create an API key
+
+        The response holds the key itself; it is never shown again.
+        """
+        api_key, secret = service.create_key(current_tenant(), body["name"], body["role"])
+        api_key.key = secret
+        headers = {"Location": f"/v0/api_keys/{api_key.name}", "Cache-Control": "no-store"}
+        return api_key, 201, headers
+
+
+@blp.route("/<api_key_name>")
+class ApiKeyItem(MethodView):
+    """One API key."""
+
+    @blp.response(200, ApiKeyOut)
+    @documents_errors(blp, {404: "Unknown API key"})
+    def get(self, api_key_name):
+        """Get an API key (without the key itself)"""
+        return service.get_key(current_tenant(), api_key_name)
+
+    @blp.response(204)
+    @documents_errors(blp, {404: "Unknown API key"})
+    def delete(self, api_key_name):
+        """Revoke an API key: it stops working at once"""
+        service.revoke_key(current_tenant(), api_key_name)

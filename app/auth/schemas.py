@@ -1,0 +1,53 @@
+"""Request and response shapes of API keys."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from marshmallow import validate
+
+from app.auth.models import Role
+from app.pipelines.schemas import name_field
+
+
+class ApiKeyCreate(ma.Schema):
+    """Body of ``POST /v0/api_keys``."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    name = name_field(required=True, metadata={"example": "ci-reader"})
+    role = ma.fields.String(
+        load_default=Role.READ,
+        validate=validate.OneOf(Role.ALL),
+        metadata={
+            "enum": list(Role.ALL),
+            "description": "'read' may only read; 'write' may also change things.",
+        },
+    )
+
+
+class ApiKeyOut(ma.Schema):
+    """An API key as the API shows it: never the key itself."""
+
+    name = ma.fields.String(required=True)
+    tenant = ma.fields.String(required=True)
+    role = ma.fields.String(required=True, metadata={"enum": list(Role.ALL)})
+    prefix = ma.fields.String(
+        required=True,
+        metadata={"description": "The key's first characters, to tell keys apart."},
+    )
+    created_at = ma.fields.AwareDateTime(required=True)
+    last_used_at = ma.fields.AwareDateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Last authenticated use, to the minute; null if never."},
+    )
+
+
+class ApiKeyCreated(ApiKeyOut):
+    """A new API key, with the key itself: it is shown this once."""
+
+    key = ma.fields.String(
+        required=True,
+        metadata={"description": "The key; send it as 'Authorization: Bearer <key>'."},
+    )

@@ -1,0 +1,154 @@
+"""API key work: creating, listing and revoking keys, and checking a presented key.
+
+A key is ``apikey:`` followed by 43 URL-safe characters (256 random bits).
+Only its SHA-256 is stored: the key is high-entropy, so a slow password hash
+would add latency on every request and no safety. Checking a key is one
+lookup on the hash's unique index; revoking deletes the row, so a revoked
+key stops working with the very next request (nothing is cached).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from app.auth import Principal
+from app.auth.models import ApiKey, Role
+from app.database import is_transient_error, utcnow
+from app.errors import DuplicateName, InvalidRequest, UnknownApiKey
+from app.extensions import db
+
+KEY_PREFIX = "apikey:"
+# 32 random bytes: 256 bits, 43 characters once URL-safe base64 encoded.
+KEY_BYTES = 32
+KEY_RE = re.compile(r"^apikey:[A-Za-z0-9_-]{43}$")
+# Characters of the key kept in the clear for display: "apikey:" and 6 more.
+DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
+# last_used_at is written at most this often per key, to keep writes off the hot path.
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
+
+
+def generate_key() -> str:
+    """Return a new random API key."""
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
+
+
+def hash_key(key: str) -> str:
+    """Return the stored form of a key: its hex SHA-256."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def is_well_formed(key: str) -> bool:
+    """Tell whether a string has the shape of a key this service issues."""
+    return bool(KEY_RE.match(key))
+
+
+def check_role(role: str) -> str:
+    """Return the role if it is one of ``read``/``write``, else raise ``InvalidRequest``."""
+    if role not in Role.ALL:
+        raise InvalidRequest(
+            f"Unknown role '{role}'; use 'read' or 'write'", details={"role": list(Role.ALL)}
+        )
+    return role
+
+
+def create_key(tenant: str, name: str, role: str) -> tuple[ApiKey, str]:
+    """Create a key; return it with its secret, which is never available again."""
+    check_role(role)
+    secret = generate_key()
+    api_key = ApiKey(
+        tenant=tenant,
+        name=name,
+        role=role,
+        key_hash=hash_key(secret),
+        prefix=secret[:DISPLAY_PREFIX_LENGTH],
+    )
+    db.session.add(api_key)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise DuplicateName(
+            f"An API key named '{name}' already exists; revoke it first or pick another name",
+            details={"api_key_name": name},
+        ) from None
+    return api_key, secret
+
+
+def list_keys(tenant: str) -> list[ApiKey]:
+    """Return the tenant's keys, by name."""
+    return list(
+        db.session.execute(
+            sa.select(ApiKey).where(ApiKey.tenant == tenant).order_by(ApiKey.name)
+        ).scalars()
+    )
+
+
+def get_key(tenant: str, name: str) -> ApiKey:
+    """Return the tenant's key of that name or raise ``UnknownApiKey``."""
+    api_key = db.session.execute(
+        sa.select(ApiKey).where(ApiKey.tenant == tenant, ApiKey.name == name)
+    ).scalar_one_or_none()
+    if api_key is None:
+        raise UnknownApiKey(name)
+    return api_key
+
+
+def revoke_key(tenant: str, name: str) -> None:
+    """Delete the tenant's key of that name; it stops working at once."""
+    result = db.session.execute(
+        sa.delete(ApiKey).where(ApiKey.tenant == tenant, ApiKey.name == name)
+    )
+    db.session.commit()
+    if result.rowcount != 1:
+        raise UnknownApiKey(name)
+
+
+def principal_of_key(key: str) -> Principal | None:
+    """Return the principal of a well-formed key, or None if no live key matches.
+
+    One lookup on the unique index of the hash; columns only, so nothing
+    lingers in the request's session.
+    """
+    row = db.session.execute(
+        sa.select(ApiKey.id, ApiKey.tenant, ApiKey.name, ApiKey.role, ApiKey.last_used_at).where(
+            ApiKey.key_hash == hash_key(key)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    touch(row.id, row.last_used_at)
+    return Principal(name=f"apikey:{row.name}", tenant=row.tenant, role=row.role)
+
+
+def touch(key_id: int, last_used_at: dt.datetime | None, now: dt.datetime | None = None) -> None:
+    """Record that a key was used, at most once per ``LAST_USED_RESOLUTION``.
+
+    Most requests write nothing. When the stored time is stale, a conditional
+    UPDATE lets one of several concurrent requests (in any process) record
+    it. The time is bookkeeping: a busy database must not fail the request.
+    """
+    now = now or utcnow()
+    cutoff = now - LAST_USED_RESOLUTION
+    if last_used_at is not None and last_used_at > cutoff:
+        return
+    try:
+        db.session.execute(
+            sa.update(ApiKey)
+            .where(
+                ApiKey.id == key_id,
+                sa.or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= cutoff),
+            )
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+    except Exception as exc:
+        db.session.rollback()
+        if not is_transient_error(exc):
+            raise

@@ -1,0 +1,241 @@
+"""API keys: the /v0/api_keys routes, the `flask api-keys` commands and how keys are stored."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from app.auth import service
+from app.auth.models import ApiKey
+from app.extensions import db
+from tests.conftest import assert_error
+
+KEY_RE = re.compile(r"^apikey:[A-Za-z0-9_-]{43}$")
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The Authorization header of a key."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+def test_create_returns_the_key_once(client, anon_client):
+    response = client.post("/v0/api_keys", json={"name": "ci", "role": "read"})
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert KEY_RE.match(body["key"])
+    assert body["name"] == "ci" and body["role"] == "read" and body["tenant"] == "default"
+    assert body["key"].startswith(body["prefix"]) and len(body["prefix"]) < 20
+    assert body["last_used_at"] is None
+    assert response.headers["Location"] == "/v0/api_keys/ci"
+    assert response.headers["Cache-Control"] == "no-store"
+    # The new key works, and nothing ever shows it again.
+    assert anon_client.get("/v0/pipelines", headers=bearer(body["key"])).status_code == 200
+    assert "key" not in client.get("/v0/api_keys/ci").get_json()
+    assert all("key" not in k for k in client.get("/v0/api_keys").get_json())
+
+
+def test_keys_default_to_the_read_role(client):
+    assert client.post("/v0/api_keys", json={"name": "r"}).get_json()["role"] == "read"
+
+
+def test_list_shows_the_tenant_s_keys_by_name(client):
+    for name in ("b", "a"):
+        client.post("/v0/api_keys", json={"name": name})
+    names = [k["name"] for k in client.get("/v0/api_keys").get_json()]
+    assert names == sorted(names) and {"a", "b"} <= set(names)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"name": "bad name"}, {"name": "x", "role": "admin"}, {"name": "x", "extra": 1}],
+)
+def test_create_refuses_invalid_input(client, body):
+    assert_error(client.post("/v0/api_keys", json=body), 400, "InvalidRequest")
+
+
+def test_create_refuses_a_duplicate_name(client):
+    assert client.post("/v0/api_keys", json={"name": "dup"}).status_code == 201
+    body = assert_error(client.post("/v0/api_keys", json={"name": "dup"}), 409, "DuplicateName")
+    assert body["details"] == {"api_key_name": "dup"}
+
+
+def test_revoke_stops_the_key_at_once(client, anon_client):
+    key = client.post("/v0/api_keys", json={"name": "gone"}).get_json()["key"]
+    assert anon_client.get("/v0/pipelines", headers=bearer(key)).status_code == 200
+    assert client.delete("/v0/api_keys/gone").status_code == 204
+    assert_error(anon_client.get("/v0/pipelines", headers=bearer(key)), 401, "AuthenticationFailed")
+    assert_error(client.get("/v0/api_keys/gone"), 404, "UnknownApiKey")
+    assert_error(client.delete("/v0/api_keys/gone"), 404, "UnknownApiKey")
+
+
+def test_a_revoked_name_can_be_used_again(client):
+    client.post("/v0/api_keys", json={"name": "again"})
+    client.delete("/v0/api_keys/again")
+    assert client.post("/v0/api_keys", json={"name": "again"}).status_code == 201
+
+
+# --- storage and the hot path -----------------------------------------------------------------
+
+
+def test_the_database_holds_no_plaintext_key(app, client, anon_client, tmp_path: Path):
+    created = client.post("/v0/api_keys", json={"name": "scan", "role": "write"}).get_json()
+    runner = app.test_cli_runner()
+    cli_key = runner.invoke(args=["api-keys", "create", "scan-cli"]).stdout.strip()
+    keys = [created["key"], cli_key]
+    for key in keys:
+        assert anon_client.get("/v0/pipelines", headers=bearer(key)).status_code == 200
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()  # checkpoint nothing away: scan the main file and the WAL as they are
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("test.db*"))
+    assert service.hash_key(keys[0]).encode() in stored  # the scan does see the table
+    for key in keys:
+        secret = key.removeprefix("apikey:")
+        assert secret.encode() not in stored
+        assert secret[10:30].encode() not in stored
+
+
+def test_keys_are_stored_as_their_sha256(app, client):
+    key = client.post("/v0/api_keys", json={"name": "h"}).get_json()["key"]
+    with app.app_context():
+        stored = db.session.execute(sa.select(ApiKey).where(ApiKey.name == "h")).scalar_one()
+        assert stored.key_hash == service.hash_key(key) and len(stored.key_hash) == 64
+        assert stored.prefix == key[: service.DISPLAY_PREFIX_LENGTH]
+
+
+def test_keys_carry_256_random_bits():
+    keys = {service.generate_key() for _ in range(100)}
+    assert len(keys) == 100
+    assert all(KEY_RE.match(k) for k in keys)  # 43 base64url characters = 258 bits >= 256
+
+
+def _statements(app):
+    """Record the SQL statements that touch api_keys."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        if "api_keys" in statement:
+            seen.append(statement.split()[0].upper())
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_authenticating_costs_one_lookup_and_writes_last_used_once_a_minute(app, client):
+    seen = _statements(app)
+    client.get("/v0/pipelines")
+    assert seen == ["SELECT", "UPDATE"]  # first use: last_used_at recorded
+    seen.clear()
+    for _ in range(5):
+        client.get("/v0/pipelines")
+    assert seen == ["SELECT"] * 5  # one indexed lookup per request, no writes
+    last_used = client.get("/v0/api_keys").get_json()[0]["last_used_at"]
+    assert last_used is not None
+
+
+def test_last_used_is_written_again_after_a_minute(app, client):
+    client.get("/v0/pipelines")
+    with app.app_context():
+        key = db.session.execute(sa.select(ApiKey)).scalars().first()
+        old = key.last_used_at - dt.timedelta(minutes=2)
+        db.session.execute(sa.update(ApiKey).values(last_used_at=old))
+        db.session.commit()
+    client.get("/v0/pipelines")
+    with app.app_context():
+        newer = db.session.execute(sa.select(ApiKey.last_used_at)).scalars().first()
+    assert newer > old + dt.timedelta(minutes=1)
+
+
+def test_a_busy_database_does_not_fail_the_request_over_last_used(app, client, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    real_execute = db.session.execute
+
+    def locked_update(statement, *args, **kwargs):
+        if isinstance(statement, sa.Update):
+            raise OperationalError("UPDATE", {}, Exception("database is locked"))
+        return real_execute(statement, *args, **kwargs)
+
+    monkeypatch.setattr(db.session, "execute", locked_update)
+    assert client.get("/v0/pipelines").status_code == 200
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def test_cli_create_prints_the_key_alone(app, anon_client):
+    result = app.test_cli_runner().invoke(
+        args=["api-keys", "create", "ops", "--role", "write", "--tenant", "acme"]
+    )
+    assert result.exit_code == 0, result.output
+    key = result.stdout.strip()
+    assert KEY_RE.match(key) and result.stdout == key + "\n"
+    assert "cannot be shown again" in result.stderr
+    response = anon_client.post("/v0/pipelines", json={"name": "p"}, headers=bearer(key))
+    assert response.status_code == 201
+    assert anon_client.get("/v0/api_keys", headers=bearer(key)).get_json()[0]["tenant"] == "acme"
+
+
+def test_cli_create_defaults_to_read_and_tenant_default(app):
+    runner = app.test_cli_runner()
+    runner.invoke(args=["api-keys", "create", "viewer"])
+    listed = json.loads(runner.invoke(args=["api-keys", "list", "--json"]).stdout)
+    assert [(k["name"], k["role"], k["tenant"]) for k in listed] == [("viewer", "read", "default")]
+
+
+def test_cli_list_shows_no_secret(app):
+    runner = app.test_cli_runner()
+    key = runner.invoke(args=["api-keys", "create", "k1"]).stdout.strip()
+    table = runner.invoke(args=["api-keys", "list"]).stdout
+    assert table.splitlines()[0].split()[:3] == ["NAME", "ROLE", "PREFIX"]
+    assert "k1" in table and key not in table and key[:13] in table
+    listed = runner.invoke(args=["api-keys", "list", "--json"]).stdout
+    assert key not in listed and json.loads(listed)[0]["prefix"] == key[:13]
+
+
+def test_cli_list_is_per_tenant(app):
+    runner = app.test_cli_runner()
+    runner.invoke(args=["api-keys", "create", "a-key", "--tenant", "a"])
+    assert json.loads(runner.invoke(args=["api-keys", "list", "--json"]).stdout) == []
+    listed = json.loads(runner.invoke(args=["api-keys", "list", "--json", "--tenant", "a"]).stdout)
+    assert [k["name"] for k in listed] == ["a-key"]
+
+
+def test_cli_revoke(app, anon_client):
+    runner = app.test_cli_runner()
+    key = runner.invoke(args=["api-keys", "create", "tmp"]).stdout.strip()
+    result = runner.invoke(args=["api-keys", "revoke", "tmp"])
+    assert result.exit_code == 0 and "Revoked" in result.stdout
+    assert anon_client.get("/v0/pipelines", headers=bearer(key)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["api-keys", "revoke", "nope"], "Error: Unknown API key name 'nope' (UnknownApiKey)"),
+        (["api-keys", "create", "bad name"], "(InvalidRequest)"),
+        (["api-keys", "create", "x", "--tenant", "a b"], "(InvalidRequest)"),
+    ],
+)
+def test_cli_errors_go_to_stderr_with_exit_status_1(app, args, error):
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 1
+    assert error in result.stderr and result.stdout == ""
+
+
+def test_cli_create_refuses_a_duplicate(app):
+    runner = app.test_cli_runner()
+    runner.invoke(args=["api-keys", "create", "twice"])
+    result = runner.invoke(args=["api-keys", "create", "twice"])
+    assert result.exit_code == 1 and "(DuplicateName)" in result.stderr
+    assert result.stdout == ""
