@@ -7,7 +7,7 @@ behaviour (connection pragmas, which errors mean "busy, try again") lives here.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -106,14 +106,21 @@ def snapshot_connection() -> Iterator[sa.Connection]:
             conn.rollback()
 
 
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    """Make SQLite fit for several processes: WAL, a busy timeout, foreign keys."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def _sqlite_configurer(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    """Return the connect hook that makes SQLite fit for several processes."""
+
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        """Turn on foreign keys, a busy timeout and WAL."""
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # How long a statement waits for another process's lock before
+        # "database is locked" (answered as 503 ServiceUnavailable).
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return configure
 
 
 def init_app(app: Flask) -> None:
@@ -121,4 +128,5 @@ def init_app(app: Flask) -> None:
     with app.app_context():
         engine = db.engine
         if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _configure_sqlite)
+            busy_timeout_ms = int(app.config["SQLITE_BUSY_TIMEOUT_MS"])
+            event.listen(engine, "connect", _sqlite_configurer(busy_timeout_ms))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from flask import Flask
+from flask import Flask, Request
 from flask_migrate import Migrate
 from flask_smorest import Api as _SmorestApi
+from flask_smorest import Blueprint as _SmorestBlueprint
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
-from webargs.flaskparser import FlaskParser
+from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.exceptions import UnsupportedMediaType
 
 from app.schemas import ErrorSchema
 
@@ -23,6 +26,24 @@ class _Parser(FlaskParser):
 
     DEFAULT_VALIDATION_STATUS = 400
 
+    def load_json(self, req: Request, schema: Any) -> Any:
+        """Refuse a body that is not JSON (webargs would read it as no body at all)."""
+        if not is_json_request(req) and (req.content_length or req.mimetype):
+            raise UnsupportedMediaType(
+                "Send the body as JSON, with 'Content-Type: application/json'"
+            )
+        return super().load_json(req, schema)
+
+
+class Blueprint(_SmorestBlueprint):
+    """flask-smorest's Blueprint, validating with the service's parser.
+
+    flask-smorest takes the parser from the blueprint, so every resource's
+    blueprint is built from this class.
+    """
+
+    ARGUMENTS_PARSER = _Parser()
+
 
 class Api(_SmorestApi):
     """flask-smorest's Api with the service's own error body.
@@ -32,7 +53,6 @@ class Api(_SmorestApi):
     """
 
     ERROR_SCHEMA = ErrorSchema
-    ARGUMENTS_PARSER = _Parser()
 
     def _register_error_handlers(self) -> None:
         """Leave error handling to :mod:`app.errors`."""

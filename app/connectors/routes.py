@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app.connectors import service
 from app.connectors.schemas import ConnectorCreate, ConnectorOut
+from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.pipelines.service import get_view
 from app.schemas import documents_errors

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app.auth import current_tenant
+from app.extensions import Blueprint
 from app.pipelines import service
 from app.pipelines.models import Pipeline
 from app.pipelines.schemas import (

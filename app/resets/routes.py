@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from flask_smorest import Blueprint
-
+from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.resets import service
 from app.resets.schemas import ResetIssued, ResetStatusOut, ResetStatusQuery

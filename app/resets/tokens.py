@@ -76,18 +76,26 @@ class ResetTokens:
             raise invalid_token("bad_signature") from None
         try:
             return TokenClaims(
-                pipeline_id=uuid.UUID(hex=payload["p"]),
+                pipeline_id=_uuid(payload["p"]),
                 incarnation=_strict_int(payload["i"]),
-                reset_id=uuid.UUID(hex=payload["r"]),
+                reset_id=_uuid(payload["r"]),
             )
         except (KeyError, TypeError, ValueError):
             raise invalid_token("malformed") from None
 
 
 def _strict_int(value: Any) -> int:
+    """Return ``value`` if it is an int (and not a bool), else raise ``TypeError``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError("not an integer")
     return value
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    """Parse a hex UUID; anything but a string raises ``TypeError``."""
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return uuid.UUID(hex=value)
 
 
 def reset_tokens() -> ResetTokens:

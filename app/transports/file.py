@@ -63,7 +63,14 @@ class FileTransport:
             raise InvalidRequest(
                 "The sink path is not allowed", details={"transport.config.path": [str(exc)]}
             ) from None
-        if resolved.is_dir():
+        try:
+            is_dir = resolved.is_dir()
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            raise InvalidRequest(
+                "The sink path is not allowed",
+                details={"transport.config.path": [f"The path cannot be used: {exc.strerror}"]},
+            ) from None
+        if is_dir:
             raise InvalidRequest(
                 "The sink path names a folder",
                 details={"transport.config.path": ["The path must name a file."]},
@@ -80,8 +87,15 @@ class FileTransport:
     def reset(self, connector: Any) -> None:
         """Replace the sink file atomically with an empty one."""
         target = self.path_of(connector)
+        # Errors name the path as the connector was given it, not the server's layout.
+        shown = connector.config["path"]
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TransportError(
+                f"Cannot reset sink file '{shown}': cannot create its folder: {exc.strerror}"
+            ) from None
+        try:
             fd, tmp = tempfile.mkstemp(prefix=".reset-", dir=target.parent)
             try:
                 os.fsync(fd)
@@ -90,7 +104,7 @@ class FileTransport:
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except OSError as exc:
-            raise TransportError(f"Cannot reset sink file {target}: {exc.strerror}") from None
+            raise TransportError(f"Cannot reset sink file '{shown}': {exc.strerror}") from None
 
     def deliver(self, connector: Any, records: Sequence[dict[str, Any]], batch_id: str) -> None:
         """Append the records as JSON lines and flush them to disk."""

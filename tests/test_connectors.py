@@ -1,0 +1,146 @@
+"""Output connectors: adding, listing, showing and removing them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from tests.conftest import Api, assert_error
+
+CONNECTORS = "/v0/pipelines/orders/views/totals/connectors"
+
+
+def file_connector(name: str = "sink1", path: str = "out/totals.jsonl") -> dict[str, Any]:
+    """Body of a request adding a file connector."""
+    return {"name": name, "transport": {"name": "file", "config": {"path": path}}}
+
+
+@pytest.fixture
+def orders(api: Api) -> Api:
+    """A stopped pipeline 'orders' with views 'totals' and 'by_day'."""
+    api.create_pipeline(views=("totals", "by_day"))
+    return api
+
+
+def test_add_answers_201_with_the_connector_and_its_location(orders: Api) -> None:
+    r = orders.client.post(CONNECTORS, json=file_connector())
+    assert r.status_code == 201, r.get_json()
+    assert r.headers["Location"].endswith(f"{CONNECTORS}/sink1")
+    body = r.get_json()
+    assert body["name"] == "sink1"
+    assert body["pipeline_name"] == "orders" and body["view_name"] == "totals"
+    assert body["transport"] == {"name": "file", "config": {"path": "out/totals.jsonl"}}
+    assert dt.datetime.fromisoformat(body["created_at"]).tzinfo is not None
+    assert orders.client.get(r.headers["Location"]).get_json() == body
+
+
+def test_add_http_connector(orders: Api) -> None:
+    r = orders.client.post(
+        CONNECTORS,
+        json={
+            "name": "hook",
+            "transport": {"name": "http", "config": {"url": "http://127.0.0.1:9/in"}},
+        },
+    )
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["transport"]["config"]["url"] == "http://127.0.0.1:9/in"
+
+
+def test_list_shows_the_views_connectors_by_name(orders: Api) -> None:
+    for name in ("zz", "aa"):
+        orders.add_file_connector(name=name, path=f"{name}.jsonl")
+    orders.add_file_connector(view="by_day", name="other", path="other.jsonl")
+    r = orders.client.get(CONNECTORS)
+    assert r.status_code == 200
+    assert [c["name"] for c in r.get_json()] == ["aa", "zz"]
+
+
+def test_connector_names_are_unique_per_view(orders: Api) -> None:
+    orders.add_file_connector()
+    body = assert_error(
+        orders.client.post(CONNECTORS, json=file_connector(path="other.jsonl")),
+        409,
+        "DuplicateName",
+    )
+    assert body["details"] == {
+        "pipeline_name": "orders",
+        "view_name": "totals",
+        "connector_name": "sink1",
+    }
+    # The same name on another view is fine.
+    orders.add_file_connector(view="by_day")
+
+
+def test_remove_connector(orders: Api) -> None:
+    orders.add_file_connector()
+    assert orders.client.delete(f"{CONNECTORS}/sink1").status_code == 204
+    assert_error(orders.client.get(f"{CONNECTORS}/sink1"), 404, "UnknownConnector")
+    assert orders.client.get(CONNECTORS).get_json() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "error_code"),
+    [
+        ("get", "/v0/pipelines/ghost/views/totals/connectors", "UnknownPipelineName"),
+        ("get", "/v0/pipelines/orders/views/nope/connectors", "UnknownView"),
+        ("post", "/v0/pipelines/orders/views/nope/connectors", "UnknownView"),
+        ("get", f"{CONNECTORS}/nope", "UnknownConnector"),
+        ("delete", f"{CONNECTORS}/nope", "UnknownConnector"),
+        ("delete", "/v0/pipelines/orders/views/nope/connectors/sink1", "UnknownView"),
+    ],
+)
+def test_unknown_pipeline_view_or_connector_is_404(
+    orders: Api, method: str, url: str, error_code: str
+) -> None:
+    r = getattr(orders.client, method)(url, json=file_connector() if method == "post" else None)
+    assert_error(r, 404, error_code)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"transport": {"name": "file", "config": {"path": "a"}}}, "name"),
+        ({"name": "bad name", "transport": {"name": "file", "config": {"path": "a"}}}, "name"),
+        ({"name": "s"}, "transport"),
+        ({"name": "s", "transport": {"name": "kafka", "config": {}}}, "transport"),
+        ({"name": "s", "transport": {"name": "file", "config": {}}}, "transport.config.path"),
+        (
+            {"name": "s", "transport": {"name": "file", "config": {"path": 7}}},
+            "transport.config.path",
+        ),
+        (
+            {"name": "s", "transport": {"name": "file", "config": {"path": "a", "mode": "x"}}},
+            "transport.config",
+        ),
+        (
+            {"name": "s", "transport": {"name": "http", "config": {"url": "ftp://x"}}},
+            "transport.config.url",
+        ),
+        ({"name": "s", "transport": {"name": "file", "config": {"path": "a"}}, "x": 1}, "x"),
+    ],
+    ids=[
+        "no-name",
+        "bad-name",
+        "no-transport",
+        "unknown-transport",
+        "file-without-path",
+        "path-not-string",
+        "unknown-setting",
+        "http-bad-url",
+        "unknown-field",
+    ],
+)
+def test_invalid_connector_is_400_naming_the_field(
+    orders: Api, body: dict[str, Any], field: str
+) -> None:
+    error = assert_error(orders.client.post(CONNECTORS, json=body), 400, "InvalidRequest")
+    assert field in error["details"], error
+    assert orders.client.get(CONNECTORS).get_json() == []
+
+
+def test_connectors_of_a_deleted_view_are_gone(orders: Api) -> None:
+    orders.add_file_connector()
+    assert orders.client.delete("/v0/pipelines/orders/views/totals").status_code == 204
+    assert_error(orders.client.get(CONNECTORS), 404, "UnknownView")
