@@ -21,6 +21,8 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "SQLALCHEMY_DATABASE_URI": "sqlite:///"
         + os.path.join(instance_path, "pipeline-manager.db"),
         "SQLALCHEMY_ENGINE_OPTIONS": {},
+        # Milliseconds a SQLite statement waits for another connection's lock.
+        "SQLITE_BUSY_TIMEOUT_MS": 5000,
         # Bodies bigger than this answer 413 PayloadTooLarge.
         "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
         # Reset tokens older than this answer 400 InvalidResetToken (reason "expired").

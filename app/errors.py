@@ -13,7 +13,7 @@ import re
 import uuid
 from typing import Any
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.database import is_transient_error
@@ -22,6 +22,7 @@ from app.extensions import db
 log = logging.getLogger(__name__)
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID_KEY = "pipeline_manager.request_id"
 
 
 class ApiError(Exception):
@@ -210,11 +211,13 @@ _HTTP_ERROR_CODES = {
 
 def request_id() -> str:
     """Return this request's id: the caller's ``X-Request-Id`` if sane, else a new one."""
-    rid = g.get("request_id")
+    # Kept in the request's environ, not in ``g``: an app context (and its
+    # ``g``) can outlive one request, e.g. around a test client's requests.
+    rid = request.environ.get(_REQUEST_ID_KEY)
     if rid is None:
         given = request.headers.get("X-Request-Id", "")
         rid = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
-        g.request_id = rid
+        request.environ[_REQUEST_ID_KEY] = rid
     return rid
 
 
@@ -248,7 +251,8 @@ def _validation_details(data: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def handle_api_error(error: ApiError) -> Response:
-    """Render an :class:`ApiError`."""
+    """Render an :class:`ApiError`, dropping whatever the request left unsaved."""
+    db.session.rollback()
     return error_response(
         error.status_code, error.error_code, error.message, error.details, error.headers
     )
