@@ -10,7 +10,10 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from app.errors import IllegalPipelineAction
 from app.extensions import db
+from app.pipelines import service as pipeline_service
+from app.pipelines.models import Pipeline
 from app.resets.executor import ResetExecutor
 from app.resets.models import Reset
 from tests.conftest import Api, assert_error
@@ -350,3 +353,37 @@ def test_pause_does_not_abandon_resets(orders: Api, app: Flask, run_resets: Any)
     orders.action("orders", "resume")
     assert run_resets() == 1
     assert orders.status(token).get_json()["status"] == "complete"
+
+
+# -- several processes at once ------------------------------------------------------
+
+
+def change_behind_the_session(app: Flask, **values: Any) -> None:
+    """Change the pipeline's row on a connection of its own, as another process would."""
+    with app.app_context(), db.engine.begin() as conn:
+        conn.execute(sa.update(Pipeline).where(Pipeline.name == "orders").values(**values))
+
+
+def test_two_starts_at_once_begin_one_incarnation(orders: Api, app: Flask) -> None:
+    with app.app_context():
+        stale = pipeline_service.get_pipeline("default", "orders")
+        assert stale.status == "stopped"
+        change_behind_the_session(app, status="running", incarnation=1)
+        started = pipeline_service.start(stale)
+        assert (started.status, started.incarnation) == ("running", 1)
+        db.session.remove()
+    assert get(orders)["incarnation"] == 1
+
+
+def test_action_on_a_status_changed_meanwhile_is_judged_on_the_new_status(
+    orders: Api, app: Flask
+) -> None:
+    orders.action("orders", "start")
+    with app.app_context():
+        stale = pipeline_service.get_pipeline("default", "orders")
+        assert stale.status == "running"
+        change_behind_the_session(app, status="stopped")
+        with pytest.raises(IllegalPipelineAction):
+            pipeline_service.pause(stale)
+        db.session.remove()
+    assert get(orders)["status"] == "stopped"
