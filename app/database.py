@@ -67,8 +67,10 @@ def is_transient_error(exc: BaseException) -> bool:
     message = str(orig).lower()
     if any(text in message for text in _SQLITE_TRANSIENT_MESSAGES):
         return True
-    # psycopg raises OperationalError without a SQLSTATE when it cannot connect.
-    return type(orig).__name__ == "OperationalError" and "connect" in message
+    # psycopg raises OperationalError without a SQLSTATE when it cannot connect;
+    # SQLite's OperationalError (no such table, ...) is a bug, not a busy server.
+    driver = type(orig).__module__.split(".")[0]
+    return driver in ("psycopg", "psycopg2") and type(orig).__name__ == "OperationalError"
 
 
 def insert_ignoring_duplicates(
