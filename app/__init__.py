@@ -30,8 +30,21 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     database.init_app(app)
     errors.init_app(app)
 
-    from app import auth, cli, connectors, docs, health, pipelines, resets, view_data, worker
+    from app import (
+        auth,
+        cli,
+        connectors,
+        cors,
+        delivery,
+        docs,
+        health,
+        pipelines,
+        resets,
+        view_data,
+        worker,
+    )
 
-    for module in (auth, health, pipelines, connectors, resets, view_data, docs, cli, worker):
+    modules = (cors, auth, health, pipelines, connectors, resets, view_data, delivery, docs, cli)
+    for module in (*modules, worker):
         module.init_app(app)
     return app

@@ -273,6 +273,8 @@ def handle_http_exception(error: HTTPException) -> Response:
         details = _validation_details(data)
         message = "The request is not valid: " + ", ".join(sorted(details)) if details else message
         error_code = "InvalidRequest"
+        # flask-smorest's blueprints abort with 422 whatever parser the Api names.
+        status = InvalidRequest.status_code
     elif status == 405:
         allowed = sorted(getattr(error, "valid_methods", None) or [])
         headers["Allow"] = ", ".join(allowed)

@@ -27,7 +27,12 @@ class PipelineCreate(ma.Schema):
 
     name = name_field(required=True, metadata={"example": "orders"})
     description = ma.fields.String(load_default="", validate=validate.Length(max=10_000))
-    views = ma.fields.List(name_field(), load_default=list, validate=validate.Length(max=1000))
+    views = ma.fields.List(
+        name_field(),
+        load_default=list,
+        validate=validate.Length(max=1000),
+        metadata={"uniqueItems": True},
+    )
 
 
 class PipelineUpdate(ma.Schema):
@@ -37,7 +42,9 @@ class PipelineUpdate(ma.Schema):
         unknown = ma.RAISE
 
     description = ma.fields.String(validate=validate.Length(max=10_000))
-    views = ma.fields.List(name_field(), validate=validate.Length(max=1000))
+    views = ma.fields.List(
+        name_field(), validate=validate.Length(max=1000), metadata={"uniqueItems": True}
+    )
 
 
 class PipelineOut(ma.Schema):

@@ -33,7 +33,17 @@ CHANGES_BODY = {
     "(or `application/jsonl`). Applied in order and stored atomically.",
     "content": {
         "application/json": {
-            "schema": {"type": "array", "items": {"type": "object"}},
+            "schema": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "description": 'One change: `{"insert": {...}}` or `{"delete": {...}}`.',
+                    "properties": {"insert": {"type": "object"}, "delete": {"type": "object"}},
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "additionalProperties": False,
+                },
+            },
             "example": [{"insert": {"id": 1, "total": 10}}, {"delete": {"id": 0, "total": 4}}],
         },
         "application/x-ndjson": {"schema": {"type": "string"}},

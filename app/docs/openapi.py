@@ -1,0 +1,306 @@
+"""Completing flask-smorest's OpenAPI document with what every ``/v0`` route shares.
+
+The routes document their own answers (``@blp.response`` and
+``documents_errors``). What every ``/v0`` route can answer whatever it does,
+the credentials errors, a crash, a busy database, a body that fails validation,
+is added here once, so the document lists every status code a caller can meet
+without each route repeating it. Examples of the error body come from one table.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+API_PREFIX = "/v0"
+ERROR_REF = "#/components/schemas/Error"
+BEARER_SCHEME = "bearerAuth"
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+# Example bodies of each error, by error_code. The 404 one is the contract's own.
+ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
+    "InvalidRequest": {
+        "message": "The request is not valid: name",
+        "error_code": "InvalidRequest",
+        "details": {"name": ["Letters, digits, '_' and '-', 1 to 100 characters."]},
+    },
+    "InvalidResetToken": {
+        "message": "The reset token's signature does not verify",
+        "error_code": "InvalidResetToken",
+        "details": {"reason": "bad_signature"},
+    },
+    "AuthenticationFailed": {
+        "message": "The API key is not valid (it may have been revoked); create an API key "
+        "with 'flask api-keys create NAME --role read|write'",
+        "error_code": "AuthenticationFailed",
+        "details": {"reason": "invalid_key"},
+    },
+    "InsufficientPermissions": {
+        "message": "POST needs the 'write' role; these credentials have 'read'. Use a write key.",
+        "error_code": "InsufficientPermissions",
+        "details": {"required_role": "write", "role": "read"},
+    },
+    "UnknownPipelineName": {
+        "message": "Unknown pipeline name 'non-existent-pipeline'",
+        "error_code": "UnknownPipelineName",
+        "details": {"pipeline_name": "non-existent-pipeline"},
+    },
+    "UnknownView": {
+        "message": "Pipeline 'orders' has no view 'non-existent-view'",
+        "error_code": "UnknownView",
+        "details": {"pipeline_name": "orders", "view_name": "non-existent-view"},
+    },
+    "UnknownConnector": {
+        "message": "View 'totals' of pipeline 'orders' has no connector 'non-existent-connector'",
+        "error_code": "UnknownConnector",
+        "details": {
+            "pipeline_name": "orders",
+            "view_name": "totals",
+            "connector_name": "non-existent-connector",
+        },
+    },
+    "UnknownApiKey": {
+        "message": "Unknown API key name 'non-existent-key'",
+        "error_code": "UnknownApiKey",
+        "details": {"api_key_name": "non-existent-key"},
+    },
+    "DuplicateName": {
+        "message": "A pipeline named 'orders' already exists",
+        "error_code": "DuplicateName",
+        "details": {"pipeline_name": "orders"},
+    },
+    "PipelineNotStopped": {
+        "message": "Pipeline 'orders' must be stopped to delete it; it is running",
+        "error_code": "PipelineNotStopped",
+        "details": {"pipeline_name": "orders", "status": "running"},
+    },
+    "IllegalPipelineAction": {
+        "message": "Cannot pause pipeline 'orders' while it is stopped",
+        "error_code": "IllegalPipelineAction",
+        "details": {"pipeline_name": "orders", "status": "stopped", "action": "pause"},
+    },
+    "PipelineRestarted": {
+        "message": "Pipeline 'orders' was restarted after this reset was issued; "
+        "issue the reset again",
+        "error_code": "PipelineRestarted",
+        "details": {"pipeline_name": "orders", "token_incarnation": 1, "current_incarnation": 2},
+    },
+    "PayloadTooLarge": {
+        "message": "The request body is larger than the 16777216 bytes accepted",
+        "error_code": "PayloadTooLarge",
+        "details": {"max_content_length": 16777216},
+    },
+    "InternalError": {
+        "message": "Internal error; quote request id 3f2b9c0e5d7a4e8f when reporting it",
+        "error_code": "InternalError",
+        "details": {"request_id": "3f2b9c0e5d7a4e8f"},
+    },
+    "PipelineNotRunning": {
+        "message": "Pipeline 'orders' is not running",
+        "error_code": "PipelineNotRunning",
+        "details": {"pipeline_name": "orders", "status": "stopped"},
+    },
+    "ServiceUnavailable": {
+        "message": "The service is busy; retry later",
+        "error_code": "ServiceUnavailable",
+        "details": {"retry_after_seconds": 1},
+    },
+}
+
+# What every /v0 route may answer, whatever it does.
+COMMON_ERRORS = {
+    401: "AuthenticationFailed: no, malformed, unknown, revoked or expired credentials "
+    "(with a `WWW-Authenticate: Bearer` header)",
+    403: "InsufficientPermissions: the credentials lack the role this operation needs",
+    500: "InternalError: a bug; `details.request_id` identifies it in the logs",
+    503: "ServiceUnavailable: the database is busy or unreachable; retry after `Retry-After`",
+}
+INVALID_REQUEST = (
+    "InvalidRequest: the body or query is not valid; `details` maps fields to messages"
+)
+PAYLOAD_TOO_LARGE = "PayloadTooLarge: the request body is larger than the service accepts"
+
+HEADERS = {
+    "Location": {
+        "description": "Where the created resource (or the reset's status) can be read",
+        "schema": {"type": "string"},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before retrying (busy database)",
+        "schema": {"type": "integer"},
+    },
+    "WWW-Authenticate": {
+        "description": "The authentication scheme expected: Bearer",
+        "schema": {"type": "string"},
+    },
+}
+
+# The 404 each path parameter can cause, in path order.
+NOT_FOUND_CODES = {
+    "pipeline_name": "UnknownPipelineName",
+    "view_name": "UnknownView",
+    "connector_name": "UnknownConnector",
+    "api_key_name": "UnknownApiKey",
+}
+
+# Query parameters that the route checks itself, so that leaving one out answers the route's
+# own error (InvalidResetToken, reason "missing") rather than InvalidRequest.
+REQUIRED_QUERY = frozenset({"token"})
+
+# Example values of path parameters: the names the README's walk-through uses.
+PATH_EXAMPLES = {"pipeline_name": "orders", "view_name": "totals", "connector_name": "sink1"}
+
+_ACTION_RE = re.compile(r"/(start|stop|pause|resume)$")
+
+
+def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of the document with the shared responses, security and examples added."""
+    spec = copy.deepcopy(spec)
+    scheme = _ensure_bearer_scheme(spec)
+    for path, item in spec.get("paths", {}).items():
+        if not path.startswith(API_PREFIX):
+            continue
+        _add_path_examples(item.get("parameters", []))
+        for method in HTTP_METHODS:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            _add_path_examples(operation.get("parameters", []))
+            _mark_required_inputs(spec, operation)
+            operation.setdefault("security", [{scheme: []}])
+            _complete_responses(path, method, operation)
+    return spec
+
+
+def _ensure_bearer_scheme(spec: dict[str, Any]) -> str:
+    """Return the name of the bearer security scheme, declaring one if none is."""
+    schemes = spec.setdefault("components", {}).setdefault("securitySchemes", {})
+    for name, scheme in schemes.items():
+        if scheme.get("type") == "http" and scheme.get("scheme", "").lower() == "bearer":
+            return name
+    schemes[BEARER_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key (`apikey:...`) or a JWT, sent as `Authorization: Bearer ...`",
+    }
+    return BEARER_SCHEME
+
+
+def _add_path_examples(parameters: list[dict[str, Any]]) -> None:
+    """Give the path parameters the walk-through's names as examples."""
+    for parameter in parameters:
+        example = PATH_EXAMPLES.get(parameter.get("name", ""))
+        if parameter.get("in") == "path" and example is not None:
+            parameter.setdefault("example", example)
+
+
+def _mark_required_inputs(spec: dict[str, Any], operation: dict[str, Any]) -> None:
+    """Say which inputs a caller must send, as the service treats them.
+
+    A missing JSON body parses as ``{}``, so a body whose schema requires no
+    field may be left out. A parameter of ``REQUIRED_QUERY`` is checked by the
+    route itself (to answer its own error code) but must be sent all the same.
+    """
+    body = operation.get("requestBody")
+    if body is not None:
+        schema = body.get("content", {}).get("application/json", {}).get("schema", {})
+        ref = schema.get("$ref", "")
+        if ref.startswith("#/components/schemas/"):
+            schema = spec["components"]["schemas"].get(ref.rsplit("/", 1)[1], {})
+        if schema.get("type") == "object" and not schema.get("required"):
+            body["required"] = False
+    for parameter in operation.get("parameters", []):
+        if parameter.get("in") == "query" and parameter.get("name") in REQUIRED_QUERY:
+            parameter["required"] = True
+
+
+def _validates_input(operation: dict[str, Any]) -> bool:
+    """Tell whether the operation validates a body or a query string."""
+    query = [p for p in operation.get("parameters", []) if p.get("in") == "query"]
+    return "requestBody" in operation or bool(query)
+
+
+def _complete_responses(path: str, method: str, operation: dict[str, Any]) -> None:
+    """Add the shared error responses to one operation and examples to all its errors."""
+    responses = operation.setdefault("responses", {})
+    # flask-smorest documents failed validation as 422; the service answers 400.
+    responses.pop("422", None)
+    # Every error code is listed explicitly; a catch-all would hide a gap.
+    responses.pop("default", None)
+    if _validates_input(operation):
+        _merge(responses, 400, INVALID_REQUEST)
+    if "requestBody" in operation:
+        _merge(responses, 413, PAYLOAD_TOO_LARGE)
+    for code, description in COMMON_ERRORS.items():
+        _merge(responses, code, description)
+    for code, response in responses.items():
+        status = int(code)
+        if status >= 400:
+            _describe_error(path, method, operation, status, response)
+        elif status in (201, 202):
+            response.setdefault("headers", {}).setdefault("Location", HEADERS["Location"])
+
+
+def _merge(responses: dict[str, Any], code: int, description: str) -> None:
+    """Add a response with the error body, or extend the description of the route's own."""
+    key = str(code)
+    existing = responses.get(key)
+    if existing is None:
+        responses[key] = {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": ERROR_REF}}},
+        }
+    elif description.split(":")[0] not in existing.get("description", ""):
+        existing["description"] = f"{existing.get('description', '')}; or {description}"
+
+
+def _describe_error(
+    path: str, method: str, operation: dict[str, Any], status: int, response: dict[str, Any]
+) -> None:
+    """Attach the error body's schema, headers and examples to an error response."""
+    content = response.setdefault("content", {}).setdefault("application/json", {})
+    content.setdefault("schema", {"$ref": ERROR_REF})
+    codes = _error_codes(path, method, operation, status, response.get("description", ""))
+    if codes and "example" not in content:
+        content.setdefault(
+            "examples", {code: {"value": ERROR_EXAMPLES[code], "summary": code} for code in codes}
+        )
+    headers = response.setdefault("headers", {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", HEADERS["WWW-Authenticate"])
+    elif status == 503:
+        headers.setdefault("Retry-After", HEADERS["Retry-After"])
+    if not headers:
+        del response["headers"]
+
+
+def _error_codes(
+    path: str, method: str, operation: dict[str, Any], status: int, description: str
+) -> list[str]:
+    """Return the error codes an operation can answer with that status, for the examples."""
+    if status == 400:
+        has_token = any(p.get("name") == "token" for p in operation.get("parameters", []))
+        return ["InvalidResetToken", "InvalidRequest"] if has_token else ["InvalidRequest"]
+    if status == 404:
+        return [code for name, code in NOT_FOUND_CODES.items() if "{" + name + "}" in path]
+    if status == 409:
+        if _ACTION_RE.search(path):
+            return ["IllegalPipelineAction"]
+        codes = []
+        if "{pipeline_name}" in path:
+            codes.append("PipelineNotStopped")
+        if method == "post":
+            codes.append("DuplicateName")
+        return codes
+    if status == 503:
+        own = "PipelineNotRunning" in description
+        return ["PipelineNotRunning", "ServiceUnavailable"] if own else ["ServiceUnavailable"]
+    by_status = {
+        401: "AuthenticationFailed",
+        403: "InsufficientPermissions",
+        410: "PipelineRestarted",
+        413: "PayloadTooLarge",
+        500: "InternalError",
+    }
+    return [by_status[status]] if status in by_status else []

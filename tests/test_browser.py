@@ -1,0 +1,321 @@
+"""Real-browser tests: Swagger UI's "Try it out" and cross-origin fetch, in headless Chromium.
+
+They drive Debian's ``chromium`` with Playwright (no browser download). Where
+``/usr/bin/chromium`` is missing they skip, except under CI (``CI=true``),
+where they fail: CI installs the browser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-gpu",
+    # Nothing but this machine resolves, whatever a page asks for.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+TIMEOUT_MS = 20_000
+RESET_STATUS_PATH = "/v0/pipelines/{pipeline_name}/reset_status"
+
+pytestmark = pytest.mark.browser
+
+# The page another site would serve: it calls the API with fetch and a bearer key.
+CALLER_PAGE = b"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Internal docs</title></head>
+<body><script>
+async function callApi(base, method, path, key, body) {
+  const init = {method: method, headers: {"Authorization": "Bearer " + key}};
+  if (body !== null) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  try {
+    const r = await fetch(base + path, init);
+    return {fetched: true, status: r.status, body: await r.json(),
+            location: r.headers.get("Location"), requestId: r.headers.get("X-Request-Id")};
+  } catch (e) {
+    return {fetched: false, error: String(e)};
+  }
+}
+</script></body></html>
+"""
+
+
+def _browser_missing(reason: str) -> None:
+    """Skip where the browser is missing, but fail under CI, which must have it."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI must install it: see .ci/run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright."""
+    if not Path(CHROMIUM).exists():
+        _browser_missing(f"{CHROMIUM} is not installed")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _browser_missing("playwright is not installed")
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        browser.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Any]:
+    """A fresh browser page (own storage) where only localhost can be reached.
+
+    Playwright answers CORS preflights itself while it intercepts requests,
+    so the cross-origin tests use :func:`caller_page` instead.
+    """
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    outside: list[str] = []
+
+    def route(route) -> None:
+        """Let localhost through, abort (and remember) anything else."""
+        if urlsplit(route.request.url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.outside_requests = outside
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def caller_page(browser) -> Iterator[Any]:
+    """A fresh browser page without request interception, so preflights reach the server."""
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    yield context.new_page()
+    context.close()
+
+
+class _CallerPage(BaseHTTPRequestHandler):
+    """Serve the caller page at every path."""
+
+    def do_GET(self) -> None:
+        """Answer with the page."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(CALLER_PAGE)))
+        self.end_headers()
+        self.wfile.write(CALLER_PAGE)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+def _serve_in_thread(server: Any) -> threading.Thread:
+    """Run a server's loop in a daemon thread."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def caller_origins() -> Iterator[tuple[str, str]]:
+    """Two pages on other localhost ports: (allowed origin, not allowed origin)."""
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _CallerPage) for _ in range(2)]
+    for server in servers:
+        _serve_in_thread(server)
+    yield tuple(f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any], caller_origins: tuple[str, str]) -> dict[str, Any]:
+    """Allow the first caller page's origin only."""
+    return {**app_config, "CORS_ORIGINS": [caller_origins[0]]}
+
+
+class _Recorder:
+    """WSGI middleware remembering each request's method, path and Origin."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.requests: list[tuple[str, str, str | None]] = []
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        """Record the request and pass it on."""
+        self.requests.append(
+            (environ["REQUEST_METHOD"], environ["PATH_INFO"], environ.get("HTTP_ORIGIN"))
+        )
+        return self.app(environ, start_response)
+
+
+@pytest.fixture
+def server(app: Flask) -> Iterator[tuple[str, _Recorder]]:
+    """Serve the app on a localhost port: (base URL, request recorder)."""
+    recorder = _Recorder(app)
+    httpd = make_server("127.0.0.1", 0, recorder, threaded=True)
+    _serve_in_thread(httpd)
+    yield f"http://127.0.0.1:{httpd.server_port}", recorder
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _credential(auth_headers: dict[str, str]) -> str:
+    """The API key inside the ``Authorization`` header."""
+    return auth_headers["Authorization"].removeprefix("Bearer ")
+
+
+def _authorize(page: Any, credential: str) -> None:
+    """Enter the bearer credential in Swagger UI's Authorize dialog."""
+    page.locator("button.authorize").first.click()
+    dialog = page.locator(".modal-ux")
+    dialog.locator("input").first.fill(credential)
+    dialog.locator(".auth-btn-wrapper button.authorize").click()
+    dialog.locator("button.btn-done").click()
+
+
+def _reset_status_block(page: Any) -> Any:
+    """The expanded reset_status operation of the Swagger UI page."""
+    block = page.locator(".opblock-get").filter(
+        has=page.locator(f'[data-path="{RESET_STATUS_PATH}"]')
+    )
+    if block.locator(".opblock-body").count() == 0:
+        block.locator(".opblock-summary").first.click()
+    return block
+
+
+def _execute(block: Any, pipeline: str, token: str) -> tuple[int, dict]:
+    """Fill the parameters, press Execute and read the answer shown in the page."""
+    try_it = block.locator("button.try-out__btn")
+    if try_it.count() and try_it.inner_text().strip() == "Try it out":
+        try_it.click()
+    block.locator('tr[data-param-name="pipeline_name"] input').fill(pipeline)
+    block.locator('tr[data-param-name="token"] input').fill(token)
+    # A previous answer is cleared before the new one shows.
+    clear = block.locator("button.btn-clear")
+    if clear.count():
+        clear.click()
+    block.locator("button.execute").click()
+    live = block.locator(".live-responses-table .response")
+    live.wait_for()
+    status = int(live.locator(".response-col_status").first.inner_text().strip())
+    body = live.locator(".response-col_description pre").first.inner_text()
+    return status, json.loads(body)
+
+
+def test_docs_try_it_out_reads_reset_status_with_an_api_key(
+    page, server, running_pipeline, auth_headers
+):
+    base, _ = server
+    token = running_pipeline.reset()
+    sent: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: sent.append(r.headers.get("authorization")) if "/reset_status" in r.url else None,
+    )
+
+    page.goto(f"{base}/docs/")
+    page.locator(".swagger-ui .info .title").wait_for()
+    _authorize(page, _credential(auth_headers))
+    block = _reset_status_block(page)
+
+    status, body = _execute(block, "orders", token)
+    assert status == 200, body
+    assert body["pipeline_name"] == "orders" and body["connector_name"] == "sink1"
+    assert body["status"] == "inprogress" and body["phase"] == "queued"
+    assert sent[-1] == auth_headers["Authorization"]
+
+    status, body = _execute(block, "orders", "garbage")
+    assert status == 400, body
+    assert body["error_code"] == "InvalidResetToken"
+    assert set(body) == {"message", "error_code", "details"}
+
+    # The authorization survives a reload: no second Authorize.
+    page.reload()
+    page.locator(".swagger-ui .info .title").wait_for()
+    status, body = _execute(_reset_status_block(page), "orders", token)
+    assert status == 200, body
+    assert sent[-1] == auth_headers["Authorization"]
+
+    assert page.outside_requests == []
+
+
+def _call(page: Any, base: str, method: str, path: str, key: str, body: Any = None) -> dict:
+    """Run the caller page's fetch in the browser."""
+    return page.evaluate(
+        "([base, method, path, key, body]) => callApi(base, method, path, key, body)",
+        [base, method, path, key, body],
+    )
+
+
+def test_page_of_an_allowed_origin_reads_answers_and_errors(
+    caller_page, server, caller_origins, running_pipeline, auth_headers
+):
+    base, recorder = server
+    allowed, _ = caller_origins
+    key = _credential(auth_headers)
+    caller_page.goto(f"{allowed}/")
+
+    result = _call(caller_page, base, "GET", "/v0/pipelines/orders", key)
+    assert result["fetched"], result
+    assert result["status"] == 200 and result["body"]["name"] == "orders"
+    assert result["requestId"]
+
+    result = _call(caller_page, base, "GET", "/v0/pipelines/non-existent-pipeline", key)
+    assert result["fetched"], result
+    assert result["status"] == 404
+    assert result["body"] == {
+        "message": "Unknown pipeline name 'non-existent-pipeline'",
+        "error_code": "UnknownPipelineName",
+        "details": {"pipeline_name": "non-existent-pipeline"},
+    }
+
+    result = _call(caller_page, base, "POST", "/v0/pipelines", key, {"name": "from-browser"})
+    assert result["fetched"], result
+    assert result["status"] == 201 and result["location"] == "/v0/pipelines/from-browser"
+
+    # The bearer header made the browser ask first.
+    preflights = [r for r in recorder.requests if r[0] == "OPTIONS" and r[2] == allowed]
+    assert ("OPTIONS", "/v0/pipelines/orders", allowed) in preflights
+    assert ("OPTIONS", "/v0/pipelines", allowed) in preflights
+
+
+def test_page_of_another_origin_is_blocked_by_the_browser(
+    caller_page, server, caller_origins, running_pipeline, auth_headers
+):
+    base, recorder = server
+    _, blocked = caller_origins
+    caller_page.goto(f"{blocked}/")
+
+    result = _call(caller_page, base, "GET", "/v0/pipelines/orders", _credential(auth_headers))
+    assert not result["fetched"], result
+    assert "Failed to fetch" in result["error"]
+    # The preflight was refused, so the call itself never left the browser.
+    assert ("OPTIONS", "/v0/pipelines/orders", blocked) in recorder.requests
+    assert ("GET", "/v0/pipelines/orders", blocked) not in recorder.requests

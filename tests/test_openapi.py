@@ -1,0 +1,151 @@
+"""The OpenAPI document at /openapi.json and the Swagger UI page at /docs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from flask import Flask
+
+from app.docs.openapi import ERROR_EXAMPLES, ERROR_REF
+
+CONTRACT_404 = {
+    "message": "Unknown pipeline name 'non-existent-pipeline'",
+    "error_code": "UnknownPipelineName",
+    "details": {"pipeline_name": "non-existent-pipeline"},
+}
+SHARED_ERRORS = ("401", "403", "500", "503")
+
+
+@pytest.fixture
+def document(anon_client) -> dict:
+    """The served document, fetched without credentials."""
+    r = anon_client.get("/openapi.json")
+    assert r.status_code == 200
+    assert r.mimetype == "application/json"
+    return r.get_json()
+
+
+def operations(document: dict):
+    """Yield (path, method, operation) of every /v0 operation."""
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method != "parameters" and path.startswith("/v0"):
+                yield path, method, operation
+
+
+def _openapi_path(rule: str) -> str:
+    """Turn a Flask rule into an OpenAPI path."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def test_document_lists_every_v0_route_and_method(app: Flask, document):
+    served = {
+        (_openapi_path(rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/v0")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    documented = {(path, method) for path, method, _ in operations(document)}
+    assert served == documented
+
+
+def test_every_operation_documents_the_shared_errors_with_the_error_body(document):
+    for path, method, operation in operations(document):
+        responses = operation["responses"]
+        assert "422" not in responses and "default" not in responses, (path, method)
+        for code in SHARED_ERRORS:
+            schema = responses[code]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": ERROR_REF}, (path, method, code)
+        assert "WWW-Authenticate" in responses["401"]["headers"]
+        assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_every_error_response_has_the_error_schema_and_an_example(document):
+    for path, method, operation in operations(document):
+        for code, response in operation["responses"].items():
+            if int(code) < 400:
+                continue
+            content = response["content"]["application/json"]
+            assert content["schema"] == {"$ref": ERROR_REF}, (path, method, code)
+            examples = content["examples"]
+            assert examples, (path, method, code)
+            for example in examples.values():
+                assert set(example["value"]) == {"message", "error_code", "details"}
+
+
+def test_validated_bodies_and_queries_document_400_not_422(document):
+    for path, method, operation in operations(document):
+        query = [p for p in operation.get("parameters", []) if p["in"] == "query"]
+        if "requestBody" in operation or query:
+            assert "400" in operation["responses"], (path, method)
+        if "requestBody" in operation:
+            assert "413" in operation["responses"], (path, method)
+
+
+def test_the_contract_404_example_is_documented(document):
+    response = document["paths"]["/v0/pipelines/{pipeline_name}"]["get"]["responses"]["404"]
+    examples = response["content"]["application/json"]["examples"]
+    assert examples["UnknownPipelineName"]["value"] == CONTRACT_404
+    assert ERROR_EXAMPLES["UnknownPipelineName"] == CONTRACT_404
+
+
+def test_reset_status_documents_every_row_of_the_contract_table(document):
+    operation = document["paths"]["/v0/pipelines/{pipeline_name}/reset_status"]["get"]
+    responses = operation["responses"]
+    assert set(responses) == {"200", "400", "401", "403", "404", "410", "500", "503"}
+    assert set(responses["400"]["content"]["application/json"]["examples"]) == {
+        "InvalidResetToken",
+        "InvalidRequest",
+    }
+    assert set(responses["503"]["content"]["application/json"]["examples"]) == {
+        "PipelineNotRunning",
+        "ServiceUnavailable",
+    }
+
+
+def test_bearer_scheme_is_declared_and_required_on_every_v0_operation(document):
+    schemes = document["components"]["securitySchemes"]
+    bearer = [n for n, s in schemes.items() if s["type"] == "http" and s["scheme"] == "bearer"]
+    assert len(bearer) == 1
+    required = [{bearer[0]: []}]
+    for path, method, operation in operations(document):
+        assert operation.get("security", document.get("security")) == required, (path, method)
+
+
+def test_created_and_accepted_responses_document_location(document):
+    reset = "/v0/pipelines/{pipeline_name}/views/{view_name}/connectors/{connector_name}/reset"
+    assert "Location" in document["paths"][reset]["post"]["responses"]["202"]["headers"]
+    assert "Location" in document["paths"]["/v0/pipelines"]["post"]["responses"]["201"]["headers"]
+
+
+def test_path_parameters_carry_walkthrough_examples(document):
+    parameters = document["paths"]["/v0/pipelines/{pipeline_name}"]["parameters"]
+    assert parameters[0]["example"] == "orders"
+
+
+def test_docs_and_document_are_public(anon_client):
+    assert anon_client.get("/openapi.json").status_code == 200
+    assert anon_client.get("/docs/").status_code == 200
+    r = anon_client.get("/docs")
+    assert r.status_code in (301, 308) and r.headers["Location"].endswith("/docs/")
+
+
+def test_docs_page_loads_only_local_assets(anon_client):
+    html = anon_client.get("/docs/").get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and all(a.startswith("/docs/") for a in assets), assets
+    for asset in assets:
+        r = anon_client.get(asset)
+        assert r.status_code == 200, asset
+        r.close()
+    # No remote validator badge: the page works offline.
+    assert '"validatorUrl": null' in html
+    assert '"persistAuthorization": true' in html
+    assert '"tryItOutEnabled": true' in html
+    assert '"url": "/openapi.json"' in html
+
+
+def test_swagger_ui_bundle_is_version_5(anon_client):
+    html = anon_client.get("/docs/").get_data(as_text=True)
+    assert re.search(r'<meta name="version" content="5\.', html)
