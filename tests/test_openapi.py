@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -149,3 +150,9 @@ def test_docs_page_loads_only_local_assets(anon_client):
 def test_swagger_ui_bundle_is_version_5(anon_client):
     html = anon_client.get("/docs/").get_data(as_text=True)
     assert re.search(r'<meta name="version" content="5\.', html)
+
+
+def test_cli_prints_the_served_document(app: Flask, document):
+    result = app.test_cli_runner().invoke(args=["openapi", "print"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == document

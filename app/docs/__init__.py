@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from apispec import APISpec
 from flask import Flask, Response, current_app
 from flask_swagger_ui import get_swaggerui_blueprint
 
@@ -34,13 +35,26 @@ SWAGGER_UI_CONFIG: dict[str, Any] = {
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:
-    """Return the app's completed OpenAPI document, built on first use."""
-    document = app.extensions.get("openapi_document")
-    if document is None:
-        # Every route is registered once the app serves; the document never changes after.
-        document = complete_spec(app.extensions["openapi_spec"].to_dict())
-        app.extensions["openapi_document"] = document
-    return document
+    """Return the app's completed OpenAPI document."""
+    return app.extensions["openapi_spec"].to_dict()
+
+
+def _complete_on_output(spec: APISpec) -> None:
+    """Make the spec's ``to_dict`` return the completed document, built once on first use.
+
+    Both the served document and ``flask openapi print|write`` go through it.
+    """
+    build = spec.to_dict
+    built: list[dict[str, Any]] = []
+
+    def to_dict() -> dict[str, Any]:
+        """Return the completed document."""
+        # Every route is registered once the document is asked for; it never changes after.
+        if not built:
+            built.append(complete_spec(build()))
+        return built[0]
+
+    spec.to_dict = to_dict
 
 
 def serve_openapi() -> Response:
@@ -53,6 +67,7 @@ def init_app(app: Flask) -> None:
     """Serve the completed OpenAPI document and Swagger UI."""
     # The Api extension is shared by every app built in this process; keep this app's spec.
     app.extensions["openapi_spec"] = api.spec
+    _complete_on_output(api.spec)
     app.view_functions[OPENAPI_ENDPOINT] = serve_openapi
     app.register_blueprint(
         get_swaggerui_blueprint(DOCS_URL, OPENAPI_URL, config=SWAGGER_UI_CONFIG),

@@ -233,6 +233,7 @@ def _complete_responses(path: str, method: str, operation: dict[str, Any]) -> No
     if "requestBody" in operation:
         _merge(responses, 413, PAYLOAD_TOO_LARGE)
     for code, description in COMMON_ERRORS.items():
+        # Reads too: the contract promises 403 for credentials that lack the role to read.
         _merge(responses, code, description)
     for code, response in responses.items():
         status = int(code)
