@@ -14,6 +14,7 @@ from tests.conftest import assert_error
 
 ALLOWED = "http://docs.example.test:8080"
 OTHER = "http://evil.example.test"
+ENV_TEST_CONFIG = {"TESTING": True, "SECRET_KEY": "test-secret-key", "BACKGROUND_WORKER": False}
 
 
 @pytest.fixture
@@ -63,12 +64,12 @@ def test_origins_setting_refuses_broken_json():
 def test_origins_come_from_the_environment(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("PIPELINE_MANAGER_CORS_ORIGINS", f"{ALLOWED},{OTHER}")
     app = create_app(
-        {"TESTING": True, "SQLALCHEMY_DATABASE_URI": "sqlite://", "BACKGROUND_WORKER": False}
+        {**ENV_TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'env.db'}"}
     )
     assert app.config["CORS_ORIGINS"] == [ALLOWED, OTHER]
     monkeypatch.setenv("PIPELINE_MANAGER_CORS_ORIGINS", f'["{OTHER}"]')
     app = create_app(
-        {"TESTING": True, "SQLALCHEMY_DATABASE_URI": "sqlite://", "BACKGROUND_WORKER": False}
+        {**ENV_TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'env.db'}"}
     )
     assert app.config["CORS_ORIGINS"] == [OTHER]
 
