@@ -151,6 +151,9 @@ def test_every_v0_mutation_refuses_a_read_key(app, read_headers):
         response = client.open(path, method=method, json={}, headers=read_headers)
         body = assert_error(response, 403, "InsufficientPermissions")
         assert body["details"] == {"required_role": "write", "role": "read"}, (method, path)
+        assert response.headers["WWW-Authenticate"] == (
+            'Bearer realm="pipeline-manager", error="insufficient_scope"'
+        )
 
 
 def test_public_routes_need_no_credentials(app, anon_client):

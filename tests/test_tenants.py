@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from flask.testing import FlaskClient
 
@@ -133,3 +135,20 @@ def test_api_keys_are_per_tenant(client: FlaskClient, other: Api, anon_client, a
     assert_error(other.client.get(f"/v0/api_keys/{name}"), 404, "UnknownApiKey")
     assert_error(other.client.delete(f"/v0/api_keys/{name}"), 404, "UnknownApiKey")
     assert anon_client.get("/v0/pipelines", headers=auth_headers).status_code == 200
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="file sinks of every tenant share SINK_DIR: one tenant's connector can name, "
+    "reset and append to another tenant's sink file (app/transports/file.py)",
+)
+def test_a_tenant_cannot_reach_another_tenant_s_sink_file(running_pipeline, other, run_resets):
+    mine_file = Path(running_pipeline.client.application.config["SINK_DIR"]) / "out/totals.jsonl"
+    mine_file.parent.mkdir(parents=True, exist_ok=True)
+    mine_file.write_text('{"insert":{"n":1}}\n')
+    other.create_pipeline()
+    other.add_file_connector(name="sneaky", path="out/totals.jsonl")
+    other.action("orders", "start")
+    other.reset(connector="sneaky")
+    run_resets()
+    assert mine_file.read_text() == '{"insert":{"n":1}}\n'

@@ -109,4 +109,5 @@ def check_request() -> None:
             f"{request.method} needs the '{needed}' role; these credentials have "
             f"'{principal.role}'. Use a {needed} key.",
             details={"required_role": needed, "role": principal.role},
+            headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'},
         )
