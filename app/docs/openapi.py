@@ -1,4 +1,4 @@
-"""Completing flask-smorest's OpenAPI document with what every ``/v0`` route shares.
+"""Completing flask-smorest's OpenAPI document with what every route shares.
 
 The routes document their own answers (``@blp.response`` and
 ``documents_errors``). What every ``/v0`` route can answer whatever it does,
@@ -108,7 +108,7 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
     },
 }
 
-# What every /v0 route may answer, whatever it does.
+# What every /v0 route may answer, whatever it does (public routes: 500 and 503).
 COMMON_ERRORS = {
     401: "AuthenticationFailed: no, malformed, unknown, revoked or expired credentials "
     "(with a `WWW-Authenticate: Bearer` header)",
@@ -159,8 +159,8 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
     spec = copy.deepcopy(spec)
     scheme = _ensure_bearer_scheme(spec)
     for path, item in spec.get("paths", {}).items():
-        if not path.startswith(API_PREFIX):
-            continue
+        # Routes outside /v0 (health checks) are public: no credentials, no 401/403.
+        secured = path.startswith(API_PREFIX)
         _add_path_examples(item.get("parameters", []))
         for method in HTTP_METHODS:
             operation = item.get(method)
@@ -168,8 +168,9 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             _add_path_examples(operation.get("parameters", []))
             _mark_required_inputs(spec, operation)
-            operation.setdefault("security", [{scheme: []}])
-            _complete_responses(path, method, operation)
+            if secured:
+                operation.setdefault("security", [{scheme: []}])
+            _complete_responses(path, method, operation, secured)
     return spec
 
 
@@ -221,7 +222,7 @@ def _validates_input(operation: dict[str, Any]) -> bool:
     return "requestBody" in operation or bool(query)
 
 
-def _complete_responses(path: str, method: str, operation: dict[str, Any]) -> None:
+def _complete_responses(path: str, method: str, operation: dict[str, Any], secured: bool) -> None:
     """Add the shared error responses to one operation and examples to all its errors."""
     responses = operation.setdefault("responses", {})
     # flask-smorest documents failed validation as 422; the service answers 400.
@@ -233,8 +234,9 @@ def _complete_responses(path: str, method: str, operation: dict[str, Any]) -> No
     if "requestBody" in operation:
         _merge(responses, 413, PAYLOAD_TOO_LARGE)
     for code, description in COMMON_ERRORS.items():
-        # Reads too: the contract promises 403 for credentials that lack the role to read.
-        _merge(responses, code, description)
+        # 403 on reads too: the contract promises it for credentials lacking the role to read.
+        if secured or code not in (401, 403):
+            _merge(responses, code, description)
     for code, response in responses.items():
         status = int(code)
         if status >= 400:
