@@ -282,7 +282,7 @@ def test_reset_end_to_end_empties_the_file_sink(cli, app, tmp_path: Path, run_re
         )
     )  # fmt: skip
     ok(cli("pipelines", "start", "orders"))
-    sink = tmp_path / "sinks" / "out" / "totals.jsonl"
+    sink = tmp_path / "sinks" / "default" / "out" / "totals.jsonl"
     sink.parent.mkdir(parents=True)
     sink.write_text('{"insert": {"stale": 1}}\n')
 
@@ -310,7 +310,7 @@ def test_reset_replays_the_view_snapshot_into_the_file_sink(cli, running, tmp_pa
     final = json.loads(result.stdout)
     assert (final["snapshot_records"], final["replayed_records"]) == (3, 3)
     assert result.stderr == "orders/totals/sink1: done, 3/3 records replayed (complete)\n"
-    sink = tmp_path / "sinks" / "out" / "totals.jsonl"
+    sink = tmp_path / "sinks" / "default" / "out" / "totals.jsonl"
     lines = [json.loads(line) for line in sink.read_text().splitlines()]
     assert sorted(line["insert"]["id"] for line in lines) == [0, 1, 2]
 
@@ -387,8 +387,8 @@ def test_wait_exits_1_when_the_reset_fails(cli, tmp_path: Path, run_resets):
     )  # fmt: skip
     ok(cli("pipelines", "start", "orders"))
     # A file where the sink's folder should be: resetting the sink fails.
-    (tmp_path / "sinks").mkdir(exist_ok=True)
-    (tmp_path / "sinks" / "blocker").write_text("not a folder")
+    (tmp_path / "sinks" / "default").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "sinks" / "default" / "blocker").write_text("not a folder")
     token = issue(cli)
     run_resets()
     result = cli("resets", "wait", "orders", token)

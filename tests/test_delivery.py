@@ -53,7 +53,7 @@ def deliver(app, owner: str = "worker-1", **kwargs: Any) -> int:
 
 def sink_lines(tmp_path: Path, name: str = "out/totals.jsonl") -> list[dict]:
     """The JSON lines of a file sink."""
-    path = tmp_path / "sinks" / name
+    path = tmp_path / "sinks" / "default" / name
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -120,7 +120,7 @@ def test_stats_show_what_was_transmitted_and_what_waits(running_pipeline, client
     assert body["health"] == "healthy" and body["transport"] == "file"
     deliver(app)
     body = stats(client)
-    size = (tmp_path / "sinks" / "out" / "totals.jsonl").stat().st_size
+    size = (tmp_path / "sinks" / "default" / "out" / "totals.jsonl").stat().st_size
     assert body["transmitted_records"] == 4 and body["transmitted_bytes"] == size
     assert body["queued_records"] == 0 and body["delivered_seq"] == body["log_end"] == 4
     assert body["resets"] == {

@@ -16,8 +16,8 @@ CONNECTORS = "/v0/pipelines/orders/views/totals/connectors"
 
 @pytest.fixture
 def sinks(app: Flask) -> Path:
-    """The app's sink directory, created."""
-    folder = Path(app.config["SINK_DIR"])
+    """The default tenant's sink directory, created."""
+    folder = Path(app.config["SINK_DIR"]) / "default"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

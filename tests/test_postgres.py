@@ -68,7 +68,7 @@ def test_reset_walkthrough_on_postgres(running_pipeline, run_resets, tmp_path):
     assert run_resets() == 1
     body = api.status(token).get_json()
     assert (body["status"], body["phase"]) == ("complete", "done")
-    assert (tmp_path / "sinks" / "out" / "totals.jsonl").read_bytes() == b""
+    assert (tmp_path / "sinks" / "default" / "out" / "totals.jsonl").read_bytes() == b""
     api.action("orders", "stop")
     assert_error(api.status(token), 503, "PipelineNotRunning")
     api.action("orders", "start")

@@ -114,8 +114,9 @@ def test_resets_and_tokens_stay_in_their_tenant(twins, run_resets, tmp_path):
     assert run_resets() == 2
     assert mine.status(mine_token).get_json()["connector_name"] == "sink1"
     assert other.status(other_token).get_json()["connector_name"] == "sink-o"
-    assert (tmp_path / "sinks" / "out" / "totals.jsonl").exists()
-    assert (tmp_path / "sinks" / "other" / "totals.jsonl").exists()
+    # Each tenant's sink files live in the tenant's own folder.
+    assert (tmp_path / "sinks" / "default" / "out" / "totals.jsonl").exists()
+    assert (tmp_path / "sinks" / "other" / "other" / "totals.jsonl").exists()
 
 
 def test_same_named_pipelines_live_independent_lives(twins):
@@ -137,13 +138,9 @@ def test_api_keys_are_per_tenant(client: FlaskClient, other: Api, anon_client, a
     assert anon_client.get("/v0/pipelines", headers=auth_headers).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="file sinks of every tenant share SINK_DIR: one tenant's connector can name, "
-    "reset and append to another tenant's sink file (app/transports/file.py)",
-)
 def test_a_tenant_cannot_reach_another_tenant_s_sink_file(running_pipeline, other, run_resets):
-    mine_file = Path(running_pipeline.client.application.config["SINK_DIR"]) / "out/totals.jsonl"
+    sink_dir = Path(running_pipeline.client.application.config["SINK_DIR"])
+    mine_file = sink_dir / "default" / "out" / "totals.jsonl"
     mine_file.parent.mkdir(parents=True, exist_ok=True)
     mine_file.write_text('{"insert":{"n":1}}\n')
     other.create_pipeline()

@@ -41,7 +41,9 @@ def add_connector(
     """Add an output connector to a view of a stopped pipeline."""
     view = get_view(pipeline, view_name)
     require_stopped(pipeline, "add a connector")
-    config = get_transport(transport["name"]).validate_config(transport.get("config") or {})
+    config = get_transport(transport["name"]).validate_config(
+        transport.get("config") or {}, tenant=pipeline.tenant
+    )
     connector = Connector(view=view, name=name, transport=transport["name"], config=config)
     db.session.add(connector)
     try:

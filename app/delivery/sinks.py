@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PipelineRef:
-    """The pipeline's name, as messages to sinks carry it."""
+    """The pipeline's name (as messages to sinks carry it) and tenant (where its files live)."""
 
     name: str
+    tenant: str
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def target_of(connector: Any) -> SinkTarget:
         transport=connector.transport,
         config=dict(connector.config),
         view_id=connector.view_id,
-        view=ViewRef(view.name, PipelineRef(view.pipeline.name)),
+        view=ViewRef(view.name, PipelineRef(view.pipeline.name, view.pipeline.tenant)),
     )
 
 

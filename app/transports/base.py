@@ -23,8 +23,12 @@ class Transport(Protocol):
 
     name: str
 
-    def validate_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Return the normalised settings or raise ``InvalidRequest``."""
+    def validate_config(self, config: dict[str, Any], *, tenant: str) -> dict[str, Any]:
+        """Return the normalised settings or raise ``InvalidRequest``.
+
+        ``tenant`` is the pipeline's tenant: a driver that names local resources
+        (the file transport's paths) keeps each tenant inside its own space.
+        """
 
     def reset(self, connector: Any) -> None:
         """Ask the sink to reset itself (for a file: leave it empty)."""

@@ -15,20 +15,24 @@ from app.errors import InvalidRequest
 from app.transports.base import TransportError
 
 
-def sink_dir() -> Path:
-    """Return the folder that file sinks must live in."""
-    return Path(current_app.config["SINK_DIR"]).resolve()
+def sink_dir(tenant: str) -> Path:
+    """Return the folder that a tenant's file sinks must live in.
+
+    Each tenant has its own folder under ``SINK_DIR``, so that no tenant can
+    name, read or reset another tenant's sink files.
+    """
+    return Path(current_app.config["SINK_DIR"]).resolve() / tenant
 
 
-def resolve_sink_path(path: str) -> Path:
-    """Resolve a sink path; a relative one is taken from the sink directory.
+def resolve_sink_path(path: str, tenant: str) -> Path:
+    """Resolve a sink path; a relative one is taken from the tenant's sink directory.
 
-    Raises ``ValueError`` when the path leaves the sink directory, through
-    ``..``, an absolute path elsewhere, or a symbolic link.
+    Raises ``ValueError`` when the path leaves that directory, through ``..``,
+    an absolute path elsewhere, or a symbolic link.
     """
     if not path or "\x00" in path:
         raise ValueError("The path is empty or holds a NUL character")
-    base = sink_dir()
+    base = sink_dir(tenant)
     candidate = Path(path)
     if not candidate.is_absolute():
         candidate = base / candidate
@@ -43,8 +47,8 @@ class FileTransport:
 
     name = "file"
 
-    def validate_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Check that ``path`` names a file inside the sink directory."""
+    def validate_config(self, config: dict[str, Any], *, tenant: str) -> dict[str, Any]:
+        """Check that ``path`` names a file inside the tenant's sink directory."""
         unknown = sorted(set(config) - {"path"})
         if unknown:
             raise InvalidRequest(
@@ -58,7 +62,7 @@ class FileTransport:
                 details={"transport.config.path": ["A string is required."]},
             )
         try:
-            resolved = resolve_sink_path(path)
+            resolved = resolve_sink_path(path, tenant)
         except ValueError as exc:
             raise InvalidRequest(
                 "The sink path is not allowed", details={"transport.config.path": [str(exc)]}
@@ -80,7 +84,7 @@ class FileTransport:
     def path_of(self, connector: Any) -> Path:
         """Return the resolved sink file of a connector."""
         try:
-            return resolve_sink_path(connector.config["path"])
+            return resolve_sink_path(connector.config["path"], connector.view.pipeline.tenant)
         except ValueError as exc:
             raise TransportError(str(exc)) from None
 

@@ -269,7 +269,7 @@ class HttpTransport:
 
     # -- settings -----------------------------------------------------------
 
-    def validate_config(self, config: dict[str, Any]) -> dict[str, Any]:
+    def validate_config(self, config: dict[str, Any], *, tenant: str | None = None) -> dict[str, Any]:
         """Check the URL, timeouts, retries and backoff; return them with defaults filled in."""
         return parse_settings(config).as_config()
 
