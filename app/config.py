@@ -35,6 +35,15 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "WORKER_LEASE_SECONDS": 30,
         # Seconds the background worker sleeps when it found nothing to do.
         "WORKER_POLL_INTERVAL": 0.5,
+        # Changes per batch a connector delivers, and per batch a reset replays.
+        "DELIVERY_BATCH_SIZE": 1000,
+        "REPLAY_BATCH_SIZE": 1000,
+        # Backoff after a failed delivery: doubled per failure in a row, up to the cap.
+        "DELIVERY_RETRY_BASE_SECONDS": 1.0,
+        "DELIVERY_RETRY_MAX_SECONDS": 60.0,
+        # The most changes and bytes one pushed batch may carry (413 PayloadTooLarge above).
+        "VIEW_CHANGES_MAX_RECORDS": 100_000,
+        "VIEW_CHANGES_MAX_BYTES": 16 * 1024 * 1024,
         # Run the worker loop in a background thread of each serving process.
         "BACKGROUND_WORKER": True,
         # Seconds a client is told to wait when the database is busy.

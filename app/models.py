@@ -4,6 +4,7 @@ from app.auth.models import ApiKey
 from app.connectors.models import Connector
 from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.resets.models import Reset, ResetPhase, ResetStatus
+from app.view_data.models import ViewChange, ViewLog, ViewRecord
 
 __all__ = [
     "ApiKey",
@@ -14,4 +15,7 @@ __all__ = [
     "ResetPhase",
     "ResetStatus",
     "View",
+    "ViewChange",
+    "ViewLog",
+    "ViewRecord",
 ]
