@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
@@ -60,7 +61,6 @@ class Service:
         if self.api_key:
             self.client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {self.api_key}"
         self.token: str | None = None
-        self.sink_path = workdir / "sinks" / SINK
 
     def call(self, method: str, path: str, expect: tuple[int, ...], **kwargs: Any) -> TestResponse:
         """Send a request; raise with the error body if the status is not expected."""
@@ -95,6 +95,21 @@ class Service:
             "POST", f"/v0/pipelines/{PIPELINE}/views/{VIEW}/connectors/{CONNECTOR}/reset", (202,)
         )
         return response.get_json()["token"]
+
+    @property
+    def sink_path(self) -> Path:
+        """The connector's sink file, wherever the file transport keeps it."""
+        from app.connectors.models import Connector
+        from app.transports import get_transport
+
+        with self.app.app_context():
+            try:
+                connector = db.session.execute(
+                    sa.select(Connector).where(Connector.name == CONNECTOR)
+                ).scalar_one()
+                return get_transport("file").path_of(connector)
+            finally:
+                db.session.remove()
 
     def status_path(self, token: str | None = None) -> str:
         """The reset_status URL of a token (by default the one made by ``setup_pipeline``)."""

@@ -269,8 +269,13 @@ class HttpTransport:
 
     # -- settings -----------------------------------------------------------
 
-    def validate_config(self, config: dict[str, Any], *, tenant: str | None = None) -> dict[str, Any]:
-        """Check the URL, timeouts, retries and backoff; return them with defaults filled in."""
+    def validate_config(
+        self, config: dict[str, Any], *, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """Check the URL, timeouts, retries and backoff; return them with defaults filled in.
+
+        A URL names nothing local, so the tenant makes no difference here.
+        """
         return parse_settings(config).as_config()
 
     def settings_of(self, connector: Any) -> HttpSettings:
