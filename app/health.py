@@ -7,11 +7,10 @@ import logging
 import marshmallow as ma
 import sqlalchemy as sa
 from flask import Flask, current_app
-from flask_smorest import Blueprint
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import ServiceUnavailable
-from app.extensions import db
+from app.extensions import Blueprint, db
 from app.schemas import documents_errors
 
 log = logging.getLogger(__name__)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app.auth import current_tenant, service
 from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from app.extensions import Blueprint
 from app.schemas import documents_errors
 
 blp = Blueprint(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from flask import request
-from flask_smorest import Blueprint
 
+from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.schemas import documents_errors
 from app.view_data import service
