@@ -10,6 +10,9 @@ worker_class = "gthread"
 timeout = 60
 graceful_timeout = 20
 accesslog = "-"
+# gunicorn answers longer request lines itself (414, not the service's error
+# body); 8190 is its maximum, far above any real request (tokens are ~150 bytes).
+limit_request_line = 8190
 
 
 def on_starting(server):
