@@ -72,6 +72,15 @@ def encoded_size(records: Sequence[dict[str, Any]]) -> int:
     )
 
 
+def sent_size(target: Any, sent: int | None, records: Sequence[dict[str, Any]], grown: int) -> int:
+    """Bytes a batch took: as the driver says, else what a file grew by, else its JSON lines."""
+    if isinstance(sent, int):
+        return sent
+    if is_file(target):
+        return grown
+    return encoded_size(records)
+
+
 def is_file(connector: Any) -> bool:
     """Tell whether a connector writes to a file sink."""
     return connector.transport == "file"

@@ -165,6 +165,7 @@ class DeliveryWorker:
         if length != committed:
             leases.update_held(target.id, self.owner, self.lease, committed_length=length)
             db.session.commit()
+            committed = length
 
         deadline = time.monotonic() + self.lease.total_seconds() / 3
         for _batch in range(self.max_batches):
@@ -182,8 +183,9 @@ class DeliveryWorker:
             except TransportError as exc:
                 self._failed(target.id, failures, exc)
                 return
-            self._delivered(target.id, offset, last, length, len(records), sent, records)
-            offset, failures = last, 0
+            size = sinks.sent_size(target, sent, records, length - committed)
+            self._delivered(target.id, offset, last, length, len(records), size)
+            offset, failures, committed = last, 0, length
             if time.monotonic() > deadline:
                 break
         leases.release(target.id, self.owner)
@@ -195,11 +197,9 @@ class DeliveryWorker:
         last: int,
         length: int,
         count: int,
-        sent: int | None,
-        records: list,
+        size: int,
     ) -> None:
         """Record a delivered batch, if the lease and the offset are still ours."""
-        size = sent if isinstance(sent, int) else sinks.encoded_size(records)
         result = db.session.execute(
             sa.update(Connector)
             .where(

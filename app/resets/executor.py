@@ -184,15 +184,16 @@ class ResetExecutor:
                     snapshot_records=snapshot.records,
                     replayed_records=0,
                 )
-                replayed = 0
+                replayed = length = 0
                 for number, batch in enumerate(snapshot.batches(batch_size)):
                     sent = driver.deliver(target, batch, f"reset-{reset.id.hex}-{number}")
                     replayed += len(batch)
-                    size = sent if isinstance(sent, int) else sinks.encoded_size(batch)
+                    before, length = length, sinks.file_length(target)
+                    size = sinks.sent_size(target, sent, batch, length - before)
                     self._advance(
                         reset,
                         connector={
-                            "committed_length": sinks.file_length(target),
+                            "committed_length": length,
                             "transmitted_records": Connector.transmitted_records + len(batch),
                             "transmitted_bytes": Connector.transmitted_bytes + size,
                         },
