@@ -188,3 +188,18 @@ def test_reset_killed_mid_replay_finishes_on_restart(setup):
     expected[json.dumps({"id": "after"})] += 1
     assert Counter(json.dumps(line["insert"]) for line in found) == expected
     assert found[-1] == {"insert": {"id": "after"}}
+
+
+def test_two_worker_processes_at_once_deliver_each_change_once(setup):
+    app, settings, sink, tmp_path = setup
+    total = 4000
+    expected = [{"insert": {"id": i}} for i in range(total)]
+    workers = [start_worker(settings, tmp_path / f"worker{n}.log") for n in range(2)]
+    try:
+        for start in range(0, total, 250):
+            push(app, expected[start : start + 250])
+        wait_for(lambda: connector_state(app)[0] == total, what="both workers")
+    finally:
+        for worker in workers:
+            stop(worker)
+    assert lines(sink) == expected
