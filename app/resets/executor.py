@@ -165,6 +165,9 @@ class ResetExecutor:
     def execute(self, reset: Reset) -> None:
         """Carry out a claimed reset, recording success or failure."""
         target = sinks.target_of(reset.connector)
+        # From here on the reset is only written with conditional UPDATEs; detached,
+        # its id needs no reload after each commit (nor a row that may be gone).
+        db.session.expunge(reset)
         batch_size = int(current_app.config.get("REPLAY_BATCH_SIZE") or REPLAY_BATCH_SIZE)
         try:
             with store.open_snapshot(target.view_id) as snapshot:
