@@ -4,7 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app wsgi
 
-.PHONY: install run serve migrate test lint format bench clean
+.PHONY: install run serve migrate test test-postgres lint format bench clean
+
+# The suites that also run on PostgreSQL (the rest test SQLite, browsers or the docs).
+POSTGRES_SUITES := tests/test_pipelines.py tests/test_connectors.py tests/test_resets.py \
+	tests/test_reset_status.py tests/test_view_data.py tests/test_delivery.py \
+	tests/test_tenants.py tests/test_api_keys.py tests/test_auth.py tests/test_cli.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +29,10 @@ serve: install  ## Serve with gunicorn (migrates on start) on http://127.0.0.1:8
 
 test: install  ## Run the test suite
 	$(BIN)/python -m pytest
+
+test-postgres: install  ## Run the database-facing suites on PostgreSQL (needs PIPELINE_MANAGER_TEST_POSTGRES_URL)
+	@test -n "$$PIPELINE_MANAGER_TEST_POSTGRES_URL" || { echo "set PIPELINE_MANAGER_TEST_POSTGRES_URL (sudo bash .ci/postgres.sh prints one)"; exit 2; }
+	PIPELINE_MANAGER_TEST_DATABASE_URL="$$PIPELINE_MANAGER_TEST_POSTGRES_URL" $(BIN)/python -m pytest $(POSTGRES_SUITES)
 
 lint:  ## Check style and common mistakes
 	$(BIN)/ruff check app tests bench wsgi.py gunicorn.conf.py

@@ -1,7 +1,13 @@
-"""Shared fixtures: an app on a fresh SQLite file, its clients and helpers."""
+"""Shared fixtures: an app on a fresh database, its clients and helpers.
+
+The database is a new SQLite file per test. With
+``PIPELINE_MANAGER_TEST_DATABASE_URL`` set (``make test-postgres``), it is that
+PostgreSQL database instead, emptied before each test.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,25 @@ from app.resets.executor import ResetExecutor
 # pytest-flask's live_server follows the app fixture's scope.
 live_server_scope = "function"
 
+TEST_DATABASE_URL = os.environ.get("PIPELINE_MANAGER_TEST_DATABASE_URL")
+
+
+# For tests of SQLite's own behaviour (its file, its locks).
+sqlite_only = pytest.mark.skipif(
+    bool(TEST_DATABASE_URL), reason="tests SQLite itself; the suite runs on PostgreSQL"
+)
+
+
+def _empty_database(url: str) -> None:
+    """Drop everything in a PostgreSQL database's public schema."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+
 
 @pytest.fixture
 def app_config(tmp_path: Path) -> dict[str, Any]:
@@ -24,7 +49,7 @@ def app_config(tmp_path: Path) -> dict[str, Any]:
     return {
         "TESTING": True,
         "SECRET_KEY": "test-secret-key",
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'test.db'}",
+        "SQLALCHEMY_DATABASE_URI": TEST_DATABASE_URL or f"sqlite:///{tmp_path / 'test.db'}",
         "SINK_DIR": str(tmp_path / "sinks"),
         "BACKGROUND_WORKER": False,
     }
@@ -32,7 +57,9 @@ def app_config(tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def app(app_config: dict[str, Any]) -> Iterator[Flask]:
-    """An app on its own SQLite file, with the schema created."""
+    """An app on its own empty database, with the schema created."""
+    if app_config["SQLALCHEMY_DATABASE_URI"] == TEST_DATABASE_URL:
+        _empty_database(TEST_DATABASE_URL)
     app = create_app(app_config)
     with app.app_context():
         db.create_all()

@@ -14,7 +14,7 @@ from sqlalchemy import event
 from app.auth import service
 from app.auth.models import ApiKey
 from app.extensions import db
-from tests.conftest import assert_error
+from tests.conftest import assert_error, sqlite_only
 
 KEY_RE = re.compile(r"^apikey:[A-Za-z0-9_-]{43}$")
 
@@ -86,6 +86,7 @@ def test_a_revoked_name_can_be_used_again(client):
 # --- storage and the hot path -----------------------------------------------------------------
 
 
+@sqlite_only
 def test_the_database_holds_no_plaintext_key(app, client, anon_client, tmp_path: Path):
     created = client.post("/v0/api_keys", json={"name": "scan", "role": "write"}).get_json()
     runner = app.test_cli_runner()

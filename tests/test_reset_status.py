@@ -21,7 +21,7 @@ from flask import Flask
 from app.extensions import db
 from app.resets import service as reset_service
 from app.resets.tokens import reset_tokens
-from tests.conftest import Api, assert_error
+from tests.conftest import Api, assert_error, sqlite_only
 
 STATUS_FIELDS = {
     "status",
@@ -338,6 +338,7 @@ def exclusive_lock(app: Flask) -> Iterator[None]:
         holder.close()
 
 
+@sqlite_only
 def test_locked_database_is_503_service_unavailable_with_retry_after(
     running_pipeline: Api, app: Flask
 ) -> None:
