@@ -381,3 +381,27 @@ def test_reset_status_runs_few_queries(running_pipeline: Api, app: Flask) -> Non
     core = [statement for statement in statements if "api_keys" not in statement]
     assert 1 <= len(core) <= 2, core
     assert len(statements) <= 3, statements
+
+
+@pytest.mark.parametrize("then_start", [False, True], ids=["stopped", "restarted"])
+def test_a_stop_between_reading_the_pipeline_and_the_reset_is_never_served_as_200(
+    app: Flask, running_pipeline: Api, then_start: bool
+) -> None:
+    from app import create_app
+    from app.errors import PipelineNotRunning, PipelineRestarted
+    from app.pipelines import service as pipelines
+
+    token = running_pipeline.reset()
+    with app.app_context():
+        seen = pipelines.get_pipeline("default", "orders")  # running, incarnation 1
+        # Another process (its own app, engine and session) stops, maybe restarts, it now.
+        other = create_app(dict(app.config)).test_client()
+        other.environ_base.update(running_pipeline.client.environ_base)
+        assert other.post("/v0/pipelines/orders/stop").status_code == 200
+        if then_start:
+            assert other.post("/v0/pipelines/orders/start").status_code == 200
+        assert seen.status == "running"  # what this request read a moment ago
+        expected = PipelineRestarted if then_start else PipelineNotRunning
+        with pytest.raises(expected):
+            reset_service.reset_status(seen, token)
+        db.session.remove()

@@ -13,7 +13,7 @@ from app.database import utcnow
 from app.errors import PipelineNotRunning, PipelineRestarted
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus
-from app.resets.models import Reset, ResetPhase, ResetStatus
+from app.resets.models import Reset, ResetStatus
 from app.resets.tokens import invalid_token, reset_tokens
 
 
@@ -91,21 +91,7 @@ def reset_status(pipeline: Pipeline, token: str | None) -> Reset:
             token_incarnation=claims.incarnation,
             current_incarnation=pipeline.incarnation,
         )
-    if pipeline.status == PipelineStatus.STOPPED:
-        raise PipelineNotRunning(
-            pipeline.name,
-            f"Pipeline '{pipeline.name}' is stopped; no live incarnation can answer",
-        )
-    if claims.incarnation != pipeline.incarnation:
-        raise PipelineRestarted(
-            f"Pipeline '{pipeline.name}' was restarted after this reset was issued; "
-            "issue the reset again",
-            details={
-                "pipeline_name": pipeline.name,
-                "token_incarnation": claims.incarnation,
-                "current_incarnation": pipeline.incarnation,
-            },
-        )
+    _require_live_incarnation(pipeline, claims.incarnation)
     reset = db.session.execute(
         sa.select(Reset).where(
             Reset.id == claims.reset_id,
@@ -115,15 +101,36 @@ def reset_status(pipeline: Pipeline, token: str | None) -> Reset:
     ).scalar_one_or_none()
     if reset is None:
         raise invalid_token("unknown_reset")
+    if reset.status == ResetStatus.ABANDONED:
+        # The incarnation ended between reading the pipeline and the reset
+        # (each statement sees the latest commit): answer as of now.
+        db.session.refresh(pipeline)
+        _require_live_incarnation(pipeline, claims.incarnation)
+        raise _restarted(pipeline, claims.incarnation)
     # The answer names the pipeline through connector.view; hand that the loaded
     # pipeline (the session holds it only weakly) rather than a fourth query.
     set_committed_value(reset.connector.view, "pipeline", pipeline)
     return reset
 
 
-def public_status(reset: Reset) -> str:
-    """The status callers see (an abandoned reset is never served)."""
-    return reset.status
+def _restarted(pipeline: Pipeline, token_incarnation: int) -> PipelineRestarted:
+    return PipelineRestarted(
+        f"Pipeline '{pipeline.name}' was restarted after this reset was issued; "
+        "issue the reset again",
+        details={
+            "pipeline_name": pipeline.name,
+            "token_incarnation": token_incarnation,
+            "current_incarnation": pipeline.incarnation,
+        },
+    )
 
 
-__all__ = ["ResetPhase", "abandon", "public_status", "request_reset", "reset_status"]
+def _require_live_incarnation(pipeline: Pipeline, token_incarnation: int) -> None:
+    """Raise unless the token's incarnation is the pipeline's live one."""
+    if pipeline.status == PipelineStatus.STOPPED:
+        raise PipelineNotRunning(
+            pipeline.name,
+            f"Pipeline '{pipeline.name}' is stopped; no live incarnation can answer",
+        )
+    if token_incarnation != pipeline.incarnation:
+        raise _restarted(pipeline, token_incarnation)
