@@ -144,6 +144,8 @@ def section_reset_status(
 
 def section_view_data(service: Service, records: int, batch: int) -> list[Row] | str:
     """Section b: ingestion, stream delivery and snapshot replay, when the app takes changes."""
+    if records <= 0:
+        return "skipped (--records 0)"
     if not service.has_rule(CHANGES_RULE):
         return "skipped: the app has no POST .../views/{v}/changes endpoint yet"
     service.run_worker_until_idle()  # finish the setup's reset first
@@ -207,14 +209,17 @@ def section_view_data(service: Service, records: int, batch: int) -> list[Row] |
 
 def section_wrk(service: Service, args: argparse.Namespace) -> list[Row] | str:
     """Section c: gunicorn + wrk, a bare Flask app then reset_status."""
-    outcome = wrk.measure(service, args.wrk_seconds, args.connections, args.workers, args.threads)
+    outcome = wrk.measure(
+        service, args.wrk_seconds, args.connections, args.workers, args.threads, args.wrk_rounds
+    )
     if isinstance(outcome, str):
         return outcome
     results = dict(outcome)
     base = results["plain Flask {}"].requests_per_second
+    per_run = max(1, round(args.wrk_seconds / args.wrk_rounds))
     setup = (
         f"{args.workers} workers x {args.threads} threads, "
-        f"{args.connections} connections, {args.wrk_seconds}s"
+        f"{args.connections} connections, median of {args.wrk_rounds} x {per_run}s"
     )
     rows = []
     for name, result in outcome:
@@ -259,7 +264,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds in section a")
     parser.add_argument("--records", type=int, default=100_000, help="records pushed in section b")
     parser.add_argument("--batch", type=int, default=1000, help="records per POST in section b")
-    parser.add_argument("--wrk-seconds", type=int, default=10, help="duration of each wrk run")
+    parser.add_argument(
+        "--wrk-seconds", type=int, default=12, help="wrk time per target in section c"
+    )
+    parser.add_argument("--wrk-rounds", type=int, default=3, help="interleaved wrk rounds")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
@@ -269,7 +277,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         # Small defaults; options given explicitly still win.
-        parser.set_defaults(seconds=0.2, rounds=2, records=500, batch=100, wrk_seconds=2)
+        parser.set_defaults(
+            seconds=0.2, rounds=2, records=500, batch=100, wrk_seconds=2, wrk_rounds=2
+        )
         args = parser.parse_args(argv)
     return args
 

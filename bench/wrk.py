@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -120,9 +121,14 @@ def run_wrk(url: str, seconds: int, connections: int, headers: dict[str, str]) -
 
 
 def measure(
-    service: Any, seconds: int, connections: int, workers: int, threads: int
+    service: Any, seconds: int, connections: int, workers: int, threads: int, rounds: int = 3
 ) -> list[tuple[str, WrkResult]] | str:
-    """Run wrk against a bare Flask app and against reset_status; return results or a note."""
+    """Run wrk against a bare Flask app, /healthz and reset_status; return results or a note.
+
+    All servers run at once and wrk visits them in turn, ``rounds`` times, for
+    ``seconds / rounds`` each, so that a busy moment of the machine hits every
+    target alike; each target's result is the median of its rounds.
+    """
     if shutil.which("wrk") is None:
         return "skipped: wrk is not installed (apt-get install -y wrk)"
     env = dict(os.environ)
@@ -134,8 +140,28 @@ def measure(
     if service.has_rule("/healthz"):
         runs.append(("GET /healthz", "wsgi:app", "/healthz", {}))
     runs.append(("reset_status", "wsgi:app", service.status_path(), auth))
-    results = []
-    for name, target, path, headers in runs:
-        with gunicorn(target, env, path, headers) as base:
-            results.append((name, run_wrk(base + path, seconds, connections, headers)))
-    return results
+    per_run = max(1, round(seconds / rounds))
+    samples: dict[str, list[WrkResult]] = {name: [] for name, *_ in runs}
+    with contextlib.ExitStack() as stack:
+        bases = {
+            name: stack.enter_context(gunicorn(target, env, path, headers))
+            for name, target, path, headers in runs
+        }
+        for _ in range(rounds):
+            for name, _target, path, headers in runs:
+                samples[name].append(run_wrk(bases[name] + path, per_run, connections, headers))
+    return [(name, median_result(results)) for name, results in samples.items()]
+
+
+def median_result(results: list[WrkResult]) -> WrkResult:
+    """The median of several runs: requests/s and each latency percentile on their own."""
+    percentiles = {p for r in results for p in r.latency_ms}
+    return WrkResult(
+        requests_per_second=statistics.median(r.requests_per_second for r in results),
+        latency_ms={
+            p: statistics.median(r.latency_ms[p] for r in results if p in r.latency_ms)
+            for p in percentiles
+        },
+        non_2xx=sum(r.non_2xx for r in results),
+        socket_errors="; ".join(r.socket_errors for r in results if r.socket_errors),
+    )
