@@ -96,7 +96,9 @@ def file_length(connector: Any) -> int:
     except FileNotFoundError:
         return 0
     except OSError as exc:
-        raise TransportError(f"Cannot read sink file {path}: {exc.strerror}") from None
+        raise TransportError(
+            f"Cannot read sink file '{connector.config['path']}': {exc.strerror}"
+        ) from None
 
 
 def cut_back(connector: Any, committed_length: int) -> int:
@@ -126,7 +128,9 @@ def cut_back(connector: Any, committed_length: int) -> int:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
-        raise TransportError(f"Cannot truncate sink file {path}: {exc.strerror}") from None
+        raise TransportError(
+            f"Cannot truncate sink file '{connector.config['path']}': {exc.strerror}"
+        ) from None
     log.info(
         "cut sink file of connector %s back from %d to %d bytes",
         connector.id,

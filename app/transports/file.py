@@ -38,7 +38,11 @@ def resolve_sink_path(path: str, tenant: str) -> Path:
         candidate = base / candidate
     resolved = Path(os.path.realpath(candidate))
     if resolved == base or base not in resolved.parents:
-        raise ValueError(f"The path must name a file inside the sink directory {base}")
+        # The message reaches API callers: it names no server path.
+        raise ValueError(
+            "The path must name a file inside the tenant's sink directory "
+            "(relative paths are taken from it)"
+        )
     return resolved
 
 
@@ -86,7 +90,7 @@ class FileTransport:
         try:
             return resolve_sink_path(connector.config["path"], connector.view.pipeline.tenant)
         except ValueError as exc:
-            raise TransportError(str(exc)) from None
+            raise TransportError(f"Sink file '{connector.config['path']}': {exc}") from None
 
     def reset(self, connector: Any) -> None:
         """Replace the sink file atomically with an empty one."""
@@ -121,4 +125,6 @@ class FileTransport:
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
-            raise TransportError(f"Cannot write sink file {target}: {exc.strerror}") from None
+            raise TransportError(
+                f"Cannot write sink file '{connector.config['path']}': {exc.strerror}"
+            ) from None
