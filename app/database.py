@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.extensions import db
 
@@ -52,6 +52,19 @@ class UTCDateTime(sa.TypeDecorator):
         if value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)
         return value.astimezone(dt.UTC)
+
+
+def commit_unique(conflict: Exception) -> None:
+    """Commit the session; if a unique constraint refuses it, roll back and raise ``conflict``.
+
+    The constraint, not a look-up beforehand, is what decides between two
+    requests creating the same name at once.
+    """
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise conflict from None
 
 
 def is_transient_error(exc: BaseException) -> bool:

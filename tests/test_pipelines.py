@@ -387,3 +387,25 @@ def test_action_on_a_status_changed_meanwhile_is_judged_on_the_new_status(
             pipeline_service.pause(stale)
         db.session.remove()
     assert get(orders)["status"] == "stopped"
+
+
+def test_concurrent_creates_of_one_name_make_one_pipeline(app: Flask, auth_headers) -> None:
+    import threading
+
+    barrier = threading.Barrier(4)
+    answers: list[int] = []
+
+    def create() -> None:
+        client = app.test_client()
+        barrier.wait()
+        r = client.post("/v0/pipelines", json={"name": "orders"}, headers=auth_headers)
+        if r.status_code != 201:
+            assert_error(r, 409, "DuplicateName")
+        answers.append(r.status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers) == [201, 409, 409, 409]

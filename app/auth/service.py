@@ -15,11 +15,10 @@ import re
 import secrets
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from app.auth import Principal
 from app.auth.models import ApiKey, Role
-from app.database import is_transient_error, utcnow
+from app.database import commit_unique, is_transient_error, utcnow
 from app.errors import DuplicateName, InvalidRequest, UnknownApiKey
 from app.extensions import db
 
@@ -69,14 +68,12 @@ def create_key(tenant: str, name: str, role: str) -> tuple[ApiKey, str]:
         prefix=secret[:DISPLAY_PREFIX_LENGTH],
     )
     db.session.add(api_key)
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        raise DuplicateName(
+    commit_unique(
+        DuplicateName(
             f"An API key named '{name}' already exists; revoke it first or pick another name",
             details={"api_key_name": name},
-        ) from None
+        )
+    )
     return api_key, secret
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from app.connectors.models import Connector
+from app.database import commit_unique
 from app.errors import DuplicateName, UnknownConnector
 from app.extensions import db
 from app.pipelines.models import Pipeline, View
@@ -46,18 +46,16 @@ def add_connector(
     )
     connector = Connector(view=view, name=name, transport=transport["name"], config=config)
     db.session.add(connector)
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        raise DuplicateName(
+    commit_unique(
+        DuplicateName(
             f"View '{view_name}' already has a connector '{name}'",
             details={
                 "pipeline_name": pipeline.name,
                 "view_name": view_name,
                 "connector_name": name,
             },
-        ) from None
+        )
+    )
     return connector
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from app.database import utcnow
+from app.database import commit_unique, utcnow
 from app.errors import (
     DuplicateName,
     IllegalPipelineAction,
@@ -80,15 +79,9 @@ def create_pipeline(
     pipeline = Pipeline(tenant=tenant, name=name, description=description or "")
     pipeline.views = [View(name=v, position=i) for i, v in enumerate(names)]
     db.session.add(pipeline)
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        if find_pipeline(tenant, name) is not None:
-            raise DuplicateName(
-                f"A pipeline named '{name}' already exists", details={"pipeline_name": name}
-            ) from None
-        raise
+    commit_unique(
+        DuplicateName(f"A pipeline named '{name}' already exists", details={"pipeline_name": name})
+    )
     return pipeline
 
 
@@ -125,21 +118,15 @@ def update_pipeline(
 def add_view(pipeline: Pipeline, name: str) -> View:
     """Add an output view to a stopped pipeline."""
     require_stopped(pipeline, "add a view")
+    duplicate = DuplicateName(
+        f"Pipeline '{pipeline.name}' already has a view '{name}'",
+        details={"pipeline_name": pipeline.name, "view_name": name},
+    )
     if name in pipeline.view_names:
-        raise DuplicateName(
-            f"Pipeline '{pipeline.name}' already has a view '{name}'",
-            details={"pipeline_name": pipeline.name, "view_name": name},
-        )
+        raise duplicate
     view = View(name=name, position=len(pipeline.views))
     pipeline.views.append(view)
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        raise DuplicateName(
-            f"Pipeline '{pipeline.name}' already has a view '{name}'",
-            details={"pipeline_name": pipeline.name, "view_name": name},
-        ) from None
+    commit_unique(duplicate)
     return view
 
 
