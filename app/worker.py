@@ -80,5 +80,10 @@ def _start_on_first_request() -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Start the background worker with the first request a process serves."""
-    app.before_request(_start_on_first_request)
+    """Start the background worker with the first request a process serves.
+
+    Without a background worker the hook is not registered at all, so requests
+    pay nothing for it.
+    """
+    if app.config.get("BACKGROUND_WORKER") and not app.testing:
+        app.before_request(_start_on_first_request)
