@@ -33,6 +33,12 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "SINK_DIR": os.path.join(instance_path, "sinks"),
         # Seconds a worker's claim on a reset or a connector lasts without renewal.
         "WORKER_LEASE_SECONDS": 30,
+        # Connectors one worker process serves at once (threads), so that a slow or
+        # dead sink holds up one of them, not every connector.
+        "DELIVERY_CONCURRENCY": 4,
+        # Attempts a reset makes (a failed one is retried with the delivery backoff)
+        # before it fails and its connector is marked failed.
+        "RESET_MAX_ATTEMPTS": 5,
         # Seconds the background worker sleeps when it found nothing to do.
         "WORKER_POLL_INTERVAL": 0.5,
         # Changes per batch a connector delivers, and per batch a reset replays.

@@ -54,6 +54,33 @@ class UTCDateTime(sa.TypeDecorator):
         return value.astimezone(dt.UTC)
 
 
+def db_time(offset_seconds: float = 0.0) -> sa.ColumnElement[dt.datetime]:
+    """The database server's clock (plus ``offset_seconds``), as a SQL expression.
+
+    Leases and retry times are stamped and compared with this, never with a
+    process's own clock: every host then agrees on when a lease ran out, even
+    one whose clock is off. PostgreSQL: ``clock_timestamp()`` (the real time, not
+    the transaction's start). SQLite: ``strftime(..., 'now')``, padded to the
+    microsecond digits that SQLAlchemy stores, so stored values and this compare
+    correctly as text.
+    """
+    offset = float(offset_seconds)
+    if db.session.get_bind().dialect.name == "sqlite":
+        expr = sa.func.strftime(
+            "%Y-%m-%d %H:%M:%f", "now", f"{offset:+.3f} seconds", type_=sa.String
+        ).concat("000")
+    else:
+        expr = sa.func.clock_timestamp(type_=sa.DateTime(timezone=True))
+        if offset:
+            expr = expr + sa.func.make_interval(0, 0, 0, 0, 0, 0, offset)
+    return sa.type_coerce(expr, UTCDateTime)
+
+
+def read_db_time() -> dt.datetime:
+    """Return the database server's current time (aware UTC)."""
+    return db.session.execute(sa.select(db_time())).scalar_one()
+
+
 def commit_unique(conflict: Exception) -> None:
     """Commit the session; if a unique constraint refuses it, roll back and raise ``conflict``.
 

@@ -131,6 +131,12 @@ class DuplicateName(ConflictError):
     error_code = "DuplicateName"
 
 
+class SinkInUse(ConflictError):
+    """Another connector already writes to that sink (one file, one connector)."""
+
+    error_code = "SinkInUse"
+
+
 class PipelineNotStopped(ConflictError):
     """The change needs a stopped pipeline."""
 

@@ -34,8 +34,8 @@ def run_once(executor: object | None = None, delivery: object | None = None) -> 
     return delivery.run_once() or busy
 
 
-def run_loop(app: Flask, stop: threading.Event) -> None:
-    """Work until ``stop`` is set, sleeping when there is nothing to do."""
+def _work(app: Flask, stop: threading.Event) -> None:
+    """One worker thread: resets and delivery, until ``stop`` is set."""
     from app.delivery.worker import DeliveryWorker
     from app.resets.executor import ResetExecutor
 
@@ -56,6 +56,29 @@ def run_loop(app: Flask, stop: threading.Event) -> None:
                 db.session.remove()
         if not busy:
             stop.wait(interval)
+
+
+def run_loop(app: Flask, stop: threading.Event) -> None:
+    """Work with ``DELIVERY_CONCURRENCY`` threads until ``stop`` is set.
+
+    Each thread claims connectors and resets on its own (leases decide), so a
+    sink that hangs holds up one thread, and the others serve every other
+    connector meanwhile.
+    """
+    count = max(1, int(app.config["DELIVERY_CONCURRENCY"]))
+    threads = [
+        threading.Thread(target=_work, args=(app, stop), name=f"pipeline-worker-{n}", daemon=True)
+        for n in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=float(app.config["WORKER_LEASE_SECONDS"]))
 
 
 def start_background(app: Flask) -> threading.Thread | None:

@@ -377,7 +377,8 @@ def test_wait_times_out_with_status_3(cli, running):
     assert "Error: The reset is still queued after 0.3 seconds" in result.stderr
 
 
-def test_wait_exits_1_when_the_reset_fails(cli, tmp_path: Path, run_resets):
+def test_wait_exits_1_when_the_reset_fails(app, cli, tmp_path: Path, run_resets):
+    app.config["RESET_MAX_ATTEMPTS"] = 1  # no retries: the first failure is final
     ok(cli("pipelines", "create", "orders", "--view", "totals"))
     ok(
         cli(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,7 +71,40 @@ def test_connector_names_are_unique_per_view(orders: Api) -> None:
         "connector_name": "sink1",
     }
     # The same name on another view is fine.
-    orders.add_file_connector(view="by_day")
+    orders.add_file_connector(view="by_day", path="by_day.jsonl")
+
+
+@pytest.mark.parametrize(
+    "second", ["out/totals.jsonl", "./out/totals.jsonl", "out/../out/totals.jsonl", "link.jsonl"]
+)
+def test_two_connectors_cannot_write_one_file(orders: Api, app, second: str) -> None:
+    orders.add_file_connector(path="out/totals.jsonl")
+    folder = Path(app.config["SINK_DIR"]) / "default"
+    (folder / "out").mkdir(parents=True, exist_ok=True)
+    (folder / "link.jsonl").symlink_to(folder / "out" / "totals.jsonl")
+    body = assert_error(
+        orders.client.post(CONNECTORS, json=file_connector(name="sink2", path=second)),
+        409,
+        "SinkInUse",
+    )
+    assert body["details"] == {"pipeline_name": "orders", "transport.config.path": second}
+    assert str(folder) not in body["message"]
+    # A connector removed frees its file.
+    assert orders.client.delete(f"{CONNECTORS}/sink1").status_code == 204
+    orders.add_file_connector(name="sink2", path=second)
+
+
+def test_one_file_name_in_two_tenants_is_two_files(orders: Api, other_tenant_headers) -> None:
+    orders.add_file_connector(path="shared.jsonl")
+    other = orders.client.application.test_client()
+    created = other.post(
+        "/v0/pipelines", json={"name": "orders", "views": ["totals"]}, headers=other_tenant_headers
+    )
+    assert created.status_code == 201
+    r = other.post(
+        CONNECTORS, json=file_connector(path="shared.jsonl"), headers=other_tenant_headers
+    )
+    assert r.status_code == 201, r.get_json()
 
 
 def test_remove_connector(orders: Api) -> None:

@@ -14,11 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from app.connectors.models import Connector
-from app.delivery.worker import DeliveryWorker
+from app.delivery.worker import DeliveryWorker, backoff_seconds
 from app.extensions import db
 from app.resets.executor import ResetExecutor
+from app.resets.models import Reset
 from app.transports import TransportError
-from app.transports.file import FileTransport
+from app.transports.file import FileTransport, SinkFile, StagingFile
 from app.worker import run_once
 from tests.conftest import assert_error
 
@@ -69,17 +70,13 @@ def fold(lines: list[dict]) -> Counter:
 
 
 def expire_leases(app) -> None:
-    """Let every connector and reset lease run out (as if their holders died long ago)."""
+    """Let every connector lease run out (as if its holder died long ago)."""
     past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     with app.app_context():
         db.session.execute(
             sa.update(Connector)
             .where(Connector.lease_owner.is_not(None))
             .values(lease_expires_at=past)
-        )
-        db.session.execute(
-            sa.text("UPDATE resets SET lease_expires_at = :t WHERE lease_owner IS NOT NULL"),
-            {"t": past.replace(tzinfo=None)},
         )
         db.session.commit()
         db.session.remove()
@@ -130,7 +127,11 @@ def test_stats_show_what_was_transmitted_and_what_waits(running_pipeline, client
         "last_phase": None,
         "last_requested_at": None,
         "last_completed_at": None,
+        "last_origin": None,
+        "last_attempts": None,
+        "last_error": None,
     }
+    assert body["sync_state"] == "in_sync" and body["sync_reason"] is None
 
 
 def test_stats_of_an_unknown_connector_answer_404(running_pipeline, client):
@@ -174,17 +175,17 @@ def test_a_batch_written_but_not_recorded_is_cut_back_and_written_once(
     push(client, inserts(0, 3))
     deliver(app)
     push(client, inserts(3, 3))
-    real = FileTransport.deliver
+    real = SinkFile.write_at
 
-    def deliver_then_die(self, connector, records, batch_id):
-        real(self, connector, records, batch_id)
+    def write_then_die(self, offset, data):
+        real(self, offset, data)
         raise SimulatedCrash
 
-    monkeypatch.setattr(FileTransport, "deliver", deliver_then_die)
+    monkeypatch.setattr(SinkFile, "write_at", write_then_die)
     with pytest.raises(SimulatedCrash):
         deliver(app, owner="doomed")
     assert len(sink_lines(tmp_path)) == 6  # written, but the offset still says 3
-    monkeypatch.setattr(FileTransport, "deliver", real)
+    monkeypatch.setattr(SinkFile, "write_at", real)
     assert deliver(app, owner="heir") == 0  # the dead worker's lease still holds
     expire_leases(app)
     deliver(app, owner="heir")
@@ -223,12 +224,12 @@ def test_failures_are_counted_backed_off_and_cleared_on_success(
     running_pipeline, client, app, tmp_path, monkeypatch
 ):
     push(client, inserts(0, 2))
-    real = FileTransport.deliver
+    real = SinkFile.write_at
 
-    def refuse(self, connector, records, batch_id):
+    def refuse(self, offset, data):
         raise TransportError("disk on fire")
 
-    monkeypatch.setattr(FileTransport, "deliver", refuse)
+    monkeypatch.setattr(SinkFile, "write_at", refuse)
     assert deliver(app) == 1
     body = stats(client)
     assert body["health"] == "failing" and body["transport_errors"] == 1
@@ -240,7 +241,7 @@ def test_failures_are_counted_backed_off_and_cleared_on_success(
         db.session.commit()
     deliver(app)
     assert stats(client)["consecutive_failures"] == 2
-    monkeypatch.setattr(FileTransport, "deliver", real)
+    monkeypatch.setattr(SinkFile, "write_at", real)
     with app.app_context():
         db.session.execute(sa.update(Connector).values(next_attempt_at=None))
         db.session.commit()
@@ -253,9 +254,8 @@ def test_failures_are_counted_backed_off_and_cleared_on_success(
 
 def test_backoff_doubles_up_to_the_cap(app):
     with app.app_context():
-        worker = DeliveryWorker("w")
-    assert [worker.backoff(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
-    assert worker.backoff(100) == 60
+        assert [backoff_seconds(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+        assert backoff_seconds(100) == 60
 
 
 def test_reset_replays_the_snapshot_then_streams_on(running_pipeline, client, app, tmp_path):
@@ -287,15 +287,16 @@ def test_changes_pushed_during_a_replay_follow_the_snapshot(
     running_pipeline, client, app, tmp_path, monkeypatch
 ):
     push(client, inserts(0, 30))
-    real = FileTransport.deliver
+    real = StagingFile.append
     pushed = []
 
-    def deliver_and_push(self, connector, records, batch_id):
-        real(self, connector, records, batch_id)
-        if batch_id.startswith("reset-") and not pushed:
+    def append_and_push(self, data):
+        written = real(self, data)
+        if not pushed:
             pushed.append(push(client, [{"delete": {"id": 0, "name": "r0"}}, *inserts(30, 2)]))
+        return written
 
-    monkeypatch.setattr(FileTransport, "deliver", deliver_and_push)
+    monkeypatch.setattr(StagingFile, "append", append_and_push)
     token = running_pipeline.reset()
     with app.app_context():
         app.config["REPLAY_BATCH_SIZE"] = 7
@@ -314,22 +315,27 @@ def test_a_reset_killed_mid_replay_is_redone_from_the_start(
     running_pipeline, client, app, tmp_path, monkeypatch
 ):
     push(client, inserts(0, 20))
-    real = FileTransport.deliver
+    deliver(app)
+    real = StagingFile.append
     calls = []
 
-    def die_on_second_batch(self, connector, records, batch_id):
-        calls.append(batch_id)
-        real(self, connector, records, batch_id)
+    def die_on_second_batch(self, data):
+        calls.append(data)
+        written = real(self, data)
         if len(calls) == 2:
             raise SimulatedCrash
+        return written
 
-    monkeypatch.setattr(FileTransport, "deliver", die_on_second_batch)
+    monkeypatch.setattr(StagingFile, "append", die_on_second_batch)
     token = running_pipeline.reset()
     app.config["REPLAY_BATCH_SIZE"] = 5
     with app.app_context(), pytest.raises(SimulatedCrash):
         ResetExecutor("doomed").run_pending()
     body = running_pipeline.status(token).get_json()
     assert body["phase"] == "replaying_snapshot" and body["replayed_records"] == 5
+    # Readers still see the old file whole: the new one is switched in at the end.
+    assert sink_lines(tmp_path) == inserts(0, 20)
+    assert stats(client)["sync_state"] == "resetting"
     push(client, inserts(20, 1))
     assert deliver(app) == 0  # the reset still holds the connector
     expire_leases(app)
@@ -339,29 +345,57 @@ def test_a_reset_killed_mid_replay_is_redone_from_the_start(
         db.session.remove()
     body = running_pipeline.status(token).get_json()
     assert body["status"] == "complete" and body["replayed_records"] == 21
+    assert body["attempts"] == 2
     deliver(app)
     assert fold(sink_lines(tmp_path)) == fold(inserts(0, 21))
     assert len(sink_lines(tmp_path)) == 21
 
 
-def test_a_failed_reset_gives_the_connector_back(
+def test_a_failed_reset_is_retried_then_fails_the_connector_visibly(
     running_pipeline, client, app, tmp_path, monkeypatch
 ):
     push(client, inserts(0, 3))
+    deliver(app)
+    app.config["RESET_MAX_ATTEMPTS"] = 2
 
-    def refuse(self, connector):
+    def refuse(self, connector, epoch):
         raise TransportError("cannot reset")
 
-    monkeypatch.setattr(FileTransport, "reset", refuse)
+    monkeypatch.setattr(FileTransport, "staging", refuse)
     token = running_pipeline.reset()
     with app.app_context():
         ResetExecutor("r").run_pending()
         db.session.remove()
     body = running_pipeline.status(token).get_json()
-    assert body["status"] == "failed" and body["error"] == "cannot reset"
-    assert stats(client)["resets"]["last_status"] == "failed"
-    deliver(app)
+    assert body["status"] == "inprogress" and body["phase"] == "queued"
+    assert body["attempts"] == 1 and body["error"] == "cannot reset"
+    assert body["next_attempt_at"] > body["started_at"]
+    assert stats(client)["health"] == "resetting"
+    with app.app_context():
+        assert ResetExecutor("r").run_pending() == 0  # backing off
+        db.session.execute(sa.update(Reset).values(next_attempt_at=None))
+        db.session.commit()
+        assert ResetExecutor("r").run_pending() == 1
+        db.session.remove()
+    body = running_pipeline.status(token).get_json()
+    assert body["status"] == "failed" and body["attempts"] == 2
+    assert body["error"] == "cannot reset"
+    body = stats(client)
+    assert body["health"] == "failed" and body["sync_state"] == "failed"
+    assert body["sync_reason"] == "cannot reset" and body["resets"]["last_status"] == "failed"
+    # A failed connector streams nothing, and its old file is untouched.
+    push(client, inserts(3, 1))
+    assert deliver(app) == 0
     assert sink_lines(tmp_path) == inserts(0, 3)
+    # Once the sink works again, a reset brings the connector back.
+    monkeypatch.undo()
+    token = running_pipeline.reset()
+    with app.app_context():
+        ResetExecutor("r").run_pending()
+        db.session.remove()
+    assert running_pipeline.status(token).get_json()["status"] == "complete"
+    assert stats(client)["sync_state"] == "in_sync"
+    assert fold(sink_lines(tmp_path)) == fold(inserts(0, 4))
 
 
 class Receiver:
@@ -370,6 +404,7 @@ class Receiver:
     def __init__(self, fail_first: int = 0) -> None:
         self.messages: list[dict] = []
         self.fail_first = fail_first
+        self.fail_status = 503
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -377,7 +412,7 @@ class Receiver:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if receiver.fail_first > 0:
                     receiver.fail_first -= 1
-                    self.send_response(400)
+                    self.send_response(receiver.fail_status)
                 else:
                     receiver.messages.append(body)
                     self.send_response(200)
@@ -415,7 +450,9 @@ def test_http_sink_gets_batches_with_deterministic_ids(api, client, app, receive
     push(client, inserts(3, 2))
     deliver(app, batch_size=3)
     batches = [m for m in receiver.messages if m["type"] == "batch"]
-    assert [b["batch_id"] for b in batches] == ["1-1-3", "1-4-5"]
+    uid = batches[0]["connector_id"]
+    assert [b["batch_id"] for b in batches] == [f"{uid}:1-3", f"{uid}:4-5"]
+    assert [(b["first_seq"], b["last_seq"]) for b in batches] == [(1, 3), (4, 5)]
     assert [rec for b in batches for rec in b["records"]] == inserts(0, 5)
     body = stats(client, "hook")
     assert body["transmitted_records"] == 5 and body["transmitted_bytes"] > 0
@@ -435,10 +472,37 @@ def test_http_sink_failures_are_counted_then_recover(api, client, app, receiver)
     deliver(app)
     body = stats(client, "hook")
     assert body["health"] == "failing" and body["transport_errors"] == 1
-    assert "400" in body["last_error"]
+    assert "503" in body["last_error"]
     with app.app_context():
         db.session.execute(sa.update(Connector).values(next_attempt_at=None))
         db.session.commit()
     deliver(app)
     assert stats(client, "hook")["health"] == "healthy"
-    assert [m["batch_id"] for m in receiver.messages] == ["1-1-2"]
+    assert [(m["first_seq"], m["last_seq"]) for m in receiver.messages] == [(1, 2)]
+
+
+def test_a_batch_the_http_sink_refuses_fails_the_connector_until_a_reset(
+    api, client, app, receiver
+):
+    api.create_pipeline()
+    r = client.post(
+        "/v0/pipelines/orders/views/totals/connectors",
+        json={"name": "hook", "transport": {"name": "http", "config": {"url": receiver.url}}},
+    )
+    assert r.status_code == 201, r.get_json()
+    api.action("orders", "start")
+    receiver.fail_first, receiver.fail_status = 1, 422
+    push(client, inserts(0, 2))
+    deliver(app)
+    body = stats(client, "hook")
+    assert body["health"] == "failed" and body["sync_state"] == "failed"
+    assert "HTTP 422" in body["last_error"] and body["sync_reason"] == body["last_error"]
+    assert deliver(app) == 0  # not retried silently
+    api.reset(connector="hook")
+    with app.app_context():
+        ResetExecutor("r").run_pending()
+        db.session.remove()
+    assert stats(client, "hook")["sync_state"] == "in_sync"
+    kinds = [m["type"] for m in receiver.messages]
+    assert kinds == ["reset", "snapshot"]
+    assert [rec for rec in receiver.messages[1]["records"]] == inserts(0, 2)

@@ -36,6 +36,12 @@ def add(api: Api, path: str, name: str = "sink1") -> Any:
     )
 
 
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    """One attempt per reset: the first failure is final (retries are tested elsewhere)."""
+    return {**app_config, "RESET_MAX_ATTEMPTS": 1}
+
+
 def reset_and_run(api: Api, run_resets: Any) -> dict[str, Any]:
     """Start the pipeline, reset sink1, run the executor; return the final status."""
     api.action("orders", "start")

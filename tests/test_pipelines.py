@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from app.connectors.models import Connector
 from app.errors import IllegalPipelineAction
 from app.extensions import db
 from app.pipelines import service as pipeline_service
@@ -337,11 +338,22 @@ def test_stop_abandons_unfinished_resets_and_keeps_finished_ones(
         assert row.completed_at is not None
         assert row.error
         assert row.queued_connector_id is None
-        assert row.lease_owner is None and row.lease_expires_at is None
-    # Nothing of the ended incarnation runs any more, even after a new start.
+        assert row.lease_owner is None
+    # Nothing of the ended incarnation runs any more, even after a new start...
     orders.action("orders", "start")
-    assert run_resets() == 0
-    assert reset_rows(app)[queued].status == "abandoned"
+    assert run_resets() == 0  # sink2's lease is still the other worker's
+    with app.app_context():
+        # ...which never comes back: its lease runs out.
+        db.session.execute(sa.update(Connector).values(lease_expires_at=None, lease_owner=None))
+        db.session.commit()
+        db.session.remove()
+    assert run_resets() == 1
+    rows = reset_rows(app)
+    assert rows[queued].status == "abandoned" and rows[claimed].status == "abandoned"
+    # ...but sink2's reset had begun, so its sink owes a snapshot: it was redone.
+    (redo,) = [row for row in rows.values() if row.origin == "redo"]
+    assert redo.connector_id == rows[claimed].connector_id
+    assert redo.status == "complete" and redo.incarnation == 2
 
 
 def test_pause_does_not_abandon_resets(orders: Api, app: Flask, run_resets: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,27 +14,61 @@ from app.extensions import db
 from app.pipelines.models import NAME_MAX, View
 
 
+class SyncState:
+    """Whether a connector's sink holds what its position says."""
+
+    # The sink holds the view as of delivered_seq; delivery streams on from there.
+    IN_SYNC = "in_sync"
+    # A full snapshot is owed (a reset is queued, under way, or to be redone).
+    RESETTING = "resetting"
+    # Given up (a poison batch, or a reset out of attempts); a reset brings it back.
+    FAILED = "failed"
+    ALL = (IN_SYNC, RESETTING, FAILED)
+
+
 class Connector(db.Model):
     """An output connector of one view, with its transport and its settings."""
 
     __tablename__ = "connectors"
-    __table_args__ = (sa.UniqueConstraint("view_id", "name", name="uq_connectors_view_name"),)
+    __table_args__ = (
+        sa.UniqueConstraint("view_id", "name", name="uq_connectors_view_name"),
+        sa.CheckConstraint(
+            "sync_state IN ('in_sync', 'resetting', 'failed')", name="ck_connectors_sync_state"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    # The id sinks see: a UUID, never reused (row ids are, after a delete).
+    uid: Mapped[uuid.UUID] = mapped_column(sa.Uuid, unique=True, default=uuid.uuid4)
     view_id: Mapped[int] = mapped_column(sa.ForeignKey("views.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(sa.String(NAME_MAX))
     transport: Mapped[str] = mapped_column(sa.String(32))
     config: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The sink file this connector owns (resolved, relative to SINK_DIR), so no two
+    # connectors write one file; NULL for sinks that are not files.
+    sink_key: Mapped[str | None] = mapped_column(sa.String(1024), unique=True)
+
+    # Whether the sink holds what delivered_seq says (see SyncState). Anything but
+    # in_sync means a full snapshot is owed: the connector never streams meanwhile.
+    sync_state: Mapped[str] = mapped_column(
+        sa.String(16), default=SyncState.IN_SYNC, server_default=SyncState.IN_SYNC, index=True
+    )
+    sync_reason: Mapped[str | None] = mapped_column(sa.Text)
 
     # Delivery state (see app.delivery). The last change-log seq the sink has,
     # and for a file sink the file's length at that point: recovery cuts the
     # file back to it, so a batch written but not recorded is written again once.
     delivered_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     committed_length: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
-    # Which worker (delivery or reset) holds the connector, and until when.
+    # An http batch sent but not yet acknowledged: a retry resends exactly this range.
+    inflight_first_seq: Mapped[int | None] = mapped_column(sa.BigInteger)
+    inflight_last_seq: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # Which worker (delivery or reset) holds the connector, until when (database
+    # clock), and the fencing epoch: bumped at every take, checked by every write.
     lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    lease_epoch: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     # What the stats route shows.
     transmitted_records: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     transmitted_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from app.connectors.models import Connector
-from app.database import commit_unique
-from app.errors import DuplicateName, UnknownConnector
+from app.errors import DuplicateName, SinkInUse, UnknownConnector
 from app.extensions import db
 from app.pipelines.models import Pipeline, View
 from app.pipelines.service import get_view, require_stopped
@@ -41,22 +41,44 @@ def add_connector(
     """Add an output connector to a view of a stopped pipeline."""
     view = get_view(pipeline, view_name)
     require_stopped(pipeline, "add a connector")
-    config = get_transport(transport["name"]).validate_config(
-        transport.get("config") or {}, tenant=pipeline.tenant
+    driver = get_transport(transport["name"])
+    config = driver.validate_config(transport.get("config") or {}, tenant=pipeline.tenant)
+    sink_key = driver.sink_key(config, pipeline.tenant)
+    connector = Connector(
+        view=view, name=name, transport=transport["name"], config=config, sink_key=sink_key
     )
-    connector = Connector(view=view, name=name, transport=transport["name"], config=config)
     db.session.add(connector)
-    commit_unique(
-        DuplicateName(
+    # The unique constraints decide between two requests at once; the answer
+    # names whichever was taken.
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        if sink_key is not None and _sink_owner(sink_key) is not None:
+            raise _sink_in_use(pipeline, config) from None
+        raise DuplicateName(
             f"View '{view_name}' already has a connector '{name}'",
             details={
                 "pipeline_name": pipeline.name,
                 "view_name": view_name,
                 "connector_name": name,
             },
-        )
-    )
+        ) from None
     return connector
+
+
+def _sink_owner(sink_key: str) -> Connector | None:
+    return db.session.execute(
+        sa.select(Connector).where(Connector.sink_key == sink_key)
+    ).scalar_one_or_none()
+
+
+def _sink_in_use(pipeline: Pipeline, config: dict[str, Any]) -> SinkInUse:
+    # Names only what the caller gave: the other connector may be another pipeline's.
+    return SinkInUse(
+        "Another connector already writes to this sink file",
+        details={"pipeline_name": pipeline.name, "transport.config.path": config.get("path")},
+    )
 
 
 def remove_connector(pipeline: Pipeline, view_name: str, connector_name: str) -> None:

@@ -1,20 +1,32 @@
-"""Leases on connectors: who may write to a connector's sink right now.
+"""Leases on connectors, with fencing: who may write to a connector's sink right now.
 
-The delivery worker and the reset executor both hold a connector's lease
-while they write to its sink, so that one writer at a time touches it, in any
-number of processes. A lease is taken and renewed with conditional
-``UPDATE``s; the ``rowcount`` says whether it worked.
+The delivery worker and the reset executor both hold a connector's lease while
+they work on its sink, so that one writer at a time touches it, in any number
+of processes on any number of hosts. This module is the only place that takes,
+renews, checks and gives back a lease.
+
+- A lease is taken with a conditional ``UPDATE`` that also bumps the
+  connector's ``lease_epoch``: each holder has an epoch of its own, and a
+  larger one than every holder before it.
+- Every write a holder makes (an offset, a reset's progress, the switch to a
+  new sink file) is a conditional ``UPDATE`` on its epoch, in the transaction
+  that commits it. The ``UPDATE`` takes the row lock (PostgreSQL) or the write
+  lock (SQLite) first, so no one can take the lease over between the check and
+  the commit. A holder that stalled past its lease (SIGSTOP, a long GC or VM
+  pause, a slow disk) finds its epoch gone, and its write counts for nothing.
+- Lease times come from the database's clock (:func:`app.database.db_time`),
+  never a process's own: a host whose clock runs fast cannot take a live lease.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from app.connectors.models import Connector
-from app.database import utcnow
+from app.database import db_time
 from app.extensions import db
 
 
@@ -22,53 +34,107 @@ class LeaseLost(Exception):
     """The connector (or the reset) is no longer this worker's to work on."""
 
 
-def lease_is_free(owner: str, now: dt.datetime) -> sa.ColumnElement[bool]:
-    """The condition under which ``owner`` may take a connector's lease."""
+@dataclass(frozen=True)
+class Lease:
+    """A connector's lease as its holder knows it: the epoch is its fence."""
+
+    connector_id: int
+    owner: str
+    epoch: int
+    seconds: float
+
+
+def lease_is_free(owner: str) -> sa.ColumnElement[bool]:
+    """The condition under which ``owner`` may take a connector's lease (database clock)."""
     return sa.or_(
         Connector.lease_owner.is_(None),
         Connector.lease_owner == owner,
-        Connector.lease_expires_at < now,
+        Connector.lease_expires_at < db_time(),
     )
 
 
-def take(connector_id: int, owner: str, lease: dt.timedelta) -> bool:
-    """Take a connector's lease if it is free; the caller commits. Return whether it did."""
-    now = utcnow()
-    result = db.session.execute(
+def take(connector_id: int, owner: str, seconds: float, **values: Any) -> Lease | None:
+    """Take a connector's lease if it is free, bumping its epoch; the caller commits.
+
+    ``values`` are written to the connector in the same statement. Returns the
+    lease, or None when someone else holds it.
+    """
+    row = db.session.execute(
         sa.update(Connector)
-        .where(Connector.id == connector_id, lease_is_free(owner, now))
-        .values(lease_owner=owner, lease_expires_at=now + lease)
+        .where(Connector.id == connector_id, lease_is_free(owner))
+        .values(
+            lease_owner=owner,
+            lease_epoch=Connector.lease_epoch + 1,
+            lease_expires_at=db_time(seconds),
+            **values,
+        )
+        .returning(Connector.lease_epoch)
         .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return None
+    return Lease(connector_id, owner, int(row[0]), seconds)
+
+
+def held(lease: Lease) -> sa.ColumnElement[bool]:
+    """The condition that ``lease`` is still the connector's lease."""
+    return sa.and_(
+        Connector.id == lease.connector_id,
+        Connector.lease_epoch == lease.epoch,
+        Connector.lease_owner == lease.owner,
     )
-    return result.rowcount == 1
 
 
-def update_held(connector_id: int, owner: str, lease: dt.timedelta, **values: Any) -> None:
-    """Write connector values if ``owner`` still holds its lease, renewing it; the caller commits.
+def renew(lease: Lease, **values: Any) -> None:
+    """Check the lease is still held, renew it and write ``values``; the caller commits.
 
-    Raises :class:`LeaseLost` (after a rollback) when the lease is gone.
+    This is the fence: the ``UPDATE`` locks the connector's row until the caller
+    commits, so nothing done before that commit races with a takeover. Raises
+    :class:`LeaseLost` (after a rollback) when the lease is gone.
     """
     result = db.session.execute(
         sa.update(Connector)
-        .where(Connector.id == connector_id, Connector.lease_owner == owner)
-        .values(**{"lease_expires_at": utcnow() + lease, **values})
+        .where(held(lease))
+        .values(**{"lease_expires_at": db_time(lease.seconds), **values})
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         db.session.rollback()
-        raise LeaseLost(f"connector {connector_id}")
+        raise LeaseLost(f"connector {lease.connector_id} (epoch {lease.epoch})")
 
 
-def release(connector_id: int, owner: str, **values: Any) -> None:
-    """Give a connector's lease back (if still held) and commit.
+def commit(lease: Lease, **values: Any) -> None:
+    """Renew the lease, write ``values`` and commit, or raise :class:`LeaseLost`."""
+    renew(lease, **values)
+    db.session.commit()
+
+
+def keep_alive(lease: Lease):
+    """Return a callable that renews the lease in a short transaction of its own.
+
+    Transports call it between the attempts of one message, so a long retry
+    keeps the lease, and a sender that lost it stops before sending again.
+    """
+
+    def renew_now() -> None:
+        """Renew the lease (raises :class:`LeaseLost`)."""
+        db.session.rollback()
+        commit(lease)
+
+    return renew_now
+
+
+def release(lease: Lease, **values: Any) -> bool:
+    """Give the lease back (if still held), write ``values`` and commit; return whether held.
 
     ``lease_expires_at`` keeps the release time: workers serve the connector
     released longest ago first, so one busy connector cannot starve the others.
     """
-    db.session.execute(
+    result = db.session.execute(
         sa.update(Connector)
-        .where(Connector.id == connector_id, Connector.lease_owner == owner)
-        .values(**{"lease_owner": None, "lease_expires_at": utcnow(), **values})
+        .where(held(lease))
+        .values(lease_owner=None, lease_expires_at=db_time(), **values)
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
+    return result.rowcount == 1

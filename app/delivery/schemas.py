@@ -5,8 +5,9 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import validate
 
+from app.connectors.models import SyncState
 from app.delivery.service import Health
-from app.resets.models import ResetPhase, ResetStatus
+from app.resets.models import ResetOrigin, ResetPhase, ResetStatus
 
 
 class ResetsStats(ma.Schema):
@@ -22,6 +23,11 @@ class ResetsStats(ma.Schema):
     )
     last_requested_at = ma.fields.AwareDateTime(required=True, allow_none=True)
     last_completed_at = ma.fields.AwareDateTime(required=True, allow_none=True)
+    last_origin = ma.fields.String(
+        required=True, allow_none=True, metadata={"enum": list(ResetOrigin.ALL)}
+    )
+    last_attempts = ma.fields.Integer(required=True, allow_none=True)
+    last_error = ma.fields.String(required=True, allow_none=True)
 
 
 class ConnectorStats(ma.Schema):
@@ -36,8 +42,29 @@ class ConnectorStats(ma.Schema):
         validate=validate.OneOf(Health.ALL),
         metadata={
             "enum": list(Health.ALL),
-            "description": "stopped/paused with the pipeline; failing while the last "
-            "delivery attempt failed; healthy otherwise.",
+            "description": "stopped/paused with the pipeline; resetting while the sink "
+            "owes a snapshot; failed when delivery gave up (see sync_reason); failing while "
+            "the last delivery attempt failed; healthy otherwise.",
+        },
+    )
+    sync_state = ma.fields.String(
+        required=True,
+        validate=validate.OneOf(SyncState.ALL),
+        metadata={
+            "enum": list(SyncState.ALL),
+            "description": "in_sync: the sink holds the view up to delivered_seq. resetting: "
+            "a full snapshot is owed (a reset is queued, under way or being redone); nothing "
+            "streams meanwhile. failed: given up (a batch the sink refused, or a reset out of "
+            "attempts); a reset brings it back.",
+        },
+    )
+    sync_reason = ma.fields.String(
+        required=True, allow_none=True, metadata={"description": "Why it is not in sync."}
+    )
+    epoch = ma.fields.Integer(
+        required=True,
+        metadata={
+            "description": "Fencing epoch of the connector's lease (grows at each takeover)."
         },
     )
     transmitted_records = ma.fields.Integer(

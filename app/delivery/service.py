@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from app.connectors.models import Connector, SyncState
 from app.connectors.service import get_connector
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus
@@ -18,18 +19,28 @@ class Health:
 
     HEALTHY = "healthy"
     FAILING = "failing"
+    RESETTING = "resetting"
+    FAILED = "failed"
     PAUSED = "paused"
     STOPPED = "stopped"
-    ALL = (HEALTHY, FAILING, PAUSED, STOPPED)
+    ALL = (HEALTHY, FAILING, RESETTING, FAILED, PAUSED, STOPPED)
 
 
-def health(pipeline: Pipeline, consecutive_failures: int) -> str:
-    """Stopped or paused with the pipeline; else failing while the last delivery failed."""
+def health(pipeline: Pipeline, connector: Connector) -> str:
+    """Stopped or paused with the pipeline; else how the sink stands.
+
+    Never ``healthy`` unless the sink is in sync: a sink that owes a snapshot is
+    ``resetting``, one given up on is ``failed``.
+    """
     if pipeline.status == PipelineStatus.STOPPED:
         return Health.STOPPED
     if pipeline.status == PipelineStatus.PAUSED:
         return Health.PAUSED
-    return Health.FAILING if consecutive_failures else Health.HEALTHY
+    if connector.sync_state == SyncState.FAILED:
+        return Health.FAILED
+    if connector.sync_state == SyncState.RESETTING:
+        return Health.RESETTING
+    return Health.FAILING if connector.consecutive_failures else Health.HEALTHY
 
 
 def connector_stats(pipeline: Pipeline, view_name: str, connector_name: str) -> dict[str, Any]:
@@ -50,7 +61,10 @@ def connector_stats(pipeline: Pipeline, view_name: str, connector_name: str) -> 
         "view_name": view_name,
         "connector_name": connector.name,
         "transport": connector.transport,
-        "health": health(pipeline, connector.consecutive_failures),
+        "health": health(pipeline, connector),
+        "sync_state": connector.sync_state,
+        "sync_reason": connector.sync_reason,
+        "epoch": connector.lease_epoch,
         "transmitted_records": connector.transmitted_records,
         "transmitted_bytes": connector.transmitted_bytes,
         "queued_records": max(0, end - connector.delivered_seq),
@@ -68,5 +82,8 @@ def connector_stats(pipeline: Pipeline, view_name: str, connector_name: str) -> 
             "last_phase": last.phase if last else None,
             "last_requested_at": last.requested_at if last else None,
             "last_completed_at": last.completed_at if last else None,
+            "last_origin": last.origin if last else None,
+            "last_attempts": last.attempts if last else None,
+            "last_error": last.error if last else None,
         },
     }

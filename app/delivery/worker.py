@@ -1,36 +1,44 @@
 """The delivery worker: streams each connector's view changes to its sink.
 
-For one connector at a time a worker takes the connector's lease (a
-conditional ``UPDATE``), cuts a file sink back to its committed length, then
-repeatedly reads the next batch of the view's change log after the
-connector's ``delivered_seq``, hands it to the transport and records the new
-offset (and the file's new length) in one conditional ``UPDATE`` that checks
-the lease is still held. A worker killed between writing a batch and
-recording it leaves the offset where it was: the next worker cuts the file
-back and writes the batch again (file: exactly-once), or sends it again with
-the same batch id (http: at-least-once).
+For one connector at a time a worker takes the connector's lease (with a new
+fencing epoch, see :mod:`app.delivery.leases`), then repeatedly reads the next
+batch of the view's change log after the connector's ``delivered_seq``, hands
+it to the sink and records the new offset in a transaction that checks the
+epoch first.
 
-Delivery runs only while the pipeline runs, and never while a reset of the
-connector is queued or under way (the reset replaces what would be sent).
+- **file**: the worker opens the sink file while it holds the lease, checks
+  it: a file longer than its committed length is cut back to it (a batch
+  written but never recorded), one shorter is a damaged sink (the connector
+  goes out of sync and is re-snapshotted, never silently extended). Each batch
+  is written at the committed offset, and ``committed + bytes written`` is
+  recorded with the offset: exactly once.
+- **http**: the batch's seq range is recorded as in flight before it is sent;
+  until it is acknowledged, every retry, by this worker or the next, sends
+  exactly that range again with the same ``batch_id``: at least once, and
+  exactly once for a receiver that drops repeats (see the README).
+
+Delivery runs only while the pipeline runs, the connector is in sync and no
+reset of it is queued or under way (the reset replaces what would be sent).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from flask import current_app
 
-from app.connectors.models import Connector
-from app.database import utcnow
+from app.connectors.models import Connector, SyncState
+from app.database import db_time
 from app.delivery import leases, sinks
-from app.delivery.leases import LeaseLost
+from app.delivery.leases import Lease, LeaseLost
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.resets.models import Reset, ResetStatus
 from app.transports import TransportError, get_transport
+from app.transports.file import SinkFile, encode
 from app.view_data import store
 from app.view_data.models import ViewLog
 
@@ -54,9 +62,25 @@ def reset_pending(connector_id: sa.ColumnElement[int]) -> sa.Exists:
     )
 
 
-def batch_id(connector_id: int, first_seq: int, last_seq: int) -> str:
-    """The id of a batch: the same batch always gets the same id, so receivers drop repeats."""
-    return f"{connector_id}-{first_seq}-{last_seq}"
+def backoff_seconds(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row (doubling, capped)."""
+    config = current_app.config
+    base = float(config["DELIVERY_RETRY_BASE_SECONDS"])
+    return min(float(config["DELIVERY_RETRY_MAX_SECONDS"]), base * 2 ** max(0, failures - 1))
+
+
+@dataclass
+class Position:
+    """Where a claimed connector stands: what the sink has, and what is in flight."""
+
+    delivered_seq: int
+    committed_length: int
+    failures: int
+    inflight: tuple[int, int] | None
+
+
+class SinkFault(Exception):
+    """The sink no longer holds what it was given: a full snapshot is owed."""
 
 
 class DeliveryWorker:
@@ -71,16 +95,14 @@ class DeliveryWorker:
     ) -> None:
         config = current_app.config
         self.owner = owner
-        self.lease = dt.timedelta(seconds=lease_seconds or config["WORKER_LEASE_SECONDS"])
+        self.lease_seconds = float(lease_seconds or config["WORKER_LEASE_SECONDS"])
         self.batch_size = int(batch_size or config["DELIVERY_BATCH_SIZE"])
         self.max_batches = max_batches
-        self.retry_base = float(config["DELIVERY_RETRY_BASE_SECONDS"])
-        self.retry_max = float(config["DELIVERY_RETRY_MAX_SECONDS"])
 
     # -- claiming -----------------------------------------------------------
 
-    def _claimable(self, now: dt.datetime) -> sa.Select:
-        """Connectors of running pipelines with undelivered changes that nobody holds."""
+    def _claimable(self) -> sa.Select:
+        """In-sync connectors of running pipelines with changes to deliver that nobody holds."""
         return (
             sa.select(Connector.id)
             .join(View, View.id == Connector.view_id)
@@ -88,9 +110,10 @@ class DeliveryWorker:
             .join(ViewLog, ViewLog.view_id == Connector.view_id)
             .where(
                 Pipeline.status == PipelineStatus.RUNNING,
+                Connector.sync_state == SyncState.IN_SYNC,
                 ViewLog.last_seq > Connector.delivered_seq,
-                leases.lease_is_free(self.owner, now),
-                sa.or_(Connector.next_attempt_at.is_(None), Connector.next_attempt_at <= now),
+                leases.lease_is_free(self.owner),
+                sa.or_(Connector.next_attempt_at.is_(None), Connector.next_attempt_at <= db_time()),
                 ~reset_pending(Connector.id),
             )
             # Served longest ago first (a released lease keeps its release time).
@@ -98,45 +121,51 @@ class DeliveryWorker:
             .limit(10)
         )
 
-    def claim(self) -> Connector | None:
+    def claim(self) -> Lease | None:
         """Take the lease of one connector that has changes to deliver, or return None."""
-        candidates = db.session.execute(self._claimable(utcnow())).scalars().all()
+        candidates = db.session.execute(self._claimable()).scalars().all()
         db.session.rollback()
         for connector_id in candidates:
-            if leases.take(connector_id, self.owner, self.lease):
+            lease = leases.take(connector_id, self.owner, self.lease_seconds)
+            if lease is not None:
                 db.session.commit()
-                return db.session.get(Connector, connector_id, populate_existing=True)
+                return lease
             db.session.rollback()
         return None
 
     def _may_go_on(self, connector_id: int) -> bool:
-        """Whether the connector's pipeline still runs and no reset waits for it."""
+        """Whether the connector's pipeline still runs, it is in sync and no reset waits."""
         row = db.session.execute(
-            sa.select(Pipeline.status, reset_pending(Connector.id))
+            sa.select(Pipeline.status, Connector.sync_state, reset_pending(Connector.id))
             .select_from(Connector)
             .join(View, View.id == Connector.view_id)
             .join(Pipeline, Pipeline.id == View.pipeline_id)
             .where(Connector.id == connector_id)
         ).one_or_none()
         db.session.rollback()
-        return row is not None and row[0] == PipelineStatus.RUNNING and not row[1]
+        return (
+            row is not None
+            and row[0] == PipelineStatus.RUNNING
+            and row[1] == SyncState.IN_SYNC
+            and not row[2]
+        )
 
     # -- delivering ---------------------------------------------------------
 
     def run_once(self) -> bool:
         """Claim one connector and deliver what it can; return whether there was one."""
-        connector = self.claim()
-        if connector is None:
+        lease = self.claim()
+        if lease is None:
             return False
-        connector_id = connector.id
         try:
-            self.deliver(connector)
+            self.deliver(lease)
         except LeaseLost:
-            log.info("connector %s is no longer ours; leaving it", connector_id)
+            db.session.rollback()
+            log.info("connector %s is no longer ours (epoch %s)", lease.connector_id, lease.epoch)
         except Exception:
             db.session.rollback()
             try:
-                leases.release(connector_id, self.owner)
+                leases.release(lease)
             except Exception:  # the database itself may be what failed; the lease expires
                 db.session.rollback()
             raise
@@ -149,98 +178,160 @@ class DeliveryWorker:
             claims += 1
         return claims
 
-    def deliver(self, connector: Connector) -> None:
-        """Deliver a claimed connector's next batches, then give the connector back."""
+    def _load(self, lease: Lease) -> tuple[sinks.SinkTarget, Position]:
+        connector = db.session.get(Connector, lease.connector_id, populate_existing=True)
+        if connector is None or connector.lease_epoch != lease.epoch:
+            db.session.rollback()
+            raise LeaseLost(f"connector {lease.connector_id}")
         target = sinks.target_of(connector)
-        driver = get_transport(target.transport)
-        offset = connector.delivered_seq
-        committed = connector.committed_length
-        failures = connector.consecutive_failures
+        inflight = None
+        if connector.inflight_first_seq is not None and connector.inflight_last_seq is not None:
+            inflight = (connector.inflight_first_seq, connector.inflight_last_seq)
+        position = Position(
+            connector.delivered_seq,
+            connector.committed_length,
+            connector.consecutive_failures,
+            inflight,
+        )
         db.session.rollback()
-        try:
-            length = sinks.cut_back(target, committed)
-        except TransportError as exc:
-            self._failed(target.id, failures, exc)
-            return
-        if length != committed:
-            leases.update_held(target.id, self.owner, self.lease, committed_length=length)
-            db.session.commit()
-            committed = length
+        return target, position
 
-        deadline = time.monotonic() + self.lease.total_seconds() / 3
+    def deliver(self, lease: Lease) -> None:
+        """Deliver a claimed connector's next batches, then give the connector back."""
+        target, position = self._load(lease)
+        try:
+            if sinks.is_file(target):
+                with get_transport("file").open(target) as sink:
+                    self._recover_file(lease, sink, position)
+                    self._stream(lease, target, position, sink)
+            else:
+                self._stream(lease, target, position, None)
+        except SinkFault as fault:
+            self._out_of_sync(lease, str(fault))
+            return
+        except TransportError as exc:
+            self._failed(lease, position.failures, exc)
+            return
+        leases.release(lease)
+
+    def _recover_file(self, lease: Lease, sink: SinkFile, position: Position) -> None:
+        """Bring a file sink back to its committed length, or report it damaged.
+
+        The descriptor was opened while the lease was held (the renewal below
+        proves it), so it is the sink file, not one a reset replaced since.
+        """
+        leases.commit(lease)
+        size = sink.size()
+        committed = position.committed_length
+        if size < committed:
+            raise SinkFault(
+                f"The sink file is shorter ({size} bytes) than what was delivered to it "
+                f"({committed} bytes): it was truncated or replaced outside the service"
+            )
+        if size > committed:
+            # A batch written but never recorded: cut it off under the fence, so a
+            # stale holder can never cut what a newer one has committed.
+            leases.renew(lease)
+            sink.truncate(committed)
+            db.session.commit()
+            log.info(
+                "cut sink file of connector %s back from %d to %d bytes",
+                lease.connector_id,
+                size,
+                committed,
+            )
+
+    def _stream(
+        self, lease: Lease, target: sinks.SinkTarget, position: Position, sink: SinkFile | None
+    ) -> None:
+        """Send batches until caught up, out of time, or told to stop."""
+        deadline = time.monotonic() + lease.seconds / 3
+        driver = get_transport(target.transport)
         for _batch in range(self.max_batches):
-            if not self._may_go_on(target.id):
-                break
-            rows = store.read_changes(target.view_id, offset, self.batch_size)
+            if not self._may_go_on(lease.connector_id):
+                return
+            if position.inflight is not None:
+                first, last = position.inflight
+                rows = store.read_changes(target.view_id, first - 1, last - first + 1)
+            else:
+                rows = store.read_changes(target.view_id, position.delivered_seq, self.batch_size)
             db.session.rollback()
             if not rows:
-                break
+                return
             records = [store.as_change(weight, text) for _seq, weight, text in rows]
             first, last = rows[0][0], rows[-1][0]
-            try:
-                sent = driver.deliver(target, records, batch_id(target.id, first, last))
-                length = sinks.file_length(target)
-            except TransportError as exc:
-                self._failed(target.id, failures, exc)
-                return
-            size = sinks.sent_size(target, sent, records, length - committed)
-            self._delivered(target.id, offset, last, length, len(records), size)
-            offset, failures, committed = last, 0, length
+            if sink is not None:
+                size = sink.write_at(position.committed_length, encode(records))
+            else:
+                if position.inflight is None:
+                    # Recorded before sending: any retry sends exactly this range.
+                    leases.commit(lease, inflight_first_seq=first, inflight_last_seq=last)
+                    position.inflight = (first, last)
+                size = driver.send(
+                    target,
+                    records,
+                    kind="batch",
+                    epoch=lease.epoch,
+                    first_seq=first,
+                    last_seq=last,
+                    keep_alive=leases.keep_alive(lease),
+                )
+            self._delivered(lease, position, last, len(records), size, sink is not None)
             if time.monotonic() > deadline:
-                break
-        leases.release(target.id, self.owner)
+                return
 
     def _delivered(
-        self,
-        connector_id: int,
-        offset: int,
-        last: int,
-        length: int,
-        count: int,
-        size: int,
+        self, lease: Lease, position: Position, last: int, count: int, size: int, is_file: bool
     ) -> None:
-        """Record a delivered batch, if the lease and the offset are still ours."""
-        result = db.session.execute(
-            sa.update(Connector)
-            .where(
-                Connector.id == connector_id,
-                Connector.lease_owner == self.owner,
-                Connector.delivered_seq == offset,
-            )
-            .values(
-                delivered_seq=last,
-                committed_length=length,
-                transmitted_records=Connector.transmitted_records + count,
-                transmitted_bytes=Connector.transmitted_bytes + size,
-                consecutive_failures=0,
-                next_attempt_at=None,
-                lease_expires_at=utcnow() + self.lease,
-            )
-            .execution_options(synchronize_session=False)
+        """Record a delivered batch, if the lease (and so the offset) is still ours."""
+        committed = position.committed_length + (size if is_file else 0)
+        leases.commit(
+            lease,
+            delivered_seq=last,
+            committed_length=committed,
+            inflight_first_seq=None,
+            inflight_last_seq=None,
+            transmitted_records=Connector.transmitted_records + count,
+            transmitted_bytes=Connector.transmitted_bytes + size,
+            consecutive_failures=0,
+            next_attempt_at=None,
         )
-        if result.rowcount != 1:
-            db.session.rollback()
-            raise LeaseLost(f"connector {connector_id}")
-        db.session.commit()
+        position.delivered_seq, position.committed_length = last, committed
+        position.inflight, position.failures = None, 0
 
-    def backoff(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failure in a row."""
-        return min(self.retry_max, self.retry_base * 2 ** max(0, failures - 1))
+    def _out_of_sync(self, lease: Lease, reason: str) -> None:
+        """Mark the connector out of sync (a snapshot is owed) and give it back."""
+        db.session.rollback()
+        log.warning("connector %s is out of sync: %s", lease.connector_id, reason)
+        leases.release(
+            lease,
+            sync_state=SyncState.RESETTING,
+            sync_reason=reason[:MAX_ERROR_LENGTH],
+            last_error=reason[:MAX_ERROR_LENGTH],
+            last_error_at=db_time(),
+            inflight_first_seq=None,
+            inflight_last_seq=None,
+        )
 
-    def _failed(self, connector_id: int, failures: int, exc: TransportError) -> None:
-        """Count a failed delivery, schedule the retry and give the connector back."""
-        now = utcnow()
+    def _failed(self, lease: Lease, failures: int, exc: TransportError) -> None:
+        """Count a failed delivery; back off, or give up on a batch the sink refused."""
+        db.session.rollback()
         failures += 1
         message = str(exc)[:MAX_ERROR_LENGTH]
         log.warning(
-            "delivery of connector %s failed (%d in a row): %s", connector_id, failures, message
+            "delivery of connector %s failed (%d in a row): %s",
+            lease.connector_id,
+            failures,
+            message,
         )
-        leases.release(
-            connector_id,
-            self.owner,
-            transport_errors=Connector.transport_errors + 1,
-            last_error=message,
-            last_error_at=now,
-            consecutive_failures=failures,
-            next_attempt_at=now + dt.timedelta(seconds=self.backoff(failures)),
-        )
+        values: dict = {
+            "transport_errors": Connector.transport_errors + 1,
+            "last_error": message,
+            "last_error_at": db_time(),
+            "consecutive_failures": failures,
+            "next_attempt_at": db_time(backoff_seconds(failures)),
+        }
+        if exc.poison:
+            # Sending it again cannot succeed: stop here, visibly, until a reset.
+            values.update(sync_state=SyncState.FAILED, sync_reason=message, next_attempt_at=None)
+        leases.release(lease, **values)

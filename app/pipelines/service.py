@@ -191,7 +191,6 @@ def _abandon_resets(pipeline: Pipeline, now: object) -> None:
             completed_at=now,
             queued_connector_id=None,
             lease_owner=None,
-            lease_expires_at=None,
             error="The pipeline was stopped before the reset completed",
         )
     )

@@ -2,30 +2,37 @@
 
 queued -> resetting_sink -> replaying_snapshot -> done
 
-A worker claims a reset with a lease (a conditional ``UPDATE`` in the
-database), renews it as it goes and gives up as soon as an update shows it
-lost it (the pipeline stopped, or its lease ran out and another worker took
-over). A reset whose worker died is taken over once the lease expires and
-done again from the start: resetting a sink and replaying a snapshot can be
-repeated without changing the outcome.
+A reset is a durable intent. The executor claims a reset together with its
+connector's lease (a new fencing epoch, see :mod:`app.delivery.leases`) and,
+in that same transaction, marks the connector ``resetting``: from then on the
+connector owes a full snapshot and never streams, until a replay completes.
+Whatever stops the work half-way (a crash, a stall past the lease, a failed
+sink, the pipeline stopping) leaves that mark, so nothing partial is ever
+taken for in sync:
 
-The reset also holds its connector's lease (taken in the same transaction as
-the reset's), so no delivery touches the sink meanwhile. The work:
+- a worker that died or stalled: the lease runs out, another executor takes
+  the reset over and does it again from the start;
+- a sink that failed: the attempt is retried with backoff, up to
+  ``RESET_MAX_ATTEMPTS``; then the reset fails and the connector is ``failed``;
+- the pipeline stopped: the reset is abandoned with its incarnation, and after
+  the next start :func:`queue_owed_resets` queues a new one (origin ``redo``).
+
+The work of one attempt:
 
 1. open a snapshot of the view: its log position ``S`` and its Z-set at ``S``,
-   read in one read transaction that stays open during the replay, so changes
-   pushed meanwhile are not in it (they follow ``S`` in the log);
-2. reset the sink, and drop what was buffered: the connector's
-   ``delivered_seq`` becomes ``S`` (everything up to it is in the snapshot)
-   and a file sink's committed length 0;
-3. replay the snapshot in batches (keyset pages; bounded memory), recording
-   the file's committed length and ``replayed_records`` after each;
-4. complete and give the connector back: delivery streams on from ``S``.
+   read in one read transaction that stays open during the replay;
+2. ``resetting_sink``: a file sink gets a new staging file beside it; an http
+   sink gets a reset message carrying the new epoch and ``S``;
+3. ``replaying_snapshot``: the snapshot in batches (keyset pages, bounded
+   memory), recording ``replayed_records`` under the fence after each;
+4. ``done``: in one fenced transaction the connector's position becomes ``S``
+   and it is in sync again, and a file's staging file is renamed over the sink
+   while that transaction holds the connector's row: a stale executor can
+   never switch its file in.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import socket
@@ -34,15 +41,19 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.exc import IntegrityError
 
-from app.connectors.models import Connector
-from app.database import utcnow
+from app.connectors.models import Connector, SyncState
+from app.database import db_time
 from app.delivery import leases, sinks
-from app.delivery.leases import LeaseLost
+from app.delivery.leases import Lease, LeaseLost
+from app.delivery.worker import MAX_ERROR_LENGTH, backoff_seconds
 from app.extensions import db
-from app.pipelines.models import Pipeline, PipelineStatus
-from app.resets.models import Reset, ResetPhase, ResetStatus
+from app.pipelines.models import Pipeline, PipelineStatus, View
+from app.resets.models import Reset, ResetOrigin, ResetPhase, ResetStatus
+from app.resets.tokens import reset_tokens
 from app.transports import TransportError, get_transport
+from app.transports.file import StagingFile, encode
 from app.view_data import store
 
 log = logging.getLogger(__name__)
@@ -55,49 +66,112 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-__all__ = ["REPLAY_BATCH_SIZE", "LeaseLost", "ResetExecutor", "new_owner_id"]
+__all__ = ["REPLAY_BATCH_SIZE", "LeaseLost", "ResetExecutor", "new_owner_id", "queue_owed_resets"]
 
 
-def _released() -> dict[str, Any]:
-    """Connector values that give its lease back (the expiry keeps the release time)."""
-    return {"lease_owner": None, "lease_expires_at": utcnow()}
+def _live() -> sa.ColumnElement[bool]:
+    """The reset is still in progress in its pipeline's live, running incarnation."""
+    return sa.and_(
+        Reset.status == ResetStatus.IN_PROGRESS,
+        Pipeline.status == PipelineStatus.RUNNING,
+        Pipeline.incarnation == Reset.incarnation,
+    )
+
+
+def queue_owed_resets() -> int:
+    """Queue a reset for every connector that owes a snapshot and has none in progress.
+
+    Such a connector's reset was cut short by a stop (and abandoned with its
+    incarnation), or its sink was found damaged. The new reset's origin is
+    ``redo``; its token and history are like any other reset's. Return how
+    many were queued.
+    """
+    owed = db.session.execute(
+        sa.select(Connector.id, Connector.sync_reason, Pipeline.id, Pipeline.incarnation)
+        .join(View, View.id == Connector.view_id)
+        .join(Pipeline, Pipeline.id == View.pipeline_id)
+        .where(
+            Connector.sync_state == SyncState.RESETTING,
+            Pipeline.status == PipelineStatus.RUNNING,
+            ~sa.exists().where(
+                Reset.connector_id == Connector.id,
+                Reset.status == ResetStatus.IN_PROGRESS,
+                Reset.incarnation == Pipeline.incarnation,
+            ),
+        )
+        .limit(100)
+    ).all()
+    db.session.rollback()
+    queued = 0
+    for connector_id, reason, pipeline_id, incarnation in owed:
+        reset_id = uuid.uuid4()
+        db.session.add(
+            Reset(
+                id=reset_id,
+                pipeline_id=pipeline_id,
+                connector_id=connector_id,
+                incarnation=incarnation,
+                queued_connector_id=connector_id,
+                origin=ResetOrigin.REDO,
+                error=f"Redoing the snapshot the sink owes: {reason}" if reason else None,
+                token=reset_tokens().issue(pipeline_id, incarnation, reset_id),
+            )
+        )
+        try:
+            db.session.commit()
+            queued += 1
+            log.info("queued a redo of the reset of connector %s: %s", connector_id, reason)
+        except IntegrityError:
+            # A reset of it was queued meanwhile (by a request or another worker).
+            db.session.rollback()
+    return queued
 
 
 class ResetExecutor:
     """Claims resets and carries them out."""
 
     def __init__(self, owner: str | None = None, lease_seconds: float | None = None) -> None:
+        config = current_app.config
         self.owner = owner or new_owner_id()
-        self.lease = dt.timedelta(
-            seconds=lease_seconds or current_app.config["WORKER_LEASE_SECONDS"]
-        )
+        self.lease_seconds = float(lease_seconds or config["WORKER_LEASE_SECONDS"])
+        self.max_attempts = int(config["RESET_MAX_ATTEMPTS"])
+        self.batch_size = int(config.get("REPLAY_BATCH_SIZE") or REPLAY_BATCH_SIZE)
 
     # -- claiming -----------------------------------------------------------
 
-    def _claimable(self, now: dt.datetime) -> sa.Select:
+    def _claimable(self) -> sa.Select:
         return (
             sa.select(Reset.id, Reset.connector_id)
             .join(Pipeline, Pipeline.id == Reset.pipeline_id)
             .join(Connector, Connector.id == Reset.connector_id)
             .where(
-                Reset.status == ResetStatus.IN_PROGRESS,
-                Pipeline.status == PipelineStatus.RUNNING,
-                Pipeline.incarnation == Reset.incarnation,
-                sa.or_(Reset.lease_owner.is_(None), Reset.lease_expires_at < now),
-                leases.lease_is_free(self.owner, now),
+                _live(),
+                sa.or_(Reset.next_attempt_at.is_(None), Reset.next_attempt_at <= db_time()),
+                leases.lease_is_free(self.owner),
             )
             .order_by(Reset.requested_at)
             .limit(10)
         )
 
-    def claim(self) -> Reset | None:
-        """Take one reset that nobody holds, with its connector's lease, or return None."""
-        now = utcnow()
-        candidates = db.session.execute(self._claimable(now)).all()
+    def claim(self) -> tuple[uuid.UUID, Lease] | None:
+        """Take one due reset with its connector's lease, or return None.
+
+        One transaction takes the lease (a new epoch), marks the connector as
+        owing a snapshot, and stamps the reset with the epoch and an attempt.
+        """
+        candidates = db.session.execute(self._claimable()).all()
         db.session.rollback()
         for reset_id, connector_id in candidates:
-            # Both leases in one transaction: the reset is ours only with its connector.
-            if not leases.take(connector_id, self.owner, self.lease):
+            lease = leases.take(
+                connector_id,
+                self.owner,
+                self.lease_seconds,
+                sync_state=SyncState.RESETTING,
+                sync_reason=f"reset {reset_id} is under way",
+                inflight_first_seq=None,
+                inflight_last_seq=None,
+            )
+            if lease is None:
                 db.session.rollback()
                 continue
             result = db.session.execute(
@@ -105,54 +179,55 @@ class ResetExecutor:
                 .where(
                     Reset.id == reset_id,
                     Reset.status == ResetStatus.IN_PROGRESS,
-                    sa.or_(Reset.lease_owner.is_(None), Reset.lease_expires_at < now),
+                    sa.or_(Reset.next_attempt_at.is_(None), Reset.next_attempt_at <= db_time()),
                 )
                 .values(
                     lease_owner=self.owner,
-                    lease_expires_at=now + self.lease,
+                    epoch=lease.epoch,
+                    attempts=Reset.attempts + 1,
+                    next_attempt_at=None,
                     queued_connector_id=None,
-                    started_at=sa.func.coalesce(Reset.started_at, now),
+                    started_at=sa.func.coalesce(Reset.started_at, db_time()),
                     phase=ResetPhase.RESETTING_SINK,
                 )
+                .execution_options(synchronize_session=False)
             )
             if result.rowcount == 1:
                 db.session.commit()
-                return db.session.get(Reset, reset_id, populate_existing=True)
+                return reset_id, lease
             db.session.rollback()
         return None
 
-    def _advance(
-        self, reset: Reset, connector: dict[str, Any] | None = None, **values: Any
-    ) -> None:
-        """Write progress if the reset and its connector are still ours, renewing both leases.
+    def _advance(self, reset_id: uuid.UUID, lease: Lease, connector: dict | None = None, **values):
+        """Write progress under the fence: the reset and its connector must still be ours.
 
         ``connector`` holds values for the connector's row, written in the same
-        transaction.
+        transaction. The caller commits.
         """
-        now = utcnow()
+        leases.renew(lease, **(connector or {}))
         result = db.session.execute(
             sa.update(Reset)
             .where(
-                Reset.id == reset.id,
+                Reset.id == reset_id,
                 Reset.status == ResetStatus.IN_PROGRESS,
-                Reset.lease_owner == self.owner,
+                Reset.epoch == lease.epoch,
             )
-            .values(**{"lease_expires_at": now + self.lease, **values})
+            .values(**values)
+            .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:
             db.session.rollback()
-            raise LeaseLost(str(reset.id))
-        leases.update_held(reset.connector_id, self.owner, self.lease, **(connector or {}))
-        db.session.commit()
+            raise LeaseLost(f"reset {reset_id}")
 
     # -- doing --------------------------------------------------------------
 
     def run_once(self) -> bool:
-        """Claim and carry out one reset; return whether there was one."""
-        reset = self.claim()
-        if reset is None:
+        """Queue owed redos, then claim and carry out one reset; return whether there was one."""
+        queue_owed_resets()
+        claimed = self.claim()
+        if claimed is None:
             return False
-        self.execute(reset)
+        self.execute(*claimed)
         return True
 
     def run_pending(self, limit: int = 1000) -> int:
@@ -162,81 +237,177 @@ class ResetExecutor:
             done += 1
         return done
 
-    def execute(self, reset: Reset) -> None:
-        """Carry out a claimed reset, recording success or failure."""
-        target = sinks.target_of(reset.connector)
-        # From here on the reset is only written with conditional UPDATEs; detached,
-        # its id needs no reload after each commit (nor a row that may be gone).
-        db.session.expunge(reset)
-        batch_size = int(current_app.config.get("REPLAY_BATCH_SIZE") or REPLAY_BATCH_SIZE)
+    def execute(self, reset_id: uuid.UUID, lease: Lease) -> None:
+        """Carry out one attempt of a claimed reset, recording its outcome."""
+        connector = db.session.get(Connector, lease.connector_id, populate_existing=True)
+        target = sinks.target_of(connector)
+        db.session.rollback()
+        staging: StagingFile | None = None
         try:
             with store.open_snapshot(target.view_id) as snapshot:
-                self._advance(reset, phase=ResetPhase.RESETTING_SINK)
-                driver = get_transport(target.transport)
-                driver.reset(target)
-                # Drop what was buffered: the changes up to the snapshot are in it.
+                self._advance(reset_id, lease, phase=ResetPhase.RESETTING_SINK)
+                db.session.commit()
+                staging = self._reset_sink(target, lease, snapshot.seq)
                 self._advance(
-                    reset,
-                    connector={
-                        "delivered_seq": snapshot.seq,
-                        "committed_length": 0,
-                        "consecutive_failures": 0,
-                        "next_attempt_at": None,
-                    },
+                    reset_id,
+                    lease,
+                    connector={"delivered_seq": snapshot.seq, "committed_length": 0}
+                    if staging is None
+                    else {"delivered_seq": snapshot.seq},
                     phase=ResetPhase.REPLAYING_SNAPSHOT,
                     snapshot_records=snapshot.records,
                     replayed_records=0,
                 )
-                replayed = length = 0
-                for number, batch in enumerate(snapshot.batches(batch_size)):
-                    sent = driver.deliver(target, batch, f"reset-{reset.id.hex}-{number}")
+                db.session.commit()
+                replayed = 0
+                for batch in snapshot.batches(self.batch_size):
+                    size = self._replay(target, lease, staging, batch, replayed, snapshot.seq)
                     replayed += len(batch)
-                    before, length = length, sinks.file_length(target)
-                    size = sinks.sent_size(target, sent, batch, length - before)
                     self._advance(
-                        reset,
+                        reset_id,
+                        lease,
                         connector={
-                            "committed_length": length,
                             "transmitted_records": Connector.transmitted_records + len(batch),
                             "transmitted_bytes": Connector.transmitted_bytes + size,
                         },
                         replayed_records=replayed,
                     )
-
-            self._advance(
-                reset,
-                connector={
-                    "resets_completed": Connector.resets_completed + 1,
-                    **_released(),
-                },
-                phase=ResetPhase.DONE,
-                status=ResetStatus.COMPLETE,
-                completed_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-            )
+                    db.session.commit()
+                self._complete(reset_id, lease, staging, snapshot.seq)
+                staging = None
         except LeaseLost:
             db.session.rollback()
-            log.info("reset %s is no longer ours; leaving it", reset.id)
+            log.info("reset %s is no longer ours (epoch %s); leaving it", reset_id, lease.epoch)
+            self._let_go(lease)
         except TransportError as exc:
             db.session.rollback()
-            self._fail(reset, str(exc))
+            self._attempt_failed(reset_id, lease, str(exc), give_up=exc.poison)
         except Exception:
             db.session.rollback()
-            log.exception("reset %s failed", reset.id)
-            self._fail(reset, f"Internal error; see the server log for reset {reset.id}")
-
-    def _fail(self, reset: Reset, message: str) -> None:
-        """Record a failed reset and give its connector back (delivery goes on)."""
-        try:
-            self._advance(
-                reset,
-                connector=_released(),
-                status=ResetStatus.FAILED,
-                error=message,
-                completed_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
+            log.exception("reset %s failed", reset_id)
+            self._attempt_failed(
+                reset_id, lease, f"Internal error; see the server log for reset {reset_id}"
             )
+        finally:
+            if staging is not None:
+                staging.discard()
+
+    def _reset_sink(self, target: sinks.SinkTarget, lease: Lease, seq: int) -> StagingFile | None:
+        """Ask the sink to reset: a new staging file, or a reset message to an http sink."""
+        if sinks.is_file(target):
+            return get_transport("file").staging(target, lease.epoch)
+        get_transport(target.transport).reset(
+            target, epoch=lease.epoch, snapshot_seq=seq, keep_alive=leases.keep_alive(lease)
+        )
+        return None
+
+    def _replay(
+        self,
+        target: sinks.SinkTarget,
+        lease: Lease,
+        staging: StagingFile | None,
+        batch: list[dict[str, Any]],
+        replayed: int,
+        seq: int,
+    ) -> int:
+        """Send one snapshot batch; return its size in bytes."""
+        if staging is not None:
+            return staging.append(encode(batch))
+        return get_transport(target.transport).send(
+            target,
+            batch,
+            kind="snapshot",
+            epoch=lease.epoch,
+            first_seq=replayed + 1,
+            last_seq=replayed + len(batch),
+            snapshot_seq=seq,
+            keep_alive=leases.keep_alive(lease),
+        )
+
+    def _complete(
+        self, reset_id: uuid.UUID, lease: Lease, staging: StagingFile | None, seq: int
+    ) -> None:
+        """Put the connector back in sync at ``seq`` and give it back, in one fenced commit."""
+        if staging is not None:
+            staging.sync()
+        connector: dict[str, Any] = {
+            "sync_state": SyncState.IN_SYNC,
+            "sync_reason": None,
+            "delivered_seq": seq,
+            "inflight_first_seq": None,
+            "inflight_last_seq": None,
+            "consecutive_failures": 0,
+            "next_attempt_at": None,
+            "resets_completed": Connector.resets_completed + 1,
+            "lease_owner": None,
+            "lease_expires_at": db_time(),
+        }
+        if staging is not None:
+            connector["committed_length"] = staging.length
+        self._advance(
+            reset_id,
+            lease,
+            connector=connector,
+            phase=ResetPhase.DONE,
+            status=ResetStatus.COMPLETE,
+            completed_at=db_time(),
+            error=None,
+            lease_owner=None,
+        )
+        if staging is not None:
+            # The row is locked by the update above until the commit: the switch
+            # happens only while this executor holds the lease.
+            try:
+                staging.switch_in()
+            except TransportError:
+                db.session.rollback()
+                raise
+        db.session.commit()
+
+    def _let_go(self, lease: Lease) -> None:
+        """Give the connector's lease back if it is still ours (the reset went elsewhere)."""
+        try:
+            leases.release(lease)
+        except Exception:  # the lease runs out by itself
+            db.session.rollback()
+
+    def _attempt_failed(
+        self, reset_id: uuid.UUID, lease: Lease, message: str, give_up: bool = False
+    ) -> None:
+        """Retry a failed attempt with backoff, or, out of attempts, fail reset and connector."""
+        message = message[:MAX_ERROR_LENGTH]
+        attempts = db.session.execute(
+            sa.select(Reset.attempts).where(Reset.id == reset_id)
+        ).scalar_one_or_none()
+        db.session.rollback()
+        if attempts is None:
+            return self._let_go(lease)
+        final = give_up or attempts >= self.max_attempts
+        log.warning(
+            "reset %s: attempt %d of %d failed%s: %s",
+            reset_id,
+            attempts,
+            self.max_attempts,
+            "; giving up" if final else "",
+            message,
+        )
+        connector: dict[str, Any] = {
+            "lease_owner": None,
+            "lease_expires_at": db_time(),
+            "transport_errors": Connector.transport_errors + 1,
+            "last_error": message,
+            "last_error_at": db_time(),
+        }
+        values: dict[str, Any] = {"error": message, "lease_owner": None}
+        if final:
+            connector.update(sync_state=SyncState.FAILED, sync_reason=message)
+            values.update(status=ResetStatus.FAILED, completed_at=db_time())
+        else:
+            values.update(
+                phase=ResetPhase.QUEUED, next_attempt_at=db_time(backoff_seconds(attempts))
+            )
+        try:
+            self._advance(reset_id, lease, connector=connector, **values)
+            db.session.commit()
         except LeaseLost:
             db.session.rollback()

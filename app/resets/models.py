@@ -34,6 +34,14 @@ class ResetStatus:
     ALL = (IN_PROGRESS, COMPLETE, FAILED, ABANDONED)
 
 
+class ResetOrigin:
+    """Why a reset exists."""
+
+    REQUEST = "request"
+    REDO = "redo"
+    ALL = (REQUEST, REDO)
+
+
 class Reset(db.Model):
     """One reset of one output connector, in one incarnation of its pipeline."""
 
@@ -64,8 +72,16 @@ class Reset(db.Model):
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(sa.Text)
-    # Which worker holds the reset, and until when; see app.resets.executor.
+    # Who asked: an operator ("request"), or the service redoing a snapshot the
+    # sink still owes ("redo": a reset cut short by a stop, a damaged sink file).
+    origin: Mapped[str] = mapped_column(
+        sa.String(16), default=ResetOrigin.REQUEST, server_default=ResetOrigin.REQUEST
+    )
+    # Attempts so far; a failed attempt is retried at next_attempt_at (database clock).
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The worker on it, and the connector lease epoch it holds (its fence).
     lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
-    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    epoch: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     connector: Mapped[Connector] = relationship(lazy="joined", innerjoin=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import validate
 
-from app.resets.models import ResetPhase, ResetStatus
+from app.resets.models import ResetOrigin, ResetPhase, ResetStatus
 
 SERVED_STATUSES = [ResetStatus.IN_PROGRESS, ResetStatus.COMPLETE, ResetStatus.FAILED]
 
@@ -43,7 +43,31 @@ class ResetStatusOut(ma.Schema):
     requested_at = ma.fields.AwareDateTime(required=True)
     started_at = ma.fields.AwareDateTime(required=True, allow_none=True)
     completed_at = ma.fields.AwareDateTime(required=True, allow_none=True)
-    error = ma.fields.String(required=True, allow_none=True)
+    error = ma.fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Why the reset failed; while it is in progress, why its last "
+            "attempt failed (it is retried at next_attempt_at), or why it was redone."
+        },
+    )
+    origin = ma.fields.String(
+        required=True,
+        validate=validate.OneOf(ResetOrigin.ALL),
+        metadata={
+            "enum": list(ResetOrigin.ALL),
+            "description": "request: an operator asked; redo: the service redoes a snapshot "
+            "the sink still owes (a reset cut short by a stop, a damaged sink file).",
+        },
+    )
+    attempts = ma.fields.Integer(
+        required=True, metadata={"description": "Attempts started so far (RESET_MAX_ATTEMPTS)."}
+    )
+    next_attempt_at = ma.fields.AwareDateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "After a failed attempt: when the next one may start."},
+    )
 
 
 class ResetIssued(ResetStatusOut):

@@ -69,7 +69,6 @@ def abandon(reset: Reset, why: str) -> None:
             queued_connector_id=None,
             completed_at=utcnow(),
             lease_owner=None,
-            lease_expires_at=None,
             error=why,
         )
     )

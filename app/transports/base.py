@@ -1,9 +1,14 @@
-"""What every transport driver provides."""
+"""What every transport driver provides, and the errors they raise."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
+
+# Called by a driver before each retry (and during long waits) of one message:
+# it renews the sender's lease and raises ``LeaseLost`` when the lease is gone,
+# so a sender that lost its sink stops at once instead of sending again.
+KeepAlive = Callable[[], None]
 
 
 class TransportError(Exception):
@@ -11,15 +16,18 @@ class TransportError(Exception):
 
     ``attempts`` is how many times the driver tried before giving up (1 when
     it did not retry), so callers can count retries as well as failures.
+    ``poison`` is true when the sink refused the message itself (an http 4xx
+    other than 408/429): sending the same message again cannot succeed.
     """
 
-    def __init__(self, message: str, *, attempts: int = 1) -> None:
+    def __init__(self, message: str, *, attempts: int = 1, poison: bool = False) -> None:
         super().__init__(message)
         self.attempts = attempts
+        self.poison = poison
 
 
 class Transport(Protocol):
-    """A transport driver."""
+    """A transport driver: validates a connector's settings when it is created."""
 
     name: str
 
@@ -30,13 +38,9 @@ class Transport(Protocol):
         (the file transport's paths) keeps each tenant inside its own space.
         """
 
-    def reset(self, connector: Any) -> None:
-        """Ask the sink to reset itself (for a file: leave it empty)."""
+    def sink_key(self, config: dict[str, Any], tenant: str) -> str | None:
+        """The identity of the sink that only one connector may write, or None.
 
-    def deliver(
-        self, connector: Any, records: Sequence[dict[str, Any]], batch_id: str
-    ) -> int | None:
-        """Append change records (``{"insert": ...}``/``{"delete": ...}``) to the sink.
-
-        Returns the number of bytes sent to the sink, when the driver knows it.
+        A file sink's key is its resolved path: two connectors whose paths
+        resolve to one file cannot both exist (409 ``SinkInUse``).
         """

@@ -1,10 +1,25 @@
-"""The ``file`` transport: a JSON-lines file under the sink directory."""
+"""The ``file`` transport: a JSON-lines file under the sink directory.
+
+How a file sink stays exactly-once under faults (the delivery worker and the
+reset executor drive these pieces; see ``app.delivery``):
+
+- Streaming writes go through a :class:`SinkFile`, a descriptor opened while
+  the writer holds the connector's lease, at the committed offset with
+  ``pwrite`` (never a blind append). The bytes at an offset of one file are
+  always the same lines, whoever writes them, so a writer that stalled past
+  its lease and wakes up writes nothing new; and a file replaced meanwhile by
+  a reset is not the one its descriptor points at.
+- A reset fills a :class:`StagingFile` beside the sink and switches it in with
+  one ``rename`` at the end: a reader sees the old contents or the whole new
+  snapshot, never half of it, and a stale executor fills only its own file.
+- Every file created or renamed is followed by an ``fsync`` of its folder.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +61,154 @@ def resolve_sink_path(path: str, tenant: str) -> Path:
     return resolved
 
 
+def encode(records: Sequence[dict[str, Any]]) -> bytes:
+    """Return the records as JSON lines, exactly as a file sink holds them."""
+    return "".join(
+        json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in records
+    ).encode("utf-8")
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries to disk (a new or renamed file survives a crash)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_fully(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` all of ``data`` at ``offset`` (a large write may be split)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class SinkFile:
+    """A sink file opened for streaming: positional writes on one descriptor."""
+
+    def __init__(self, path: Path, shown: str) -> None:
+        self.path = path
+        self.shown = shown
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            created = not path.exists()
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if created:
+                fsync_dir(path.parent)
+        except OSError as exc:
+            raise TransportError(f"Cannot open sink file '{shown}': {exc.strerror}") from None
+
+    def size(self) -> int:
+        """The file's length now."""
+        return os.fstat(self.fd).st_size
+
+    def truncate(self, length: int) -> None:
+        """Cut the file back to ``length`` bytes, durably."""
+        try:
+            os.ftruncate(self.fd, length)
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise TransportError(
+                f"Cannot truncate sink file '{self.shown}': {exc.strerror}"
+            ) from None
+
+    def write_at(self, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset`` and flush it to disk; return its length."""
+        try:
+            _write_fully(self.fd, data, offset)
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise TransportError(f"Cannot write sink file '{self.shown}': {exc.strerror}") from None
+        return len(data)
+
+    def close(self) -> None:
+        """Close the descriptor."""
+        os.close(self.fd)
+
+    def __enter__(self) -> SinkFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StagingFile:
+    """A reset's new sink file, filled beside the sink and switched in at the end.
+
+    Named ``.<sink name>.reset-<epoch>``: the executor's fencing epoch, so a
+    stale executor's leftover is told apart and removed by the next one.
+    """
+
+    def __init__(self, target: Path, shown: str, epoch: int) -> None:
+        self.target = target
+        self.shown = shown
+        self.path = target.with_name(f"{self.prefix(target)}{epoch}")
+        self.length = 0
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.remove_leftovers(target)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise TransportError(
+                f"Cannot reset sink file '{shown}': cannot create its new file: {exc.strerror}"
+            ) from None
+
+    @staticmethod
+    def prefix(target: Path) -> str:
+        """The name that every staging file of ``target`` starts with."""
+        return f".{target.name}.reset-"
+
+    @classmethod
+    def remove_leftovers(cls, target: Path) -> None:
+        """Delete staging files of earlier attempts (their writers lost their leases)."""
+        prefix = cls.prefix(target)
+        for entry in os.scandir(target.parent):
+            if entry.name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+    def append(self, data: bytes) -> int:
+        """Write ``data`` at the end of the staging file; return its length."""
+        try:
+            _write_fully(self.fd, data, self.length)
+        except OSError as exc:
+            raise TransportError(
+                f"Cannot write the new sink file of '{self.shown}': {exc.strerror}"
+            ) from None
+        self.length += len(data)
+        return len(data)
+
+    def sync(self) -> None:
+        """Flush the staging file to disk (before it is switched in)."""
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise TransportError(
+                f"Cannot write the new sink file of '{self.shown}': {exc.strerror}"
+            ) from None
+
+    def switch_in(self) -> None:
+        """Replace the sink with the staging file in one ``rename``, durably.
+
+        The caller holds the connector's fence (a locked row) around this call.
+        """
+        try:
+            os.replace(self.path, self.target)
+            fsync_dir(self.target.parent)
+        except OSError as exc:
+            raise TransportError(f"Cannot reset sink file '{self.shown}': {exc.strerror}") from None
+
+    def discard(self) -> None:
+        """Close the staging file and delete it (if it was not switched in)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
 class FileTransport:
     """Writes each change as one JSON line, in delivery order."""
 
@@ -53,6 +216,19 @@ class FileTransport:
 
     def validate_config(self, config: dict[str, Any], *, tenant: str) -> dict[str, Any]:
         """Check that ``path`` names a file inside the tenant's sink directory."""
+        return {"path": self.resolve(config, tenant)[0]}
+
+    def sink_key(self, config: dict[str, Any], tenant: str) -> str:
+        """The sink file's identity: its resolved path, relative to ``SINK_DIR``.
+
+        Two connectors whose paths resolve to one file (``a.jsonl`` and
+        ``./a.jsonl``, or through a symbolic link) have the same key.
+        """
+        resolved = self.resolve(config, tenant)[1]
+        return str(resolved.relative_to(Path(current_app.config["SINK_DIR"]).resolve()))
+
+    def resolve(self, config: dict[str, Any], tenant: str) -> tuple[str, Path]:
+        """Validate the settings; return the path as given and as resolved."""
         unknown = sorted(set(config) - {"path"})
         if unknown:
             raise InvalidRequest(
@@ -83,7 +259,12 @@ class FileTransport:
                 "The sink path names a folder",
                 details={"transport.config.path": ["The path must name a file."]},
             )
-        return {"path": path}
+        if resolved.name.startswith(".") and ".reset-" in resolved.name:
+            raise InvalidRequest(
+                "The sink path is not allowed",
+                details={"transport.config.path": ["Names like '.x.reset-N' are reserved."]},
+            )
+        return path, resolved
 
     def path_of(self, connector: Any) -> Path:
         """Return the resolved sink file of a connector."""
@@ -92,39 +273,10 @@ class FileTransport:
         except ValueError as exc:
             raise TransportError(f"Sink file '{connector.config['path']}': {exc}") from None
 
-    def reset(self, connector: Any) -> None:
-        """Replace the sink file atomically with an empty one."""
-        target = self.path_of(connector)
-        # Errors name the path as the connector was given it, not the server's layout.
-        shown = connector.config["path"]
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TransportError(
-                f"Cannot reset sink file '{shown}': cannot create its folder: {exc.strerror}"
-            ) from None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".reset-", dir=target.parent)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise TransportError(f"Cannot reset sink file '{shown}': {exc.strerror}") from None
+    def open(self, connector: Any) -> SinkFile:
+        """Open a connector's sink file for streaming (created empty if missing)."""
+        return SinkFile(self.path_of(connector), connector.config["path"])
 
-    def deliver(self, connector: Any, records: Sequence[dict[str, Any]], batch_id: str) -> None:
-        """Append the records as JSON lines and flush them to disk."""
-        target = self.path_of(connector)
-        data = "".join(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in records)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "a", encoding="utf-8") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise TransportError(
-                f"Cannot write sink file '{connector.config['path']}': {exc.strerror}"
-            ) from None
+    def staging(self, connector: Any, epoch: int) -> StagingFile:
+        """Start a reset's new sink file (errors name the path as the connector gave it)."""
+        return StagingFile(self.path_of(connector), connector.config["path"], epoch)
