@@ -13,6 +13,9 @@ import pytest
 from click.testing import Result
 from flask import Flask
 
+from app.delivery.worker import DeliveryWorker
+from app.extensions import db
+
 ERROR_LINE = re.compile(r"^Error: .+ \((?P<code>[A-Za-z]+)\)$")
 
 
@@ -633,3 +636,28 @@ def test_usage_errors_exit_2(cli, args):
     assert result.exit_code == 2, (result.stdout, result.stderr)
     assert result.stdout == ""
     assert "Usage:" in result.stderr
+
+
+def test_connector_stats_show_a_refused_batch_and_the_sync_state(app, cli, stopped, tmp_path):
+    from tests.receiver import Receiver
+
+    with Receiver() as receiver:
+        ok(
+            cli(
+                "connectors", "add", "orders", "totals", "hook",
+                "--transport", "http", "--url", receiver.url,
+            )
+        )  # fmt: skip
+        ok(cli("pipelines", "start", "orders"))
+        receiver.refuse(400, '{"error": "bad record"}')
+        changes = tmp_path / "changes.json"
+        changes.write_text('[{"insert": {"id": 1}}]')
+        ok(cli("views", "push", "orders", "totals", str(changes)))
+        with app.app_context():
+            DeliveryWorker("w").run_pending()
+            db.session.remove()
+        text = ok(cli("connectors", "stats", "orders", "totals", "hook"))
+        data = ok_json(cli("connectors", "stats", "orders", "totals", "hook", "--json"))
+    assert data["health"] == "failed" and data["sync_state"] == "failed"
+    assert 'HTTP 400: {"error": "bad record"}' in data["last_error"]
+    assert "sync_state:" in text and "failed" in text and "bad record" in text

@@ -7,7 +7,11 @@ prints one). Without it these tests skip, except under CI, where they fail.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -130,13 +134,13 @@ def test_two_executors_do_each_reset_once(app, api, monkeypatch):
         api.reset(connector=f"sink{i}")
 
     done: Counter[str] = Counter()
-    original = FileTransport.reset
+    original = FileTransport.staging
 
-    def counting_reset(self, connector):
+    def counting_reset(self, connector, epoch):
         done[connector.name] += 1
-        original(self, connector)
+        return original(self, connector, epoch)
 
-    monkeypatch.setattr(FileTransport, "reset", counting_reset)
+    monkeypatch.setattr(FileTransport, "staging", counting_reset)
 
     def work(owner: str) -> None:
         with app.app_context():
@@ -172,3 +176,69 @@ def _closed_port_url() -> str:
         port = s.getsockname()[1]
     url = sa.engine.make_url(PG_URL).set(host="127.0.0.1", port=port)
     return url.render_as_string(hide_password=False)
+
+
+FAKETIME = shutil.which("faketime")
+
+
+@pytest.mark.skipif(
+    not FAKETIME and not os.environ.get("CI"), reason="needs faketime (apt-get install faketime)"
+)
+def test_a_host_whose_clock_runs_45s_fast_cannot_take_a_live_lease(app, app_config, tmp_path):
+    from app.connectors import service as connectors
+    from app.connectors.models import Connector
+    from app.delivery import leases
+    from app.view_data import service as view_data
+    from tests.faults import FLASK, ROOT, stop, wait_for, worker_env
+
+    with app.app_context():
+        pipeline = pipelines.create_pipeline("default", "orders", views=["totals"])
+        connectors.add_connector(
+            pipeline, "totals", "sink1", {"name": "file", "config": {"path": "t.jsonl"}}
+        )
+        pipelines.start(pipeline)
+        connector_id = db.session.execute(sa.select(Connector.id)).scalar_one()
+        # This host holds the connector's lease for 20 s more, by the database's clock.
+        lease = leases.take(connector_id, "this-host", 20)
+        db.session.commit()
+        view = view_data.writable_view(pipeline, "totals")
+        view_data.push_changes(view, view_data.parse_changes(b'[{"insert": {"id": 1}}]'))
+        db.session.remove()
+
+    def state() -> tuple[int, int]:
+        with app.app_context():
+            row = db.session.execute(
+                sa.select(Connector.lease_epoch, Connector.delivered_seq)
+            ).one()
+            db.session.remove()
+        return row[0], row[1]
+
+    settings = {
+        **{k: v for k, v in app_config.items() if k != "TESTING"},
+        "WORKER_POLL_INTERVAL": 0.05,
+    }
+    skewed = subprocess.run(
+        [FAKETIME, "-f", "+45s", sys.executable, "-c", "import time; print(time.time())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert float(skewed.stdout) - time.time() > 40, "faketime did not shift the clock"
+    log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115 (closed below)
+    worker = subprocess.Popen(
+        [FAKETIME, "-f", "+45s", FLASK, "--app", "wsgi", "worker"],
+        cwd=ROOT, stdout=log, stderr=log,
+        # Only the wall clock is off (Python's thread waits need a true monotonic clock).
+        env={**worker_env(settings), "FAKETIME_DONT_FAKE_MONOTONIC": "1"},
+    )  # fmt: skip
+    try:
+        time.sleep(3)  # a fast clock would see the lease as long expired
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+        assert state() == (lease.epoch, 0), "the skewed worker took a live lease"
+        # The control: once the lease is given back, the same worker delivers at once.
+        with app.app_context():
+            assert leases.release(lease)
+            db.session.remove()
+        wait_for(lambda: state()[1] == 1, timeout=20, what="the skewed worker to deliver")
+        assert state()[0] == lease.epoch + 1
+    finally:
+        stop(worker)
+        log.close()

@@ -110,6 +110,25 @@ def show_command(pipeline: str, view: str, connector: str, tenant: str, as_json:
         echo_fields({**data, "transport": transport["name"], "config": _config_text(found)})
 
 
+@connectors.command("stats")
+@click.argument("pipeline")
+@click.argument("view")
+@click.argument("connector")
+@tenant_option
+@json_option
+def stats_command(pipeline: str, view: str, connector: str, tenant: str, as_json: bool) -> None:
+    """Show how CONNECTOR's delivery stands: health, sync state, position, errors, resets."""
+    from app.delivery.schemas import ConnectorStats
+    from app.delivery.service import connector_stats
+
+    data = ConnectorStats().dump(connector_stats(get_pipeline(tenant, pipeline), view, connector))
+    if as_json:
+        echo_json(data)
+        return
+    resets = data.pop("resets")
+    echo_fields({**data, **{f"resets.{k}": v for k, v in resets.items()}})
+
+
 @connectors.command("remove")
 @click.argument("pipeline")
 @click.argument("view")
