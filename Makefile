@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app wsgi
 
-.PHONY: install run serve migrate test test-postgres lint format bench clean
+.PHONY: install run serve migrate test test-postgres lint format bench soak clean
 
 # The suites that also run on PostgreSQL (the rest test SQLite, browsers or the docs).
 POSTGRES_SUITES := tests/test_pipelines.py tests/test_connectors.py tests/test_resets.py \
@@ -44,6 +44,9 @@ format:
 
 bench: install  ## Run the benchmarks (see bench/README.md)
 	$(BIN)/python -m bench
+
+soak: install  ## Soak delivery and resets on PostgreSQL under faults, ~6 min (see bench/SOAK.md)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -6,8 +6,10 @@ prints one). Without it these tests skip, except under CI, where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -189,7 +191,7 @@ def test_a_host_whose_clock_runs_45s_fast_cannot_take_a_live_lease(app, app_conf
     from app.connectors.models import Connector
     from app.delivery import leases
     from app.view_data import service as view_data
-    from tests.faults import FLASK, ROOT, stop, wait_for, worker_env
+    from tests.faults import FLASK, ROOT, wait_for, worker_env
 
     with app.app_context():
         pipeline = pipelines.create_pipeline("default", "orders", views=["totals"])
@@ -225,7 +227,7 @@ def test_a_host_whose_clock_runs_45s_fast_cannot_take_a_live_lease(app, app_conf
     log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115 (closed below)
     worker = subprocess.Popen(
         [FAKETIME, "-f", "+45s", FLASK, "--app", "wsgi", "worker"],
-        cwd=ROOT, stdout=log, stderr=log,
+        cwd=ROOT, stdout=log, stderr=log, start_new_session=True,
         # Only the wall clock is off (Python's thread waits need a true monotonic clock).
         env={**worker_env(settings), "FAKETIME_DONT_FAKE_MONOTONIC": "1"},
     )  # fmt: skip
@@ -240,5 +242,10 @@ def test_a_host_whose_clock_runs_45s_fast_cannot_take_a_live_lease(app, app_conf
         wait_for(lambda: state()[1] == 1, timeout=20, what="the skewed worker to deliver")
         assert state()[0] == lease.epoch + 1
     finally:
-        stop(worker)
+        # faketime runs the worker as its child: stop the whole process group.
+        os.killpg(worker.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
         log.close()

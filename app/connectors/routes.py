@@ -37,7 +37,8 @@ class Connectors(MethodView):
         blp,
         {
             404: "Unknown pipeline or view",
-            409: "The pipeline is not stopped, or the connector exists",
+            409: "The pipeline is not stopped, the connector exists, or another connector "
+            "writes to the same sink file (SinkInUse)",
         },
     )
     def post(self, body, pipeline_name, view_name):

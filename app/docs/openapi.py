@@ -70,6 +70,11 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
         "error_code": "DuplicateName",
         "details": {"pipeline_name": "orders"},
     },
+    "SinkInUse": {
+        "message": "Another connector already writes to this sink file",
+        "error_code": "SinkInUse",
+        "details": {"pipeline_name": "orders", "transport.config.path": "out/totals.jsonl"},
+    },
     "PipelineNotStopped": {
         "message": "Pipeline 'orders' must be stopped to delete it; it is running",
         "error_code": "PipelineNotStopped",
@@ -295,6 +300,8 @@ def _error_codes(
             codes.append("PipelineNotStopped")
         if method == "post":
             codes.append("DuplicateName")
+        if method == "post" and path.endswith("/connectors"):
+            codes.append("SinkInUse")
         return codes
     if status == 503:
         own = "PipelineNotRunning" in description
