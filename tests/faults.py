@@ -24,8 +24,10 @@ FLASK = str(Path(sys.executable).with_name("flask"))
 
 
 def canonical(record: Any) -> str:
-    """A record's canonical JSON (sorted keys, no spaces), as the view stores it."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """A record's canonical JSON, exactly as the view stores it (``store.canonical``)."""
+    from app.view_data.store import canonical as stored_form
+
+    return stored_form(record)
 
 
 def fold(changes: Iterable[Mapping[str, Any]]) -> Counter:

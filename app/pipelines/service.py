@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.orm import selectinload
 
+from app.connectors.models import Connector, SyncState
 from app.database import commit_unique, utcnow
 from app.errors import (
     DuplicateName,
@@ -179,7 +180,30 @@ def _transition(pipeline: Pipeline, action: str, allowed: dict[str, dict]) -> Pi
 
 
 def _abandon_resets(pipeline: Pipeline, now: object) -> None:
-    """End the incarnation's unfinished resets."""
+    """End the incarnation's unfinished resets.
+
+    A connector whose reset had begun still owes its snapshot (its sink may be
+    partial): it stays ``resetting``, and the worker redoes the reset after the
+    next start. Its reason says so.
+    """
+    begun = (
+        sa.select(Reset.connector_id)
+        .where(
+            Reset.pipeline_id == pipeline.id,
+            Reset.status == ResetStatus.IN_PROGRESS,
+            Reset.started_at.is_not(None),
+        )
+        .scalar_subquery()
+    )
+    db.session.execute(
+        sa.update(Connector)
+        .where(Connector.id.in_(begun), Connector.sync_state == SyncState.RESETTING)
+        .values(
+            sync_reason="The pipeline was stopped before the reset completed; "
+            "it is redone after the next start"
+        )
+        .execution_options(synchronize_session=False)
+    )
     db.session.execute(
         sa.update(Reset)
         .where(

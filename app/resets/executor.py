@@ -78,6 +78,29 @@ def _live() -> sa.ColumnElement[bool]:
     )
 
 
+def _no_reset_in_progress() -> sa.ColumnElement[bool]:
+    """No reset of the connector is in progress in its pipeline's live incarnation."""
+    return ~sa.exists().where(
+        Reset.connector_id == Connector.id,
+        Reset.status == ResetStatus.IN_PROGRESS,
+        Reset.incarnation == Pipeline.incarnation,
+    )
+
+
+def _owed() -> sa.Select:
+    """Connectors of running pipelines that owe a snapshot and have no reset in progress."""
+    return (
+        sa.select(Connector.id, Connector.sync_reason, Pipeline.id, Pipeline.incarnation)
+        .join(View, View.id == Connector.view_id)
+        .join(Pipeline, Pipeline.id == View.pipeline_id)
+        .where(
+            Connector.sync_state == SyncState.RESETTING,
+            Pipeline.status == PipelineStatus.RUNNING,
+            _no_reset_in_progress(),
+        )
+    )
+
+
 def queue_owed_resets() -> int:
     """Queue a reset for every connector that owes a snapshot and has none in progress.
 
@@ -85,25 +108,30 @@ def queue_owed_resets() -> int:
     incarnation), or its sink was found damaged. The new reset's origin is
     ``redo``; its token and history are like any other reset's. Return how
     many were queued.
+
+    Each is queued in a transaction that first locks the connector's row and
+    then looks again: a reset is claimed under the same lock (its lease), so
+    two workers cannot both see "none in progress" and queue one each.
     """
-    owed = db.session.execute(
-        sa.select(Connector.id, Connector.sync_reason, Pipeline.id, Pipeline.incarnation)
-        .join(View, View.id == Connector.view_id)
-        .join(Pipeline, Pipeline.id == View.pipeline_id)
-        .where(
-            Connector.sync_state == SyncState.RESETTING,
-            Pipeline.status == PipelineStatus.RUNNING,
-            ~sa.exists().where(
-                Reset.connector_id == Connector.id,
-                Reset.status == ResetStatus.IN_PROGRESS,
-                Reset.incarnation == Pipeline.incarnation,
-            ),
-        )
-        .limit(100)
-    ).all()
+    owed = db.session.execute(_owed().limit(100)).all()
     db.session.rollback()
     queued = 0
-    for connector_id, reason, pipeline_id, incarnation in owed:
+    for connector_id, _reason, _pipeline_id, _incarnation in owed:
+        locked = db.session.execute(
+            sa.update(Connector)
+            .where(Connector.id == connector_id, Connector.sync_state == SyncState.RESETTING)
+            .values(sync_state=Connector.sync_state)
+            .execution_options(synchronize_session=False)
+        )
+        row = (
+            db.session.execute(_owed().where(Connector.id == connector_id)).one_or_none()
+            if locked.rowcount == 1
+            else None
+        )
+        if row is None:
+            db.session.rollback()
+            continue
+        _connector_id, reason, pipeline_id, incarnation = row
         reset_id = uuid.uuid4()
         db.session.add(
             Reset(
@@ -122,7 +150,7 @@ def queue_owed_resets() -> int:
             queued += 1
             log.info("queued a redo of the reset of connector %s: %s", connector_id, reason)
         except IntegrityError:
-            # A reset of it was queued meanwhile (by a request or another worker).
+            # A reset of it was queued meanwhile (by a request).
             db.session.rollback()
     return queued
 

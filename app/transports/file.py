@@ -149,7 +149,7 @@ class StagingFile:
         self.length = 0
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            self.remove_leftovers(target)
+            self.remove_leftovers(target, epoch)
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise TransportError(
@@ -162,11 +162,16 @@ class StagingFile:
         return f".{target.name}.reset-"
 
     @classmethod
-    def remove_leftovers(cls, target: Path) -> None:
-        """Delete staging files of earlier attempts (their writers lost their leases)."""
+    def remove_leftovers(cls, target: Path, epoch: int) -> None:
+        """Delete staging files of earlier epochs (their writers lost their leases).
+
+        Only lower epochs: a stale executor that wakes up here must not delete
+        the staging file of the executor that holds the lease now.
+        """
         prefix = cls.prefix(target)
         for entry in os.scandir(target.parent):
-            if entry.name.startswith(prefix):
+            suffix = entry.name[len(prefix) :]
+            if entry.name.startswith(prefix) and suffix.isdigit() and int(suffix) < epoch:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
 
