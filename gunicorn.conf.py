@@ -1,5 +1,6 @@
 """gunicorn settings for ``make serve``; every value can be overridden on the command line."""
 
+import json
 import multiprocessing
 import os
 
@@ -10,17 +11,43 @@ worker_class = "gthread"
 timeout = 60
 graceful_timeout = 20
 accesslog = "-"
-# gunicorn answers longer request lines itself (414, not the service's error
-# body); 8190 is its maximum, far above any real request (tokens are ~150 bytes).
+# gunicorn answers longer request lines itself (414). 8190 is its ceiling: a
+# larger value is silently taken as 8190, and 0 means no bound at all. The
+# service answers 414 UriTooLong itself above 8000 bytes of URL
+# (app.extensions.MAX_URL_BYTES), and _write_json_error below gives gunicorn's
+# own answers the service's error body.
 limit_request_line = 8190
 
 
+def _write_json_error(sock, status_int, reason, mesg):
+    """Write gunicorn's own error answers (bad request line, 414, 431...) as the error body."""
+    from gunicorn import util
+
+    from app.errors import _HTTP_ERROR_CODES
+
+    message = f"{reason}: {mesg}" if mesg else reason
+    error_code = _HTTP_ERROR_CODES.get(status_int, "HttpError")
+    body = json.dumps({"message": message, "error_code": error_code, "details": {}}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nCache-Control: no-store\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 def on_starting(server):
-    """Bring the database schema up to date once, before any worker starts."""
+    """Bring the database schema up to date once, before any worker starts.
+
+    Also swaps gunicorn's HTML error page for the service's JSON error body;
+    the workers, forked later, inherit the swap.
+    """
     from flask_migrate import upgrade
+    from gunicorn import util
 
     from app import create_app
 
+    util.write_error = _write_json_error
     app = create_app()
     with app.app_context():
         upgrade()

@@ -12,7 +12,6 @@ status 2 stays click's usage error.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -27,12 +26,10 @@ from sqlalchemy.exc import DBAPIError
 from app.auth import DEFAULT_TENANT
 from app.database import is_transient_error
 from app.errors import ApiError, InvalidRequest, ServiceUnavailable
-from app.pipelines.models import NAME_PATTERN
+from app.pipelines.models import is_valid_name
 from app.pipelines.schemas import NAME_FIELD_HELP
 
 EXIT_ERROR = 1
-
-_NAME_RE = re.compile(NAME_PATTERN)
 
 
 def render_error(error: ApiError) -> None:
@@ -82,9 +79,9 @@ def load_input(schema: ma.Schema, data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_tenant(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     """Refuse a tenant name the API could never hold."""
-    if not _NAME_RE.match(value):
+    if not is_valid_name(value):
         raise InvalidRequest(
-            f"Invalid tenant name '{value}'", details={"tenant": [NAME_FIELD_HELP]}
+            f"Invalid tenant name {value!r}", details={"tenant": [NAME_FIELD_HELP]}
         )
     return value
 

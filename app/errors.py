@@ -163,6 +163,20 @@ class PayloadTooLarge(ApiError):
     error_code = "PayloadTooLarge"
 
 
+class UriTooLong(ApiError):
+    """The request's URL is longer than the service reads."""
+
+    status_code = 414
+    error_code = "UriTooLong"
+
+
+class UnsupportedMediaType(ApiError):
+    """The body is not in a format the route takes (``details.accepted`` lists them)."""
+
+    status_code = 415
+    error_code = "UnsupportedMediaType"
+
+
 class PipelineNotRunning(ApiError):
     """The pipeline is stopped: no live incarnation can serve the request."""
 

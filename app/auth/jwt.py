@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from flask import Flask
 
 from app.auth import Principal
 from app.auth.models import Role
-from app.pipelines.models import NAME_PATTERN
+from app.pipelines.models import is_valid_name
 
 HS256 = "HS256"
 RS256 = "RS256"
@@ -39,8 +38,6 @@ RS256 = "RS256"
 MIN_SECRET_BYTES = 32
 # Longer bearer tokens are refused unread.
 MAX_TOKEN_LENGTH = 8192
-# Tenants are named like pipelines, so the command line can act for any of them.
-_TENANT_RE = re.compile(NAME_PATTERN)
 
 
 class JwtRejected(Exception):
@@ -249,7 +246,9 @@ class JwtVerifier:
                 f"The JWT lacks the '{self.tenant_claim}' claim",
                 claim=self.tenant_claim,
             )
-        if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
+        # Tenants are named like pipelines (whole-value match: "B\n" is not "B"),
+        # so the command line can act for any of them.
+        if not is_valid_name(tenant):
             raise JwtRejected(
                 "invalid_claim",
                 f"The JWT's '{self.tenant_claim}' claim must be 1 to 100 letters, digits, "

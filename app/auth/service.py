@@ -25,7 +25,7 @@ from app.extensions import db
 KEY_PREFIX = "apikey:"
 # 32 random bytes: 256 bits, 43 characters once URL-safe base64 encoded.
 KEY_BYTES = 32
-KEY_RE = re.compile(r"^apikey:[A-Za-z0-9_-]{43}$")
+KEY_RE = re.compile(r"apikey:[A-Za-z0-9_-]{43}")
 # Characters of the key kept in the clear for display: "apikey:" and 6 more.
 DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 # last_used_at is written at most this often per key, to keep writes off the hot path.
@@ -44,7 +44,7 @@ def hash_key(key: str) -> str:
 
 def is_well_formed(key: str) -> bool:
     """Tell whether a string has the shape of a key this service issues."""
-    return bool(KEY_RE.match(key))
+    return KEY_RE.fullmatch(key) is not None
 
 
 def check_role(role: str) -> str:

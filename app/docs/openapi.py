@@ -96,6 +96,11 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
         "error_code": "PayloadTooLarge",
         "details": {"max_content_length": 16777216},
     },
+    "UnsupportedMediaType": {
+        "message": "Send the body as JSON, with 'Content-Type: application/json'",
+        "error_code": "UnsupportedMediaType",
+        "details": {"content_type": "text/plain", "accepted": ["application/json"]},
+    },
     "InternalError": {
         "message": "Internal error; quote request id 3f2b9c0e5d7a4e8f when reporting it",
         "error_code": "InternalError",
@@ -125,6 +130,7 @@ INVALID_REQUEST = (
     "InvalidRequest: the body or query is not valid; `details` maps fields to messages"
 )
 PAYLOAD_TOO_LARGE = "PayloadTooLarge: the request body is larger than the service accepts"
+UNSUPPORTED_MEDIA_TYPE = "UnsupportedMediaType: the body is not in a format the route takes"
 
 HEADERS = {
     "Location": {
@@ -238,6 +244,7 @@ def _complete_responses(path: str, method: str, operation: dict[str, Any], secur
         _merge(responses, 400, INVALID_REQUEST)
     if "requestBody" in operation:
         _merge(responses, 413, PAYLOAD_TOO_LARGE)
+        _merge(responses, 415, UNSUPPORTED_MEDIA_TYPE)
     for code, description in COMMON_ERRORS.items():
         # 403 on reads too: the contract promises it for credentials lacking the role to read.
         if secured or code not in (401, 403):
@@ -311,6 +318,7 @@ def _error_codes(
         403: "InsufficientPermissions",
         410: "PipelineRestarted",
         413: "PayloadTooLarge",
+        415: "UnsupportedMediaType",
         500: "InternalError",
     }
     return [by_status[status]] if status in by_status else []

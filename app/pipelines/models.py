@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 
 import sqlalchemy as sa
@@ -13,6 +14,16 @@ from app.extensions import db
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"
 NAME_MAX = 100
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def is_valid_name(value: object) -> bool:
+    """Tell whether ``value`` is a name as NAME_PATTERN allows them (pipelines, views, tenants...).
+
+    The whole value must match: with ``re.match``, ``$`` also matches before a
+    final newline, so ``"orders\\n"`` would pass.
+    """
+    return isinstance(value, str) and _NAME_RE.fullmatch(value) is not None
 
 
 class PipelineStatus:

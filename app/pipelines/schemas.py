@@ -5,15 +5,21 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import validate
 
-from app.pipelines.models import NAME_PATTERN, PipelineStatus
+from app.pipelines.models import NAME_PATTERN, PipelineStatus, is_valid_name
 
 NAME_FIELD_HELP = "Letters, digits, '_' and '-', 1 to 100 characters."
+
+
+def _check_name(value: str) -> None:
+    """Refuse a value that is not a whole name (``"orders\\n"`` is not one)."""
+    if not is_valid_name(value):
+        raise ma.ValidationError(NAME_FIELD_HELP)
 
 
 def name_field(metadata: dict | None = None, **kwargs: object) -> ma.fields.String:
     """A name as the contract allows them."""
     return ma.fields.String(
-        validate=validate.Regexp(NAME_PATTERN, error=NAME_FIELD_HELP),
+        validate=_check_name,
         metadata={"pattern": NAME_PATTERN, "description": NAME_FIELD_HELP, **(metadata or {})},
         **kwargs,
     )

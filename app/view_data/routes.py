@@ -26,9 +26,12 @@ blp = Blueprint(
     {
         400: "InvalidRequest: the body is not a batch of changes; `details.index` and "
         "`details.problem` name the first bad element (a delete of a record the view "
-        "does not hold is one)",
+        "does not hold is one; so are NaN, Infinity, 1e999, duplicate keys and lone "
+        "surrogates)",
         404: "Unknown pipeline or view",
         413: "PayloadTooLarge: more changes or bytes than one batch may carry",
+        415: "UnsupportedMediaType: the body is neither `application/json` nor "
+        "newline-delimited JSON (`application/x-ndjson`, `application/jsonl`)",
         503: "PipelineNotRunning (the pipeline is stopped) or ServiceUnavailable",
     },
 )
@@ -39,11 +42,13 @@ def push_changes(pipeline_name, view_name):
     log, and folded into the view's contents. A paused pipeline takes changes
     in; its connectors deliver them after it resumes.
     """
+    service.check_content_type(request.mimetype)
     view = service.writable_view(load_pipeline(pipeline_name), view_name)
     service.check_size(size=request.content_length)
+    # A chunked body over MAX_CONTENT_LENGTH raises 413 here (app.extensions.Request).
     body = request.get_data(cache=False)
     service.check_size(size=len(body))
-    changes = service.parse_changes(body, request.content_type)
+    changes = service.parse_changes(body, request.mimetype)
     service.check_size(records=len(changes))
     result = service.push_changes(view, changes)
     return {

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
 
-from app.errors import InvalidRequest, PayloadTooLarge, PipelineNotRunning
+from app import strict_json
+from app.errors import InvalidRequest, PayloadTooLarge, PipelineNotRunning, UnsupportedMediaType
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.pipelines.service import get_view
 from app.view_data import store
 
+JSON_TYPE = "application/json"
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
+# JSON's own whitespace; str.strip() would also take U+2028 and the like.
+JSON_WHITESPACE = " \t\r\n"
 
 
 @dataclass(frozen=True)
@@ -41,31 +44,46 @@ def bad_element(index: int, problem: str, **more: Any) -> InvalidRequest:
     )
 
 
+def check_content_type(mimetype: str) -> None:
+    """Raise 415 ``UnsupportedMediaType`` unless the body is JSON or newline-delimited JSON."""
+    if mimetype != JSON_TYPE and mimetype not in NDJSON_TYPES:
+        raise UnsupportedMediaType(
+            "Send the changes as 'Content-Type: application/json' (a JSON array) or "
+            "'application/x-ndjson' (one change per line)",
+            details={"content_type": mimetype, "accepted": [JSON_TYPE, *NDJSON_TYPES]},
+        )
+
+
 def _parse_element(element: Any, index: int, **where: Any) -> tuple[int, str]:
     """Turn ``{"insert": {...}}`` / ``{"delete": {...}}`` into ``(weight, canonical JSON)``."""
     if not isinstance(element, dict):
-        raise bad_element(index, 'expected an object like {"insert": {...}}', **where)
+        problem = strict_json.refusal(element) or 'expected an object like {"insert": {...}}'
+        raise bad_element(index, problem, **where)
     if len(element) != 1 or next(iter(element)) not in ("insert", "delete"):
         raise bad_element(
             index, "expected exactly one key, 'insert' or 'delete'", keys=sorted(element), **where
         )
     ((op, record),) = element.items()
     if not isinstance(record, dict):
-        raise bad_element(index, f"the '{op}' value must be a JSON object (a record)", **where)
-    weight = store.INSERT if op == "insert" else store.DELETE
-    return weight, store.canonical(record)
-
-
-def _json_error(exc: json.JSONDecodeError) -> str:
-    """Say where JSON is broken, without quoting the parser's own words."""
-    return f"not valid JSON (line {exc.lineno}, column {exc.colno})"
+        problem = strict_json.refusal(record)
+        raise bad_element(
+            index, problem or f"the '{op}' value must be a JSON object (a record)", **where
+        )
+    try:
+        text = store.canonical(record)
+    except strict_json.JsonRefused as exc:
+        raise bad_element(index, exc.problem, **where) from None
+    return (store.INSERT if op == "insert" else store.DELETE), text
 
 
 def parse_changes(body: bytes, content_type: str | None = None) -> list[tuple[int, str]]:
     """Parse a batch: a JSON array, or newline-delimited JSON for the ndjson types.
 
-    Raises ``InvalidRequest`` naming the first bad element (``details.index``,
-    and ``details.line`` for newline-delimited JSON).
+    JSON is read strictly (:mod:`app.strict_json`): no NaN or infinities, no
+    duplicate keys, no lone surrogates. Newline-delimited JSON is split on
+    ``\\n`` alone (and ``\\r\\n``): U+2028 or U+0085 inside a string is not a
+    line break. Raises ``InvalidRequest`` naming the first bad element
+    (``details.index``, and ``details.line`` for newline-delimited JSON).
     """
     mimetype = (content_type or "").split(";")[0].strip().lower()
     try:
@@ -76,21 +94,21 @@ def parse_changes(body: bytes, content_type: str | None = None) -> list[tuple[in
         ) from None
     if mimetype in NDJSON_TYPES:
         changes = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip(JSON_WHITESPACE):
                 continue
             index = len(changes)
             try:
-                element = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise bad_element(index, _json_error(exc), line=number) from None
+                element = strict_json.decode(line)
+            except strict_json.JsonRefused as exc:
+                raise bad_element(index, exc.problem, line=number) from None
             changes.append(_parse_element(element, index, line=number))
         return changes
     try:
-        elements = json.loads(text)
-    except json.JSONDecodeError as exc:
+        elements = strict_json.decode(text)
+    except strict_json.JsonRefused as exc:
         raise InvalidRequest(
-            f"The body is {_json_error(exc)}", details={"body": [_json_error(exc)]}
+            f"The body is not valid: {exc.problem}", details={"body": [exc.problem]}
         ) from None
     if not isinstance(elements, list):
         raise InvalidRequest(

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from app.database import insert_ignoring_duplicates, snapshot_connection
 from app.extensions import db
+from app.strict_json import normalize
 from app.view_data.models import ViewChange, ViewLog, ViewRecord
 
 # Rows per statement when reading or writing many keys at once (well under
@@ -36,8 +37,21 @@ class InvalidDelete(Exception):
 
 
 def canonical(record: dict[str, Any]) -> str:
-    """Return a record's canonical JSON text: sorted keys, no spaces."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Return a record's canonical JSON text: numbers in one form, sorted keys, no spaces.
+
+    Equal JSON values get one text, so ``{"total": 10}`` and ``{"total": 10.0}``
+    are one record: an integral double below 1e21 in magnitude is written as
+    an integer (``-0.0`` as ``0``), see :func:`app.strict_json.normalize`.
+    Raises :class:`app.strict_json.JsonRefused` for what JSON cannot hold
+    (NaN, infinities, lone surrogates, nesting too deep).
+    """
+    return json.dumps(
+        normalize(record),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
 
 
 def record_key(text: str) -> str:
