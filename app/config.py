@@ -12,6 +12,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from app.transports.destinations import DEFAULT_DENIED
+
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 (a file name, not a secret)
 
 
@@ -50,10 +52,18 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # The most changes and bytes one pushed batch may carry (413 PayloadTooLarge above).
         "VIEW_CHANGES_MAX_RECORDS": 100_000,
         "VIEW_CHANGES_MAX_BYTES": 16 * 1024 * 1024,
+        # Seconds an Idempotency-Key is remembered after its first request (24 h).
+        "IDEMPOTENCY_RETENTION_SECONDS": 24 * 3600,
         # Run the worker loop in a background thread of each serving process.
         "BACKGROUND_WORKER": True,
         # Seconds a client is told to wait when the database is busy.
         "RETRY_AFTER_SECONDS": 1,
+        # Where http sinks may connect (CIDRs, addresses, host names; "*.x" for
+        # subdomains), checked on the resolved addresses at every connect: denied
+        # wins; a non-empty allowed list admits only what it names. The default
+        # denies link-local and cloud metadata services (see app/transports/destinations.py).
+        "HTTP_SINK_ALLOWED_NETWORKS": [],
+        "HTTP_SINK_DENIED_NETWORKS": list(DEFAULT_DENIED),
         # JWT bearer tokens (see app/auth/jwt.py); off while no key is configured.
         "JWT_HS256_SECRET": None,
         "JWT_PUBLIC_KEY_FILES": [],

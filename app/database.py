@@ -6,7 +6,9 @@ behaviour (connection pragmas, which errors mean "busy, try again") lives here.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -165,10 +167,25 @@ def _sqlite_configurer(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
     return configure
 
 
+def create_private_sqlite_file(database: str | None) -> None:
+    """Create a SQLite database file readable by its owner only (0600), if it is missing.
+
+    It holds key hashes and sink settings (URLs with their passwords). SQLite
+    would create it 0644 (the umask permitting); made first here, it is 0600,
+    and SQLite gives its ``-wal`` and ``-shm`` files the database file's mode.
+    An existing file keeps its mode.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
 def init_app(app: Flask) -> None:
-    """Apply the engine-specific connection settings."""
+    """Apply the engine-specific connection settings (and create a SQLite file 0600)."""
     with app.app_context():
         engine = db.engine
         if engine.dialect.name == "sqlite":
+            create_private_sqlite_file(engine.url.database)
             busy_timeout_ms = int(app.config["SQLITE_BUSY_TIMEOUT_MS"])
             event.listen(engine, "connect", _sqlite_configurer(busy_timeout_ms))

@@ -426,7 +426,7 @@ def test_a_receiver_that_never_answers_costs_at_most_an_attempt_cap_per_attempt(
     assert receiver.outcomes == ["hung"] * 3
     assert caught.value.attempts == 3
     assert caught.value.poison is False
-    assert "no answer within the read timeout" in str(caught.value)
+    assert "could not connect or got no answer" in str(caught.value)
     assert 0.85 < elapsed < 1.6
 
 
@@ -456,7 +456,7 @@ def test_unreachable_receiver_is_retried_then_fails(driver):
         batch(driver, sink(url, max_retries=2), 1, 1)
     assert caught.value.attempts == 3
     assert caught.value.poison is False
-    assert "connection failed" in str(caught.value)
+    assert "could not connect or got no answer" in str(caught.value)
 
 
 def test_retry_after_is_bounded_by_the_backoff_cap(driver, receiver):

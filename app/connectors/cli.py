@@ -19,16 +19,15 @@ from app.connectors import service
 from app.connectors.models import Connector
 from app.connectors.schemas import ConnectorCreate, ConnectorOut
 from app.pipelines.service import get_pipeline, get_view
-from app.transports import TRANSPORTS
+from app.transports import TRANSPORTS, get_transport
 
 connectors = OperatorGroup("connectors", help="Add, inspect and remove output connectors.")
 
 
 def _config_text(connector: Connector) -> str:
-    """The connector's settings as ``key=value`` pairs."""
-    return " ".join(
-        f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in connector.config.items()
-    )
+    """The connector's settings as ``key=value`` pairs, secrets redacted."""
+    shown = get_transport(connector.transport).shown_config(connector.config)
+    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in shown.items())
 
 
 @connectors.command("add")

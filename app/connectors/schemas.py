@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow as ma
 from marshmallow import validate
 
 from app.pipelines.schemas import name_field
-from app.transports import TRANSPORTS
+from app.transports import TRANSPORTS, get_transport
 
 
 class TransportIn(ma.Schema):
@@ -48,13 +50,17 @@ class TransportOut(ma.Schema):
     config = ma.fields.Dict(required=True)
 
 
+def shown_transport(connector: Any) -> dict[str, Any]:
+    """A connector's transport as it is shown: secrets in its settings replaced by ``***``."""
+    driver = get_transport(connector.transport)
+    return {"name": connector.transport, "config": driver.shown_config(connector.config)}
+
+
 class ConnectorOut(ma.Schema):
-    """An output connector as the API shows it."""
+    """An output connector as the API shows it (secrets in its settings redacted)."""
 
     name = ma.fields.String(required=True)
     pipeline_name = ma.fields.Function(lambda c: c.view.pipeline.name, required=True)
     view_name = ma.fields.Function(lambda c: c.view.name, required=True)
-    transport = ma.fields.Function(
-        lambda c: {"name": c.transport, "config": c.config}, required=True
-    )
+    transport = ma.fields.Function(shown_transport, required=True)
     created_at = ma.fields.AwareDateTime(required=True)

@@ -44,3 +44,9 @@ class Transport(Protocol):
         A file sink's key is its resolved path: two connectors whose paths
         resolve to one file cannot both exist (409 ``SinkInUse``).
         """
+
+    def shown_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The settings as answers, the CLI and logs show them, secrets replaced by ``***``.
+
+        The stored settings keep the real values; only what is shown is redacted.
+        """

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# O_NONBLOCK: opening a FIFO or a device must not wait for a peer (a FIFO without a
+# reader would hold the worker forever); the descriptor is checked before any write.
+# O_NOFOLLOW: a symbolic link put in place after the path was checked is not followed.
+OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+
+
+class NotARegularFile(OSError):
+    """The sink path names something other than a regular file (a FIFO, a device...)."""
+
+    def __init__(self) -> None:
+        super().__init__(0, "not a regular file")
+
+
+def open_regular(path: Path) -> int:
+    """Open (or create, mode 0644) a regular file for writing; refuse anything else.
+
+    Raises ``NotARegularFile`` for a FIFO, socket or device, and ``OSError``
+    (``ELOOP``) for a symbolic link. The descriptor is blocking again on return.
+    """
+    fd = os.open(path, OPEN_FLAGS, 0o644)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile()
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _write_fully(fd: int, data: bytes, offset: int) -> None:
     """``pwrite`` all of ``data`` at ``offset`` (a large write may be split)."""
     view = memoryview(data)
@@ -95,7 +126,7 @@ class SinkFile:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             created = not path.exists()
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self.fd = open_regular(path)
             if created:
                 fsync_dir(path.parent)
         except OSError as exc:
@@ -150,7 +181,9 @@ class StagingFile:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             self.remove_leftovers(target, epoch)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            # Truncated only once known to be a regular file.
+            self.fd = open_regular(self.path)
+            os.ftruncate(self.fd, 0)
         except OSError as exc:
             raise TransportError(
                 f"Cannot reset sink file '{shown}': cannot create its new file: {exc.strerror}"
@@ -223,6 +256,10 @@ class FileTransport:
         """Check that ``path`` names a file inside the tenant's sink directory."""
         return {"path": self.resolve(config, tenant)[0]}
 
+    def shown_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A path holds no secret: the settings are shown as they are."""
+        return dict(config)
+
     def sink_key(self, config: dict[str, Any], tenant: str) -> str:
         """The sink file's identity: its resolved path, relative to ``SINK_DIR``.
 
@@ -253,16 +290,23 @@ class FileTransport:
                 "The sink path is not allowed", details={"transport.config.path": [str(exc)]}
             ) from None
         try:
-            is_dir = resolved.is_dir()
+            mode = os.stat(resolved).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None  # created on first delivery (or refused then)
         except OSError as exc:  # e.g. a name longer than the file system allows
             raise InvalidRequest(
                 "The sink path is not allowed",
                 details={"transport.config.path": [f"The path cannot be used: {exc.strerror}"]},
             ) from None
-        if is_dir:
+        if mode is not None and stat.S_ISDIR(mode):
             raise InvalidRequest(
                 "The sink path names a folder",
                 details={"transport.config.path": ["The path must name a file."]},
+            )
+        if mode is not None and not stat.S_ISREG(mode):
+            raise InvalidRequest(
+                "The sink path is not a regular file",
+                details={"transport.config.path": ["The path must name a regular file."]},
             )
         if resolved.name.startswith(".") and ".reset-" in resolved.name:
             raise InvalidRequest(

@@ -58,6 +58,12 @@ means the receiver refused the message itself: it is not retried and raises a
 ``TransportError`` with ``poison`` set, naming the status and the first 200
 characters of the answer.
 
+Every connection is checked against ``HTTP_SINK_ALLOWED_NETWORKS`` and
+``HTTP_SINK_DENIED_NETWORKS`` when it connects (see :mod:`app.transports.destinations`);
+a refused destination raises a ``TransportError`` with ``poison`` set ("destination
+not allowed"). Everything that goes wrong before an HTTP status arrives reads
+alike (``NO_ANSWER``), so that errors do not tell open ports from closed ones.
+
 In an app, each wait of an attempt (to connect, for the answer, reading it) is
 cut to a third of the worker's lease (``WORKER_LEASE_SECONDS``), and the sender
 renews its lease (``keep_alive``) before every retry and at least that often
@@ -72,13 +78,14 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 import urllib3
@@ -88,6 +95,12 @@ from requests.adapters import HTTPAdapter
 from app.database import utcnow
 from app.errors import InvalidRequest
 from app.transports.base import KeepAlive, TransportError
+from app.transports.destinations import (
+    GUARDED_POOLS,
+    DestinationNotAllowed,
+    current_policy,
+    literal_addresses,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +121,16 @@ SNIPPET_BYTES = 4 * SNIPPET_CHARS
 RETRIED_STATUSES = frozenset({408, 429})
 USER_AGENT = "pipeline-manager/0.1"
 SETTINGS = ("url", "timeout", "max_retries", "backoff")
+# Shown as "***" wherever a URL is shown: its password, and the values of query
+# parameters whose names look like they hold a secret.
+REDACTED = "***"
+SECRET_PARAM = re.compile(
+    r"token|secret|pass|pwd|key|auth|sig|credential|session|^code$", re.IGNORECASE
+)
+# What every failure to get an answer reads as, to callers and in last_error:
+# refused, unreachable and silent ports look alike, so the message cannot be used
+# to scan the server's network.
+NO_ANSWER = "could not connect or got no answer"
 
 
 @dataclass(frozen=True)
@@ -218,6 +241,52 @@ def parse_settings(config: dict[str, Any]) -> HttpSettings:
     return HttpSettings(url, connect, read, retries, base, cap)
 
 
+def redact_url(url: str) -> str:
+    """Return the URL with its password and secret-looking query values replaced by ``***``.
+
+    The user name, host, port, path and the other parameters stay, so that the
+    sink can still be recognised. Used wherever a connector's settings are shown.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<invalid URL>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username}:{REDACTED}@{host}" + (f":{port}" if port else "")
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(SECRET_PARAM.search(k) for k, _ in pairs):
+            query = urlencode(
+                [(k, REDACTED if SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*"
+            )
+    fragment = REDACTED if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def check_destination(url: str) -> None:
+    """Refuse, when a connector is created, a URL whose host is denied without resolving it.
+
+    Only what needs no DNS is checked here (a denied name, an address in any
+    spelling); the check that counts is made on every connect.
+    """
+    host = urlsplit(url).hostname or ""
+    policy = current_policy()
+    addresses = literal_addresses(host)
+    refused = policy.name_refused(host) if addresses is None else not policy.allows(host, addresses)
+    if refused:
+        raise _refuse(
+            "url",
+            "The URL's host is not an allowed destination",
+            "See HTTP_SINK_ALLOWED_NETWORKS and HTTP_SINK_DENIED_NETWORKS.",
+        )
+
+
 def safe_url(url: str) -> str:
     """Return the URL without credentials, query or fragment, fit for messages and logs."""
     try:
@@ -303,13 +372,47 @@ class _Failure(Exception):
         retry_after: float | None = None,
         *,
         refused: bool = False,
+        cause: str = "",
     ) -> None:
         super().__init__(reason)
         self.reason = reason
+        # The exception behind a failure to connect, for the log only (operators, not callers).
+        self.cause = cause
         self.retryable = retryable
         self.retry_after = retry_after
         # The receiver answered and refused the message itself: sending it again cannot help.
         self.refused = refused
+
+
+def _redact_target(value: Any) -> Any:
+    """``redact_url`` for a URL or a request target (``/in?token=...``); others unchanged."""
+    if not isinstance(value, str) or "?" not in value:
+        return value
+    if value.startswith("/"):
+        return redact_url(f"http://h{value}")[len("http://h") :]
+    return redact_url(value) if "://" in value else value
+
+
+class _RedactingFilter(logging.Filter):
+    """Redacts secret query values in urllib3's debug lines (``"POST /in?token=..."``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's string arguments; keep the record."""
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_target(a) for a in record.args)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_RedactingFilter())
+
+
+class _GuardedAdapter(HTTPAdapter):
+    """An adapter whose connections check their destination when they connect."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """Make the pool manager build guarded connection pools."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(GUARDED_POOLS)
 
 
 class HttpTransport:
@@ -335,9 +438,22 @@ class HttpTransport:
     ) -> dict[str, Any]:
         """Check the URL, timeouts, retries and backoff; return them with defaults filled in.
 
-        A URL names nothing local, so the tenant makes no difference here.
+        A URL whose host is a denied name or address is refused (400); the
+        tenant makes no difference here.
         """
-        return parse_settings(config).as_config()
+        settings = parse_settings(config)
+        try:
+            check_destination(settings.url)
+        except ValueError:
+            raise InvalidRequest(
+                "The allowed or denied sink networks are not configured correctly"
+            ) from None
+        return settings.as_config()
+
+    def shown_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The settings as answers, the CLI and logs show them: the URL's secrets redacted."""
+        url = config.get("url")
+        return {**config, "url": redact_url(url)} if isinstance(url, str) else dict(config)
 
     def sink_key(self, config: dict[str, Any], tenant: str) -> None:
         """An URL is no local resource that one connector must own: no key."""
@@ -365,8 +481,14 @@ class HttpTransport:
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
+        # Proxies from the environment are not used: the destination check would
+        # see the proxy, not the sink. A CA bundle named there still is.
+        session.trust_env = False
+        session.verify = (
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        )
         # Retries are ours (they know Retry-After and the lease), not urllib3's.
-        adapter = HTTPAdapter(
+        adapter = _GuardedAdapter(
             pool_connections=self._pool_size, pool_maxsize=self._pool_size, max_retries=0
         )
         session.mount("http://", adapter)
@@ -460,6 +582,10 @@ class HttpTransport:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         headers["Content-Type"] = "application/json"
         cap = attempt_cap()
+        try:
+            current_policy()  # parsed once, here, so that a bad setting is named as such
+        except ValueError as exc:
+            raise TransportError(f"The sink network settings are not valid: {exc}") from None
         attempt = 0
         while True:
             attempt += 1
@@ -480,9 +606,10 @@ class HttpTransport:
                 )
             delay = backoff_delay(settings, attempt, failure.retry_after)
             log.warning(
-                "POST %s: %s; retry %d of %d in %.2fs",
+                "POST %s: %s%s; retry %d of %d in %.2fs",
                 where,
                 failure.reason,
+                f" ({failure.cause})" if failure.cause else "",
                 attempt,
                 settings.max_retries,
                 delay,
@@ -524,12 +651,13 @@ class HttpTransport:
                 allow_redirects=False,
                 stream=True,
             )
-        except requests.ConnectTimeout:
-            raise _Failure("connection timed out", True) from None
-        except requests.ReadTimeout:
-            raise _Failure("no answer within the read timeout", True) from None
-        except requests.ConnectionError:
-            raise _Failure("connection failed", True) from None
+        except DestinationNotAllowed:
+            raise TransportError(
+                f"POST {safe_url(settings.url)}: destination not allowed", poison=True
+            ) from None
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            # One message for refused, unreachable, timed out and broken off: see NO_ANSWER.
+            raise _Failure(NO_ANSWER, True, cause=type(exc).__name__) from None
         except requests.RequestException as exc:
             raise _Failure(f"request failed ({type(exc).__name__})", False) from None
         status = response.status_code
