@@ -92,8 +92,8 @@ def make_key(app: Flask):
 
 @pytest.fixture
 def auth_headers(make_key) -> dict[str, str]:
-    """Headers that authenticate as a writer of the default tenant."""
-    return make_key("default", "write")
+    """Headers that authenticate as an admin of the default tenant (who may do anything)."""
+    return make_key("default", "admin")
 
 
 @pytest.fixture
@@ -104,8 +104,8 @@ def read_headers(make_key) -> dict[str, str]:
 
 @pytest.fixture
 def other_tenant_headers(make_key) -> dict[str, str]:
-    """Headers that authenticate as a writer of tenant "other"."""
-    return make_key("other", "write")
+    """Headers that authenticate as an admin of tenant "other"."""
+    return make_key("other", "admin")
 
 
 @pytest.fixture

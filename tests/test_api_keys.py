@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -17,11 +20,48 @@ from app.extensions import db
 from tests.conftest import assert_error, sqlite_only
 
 KEY_RE = re.compile(r"^apikey:[A-Za-z0-9_-]{43}$")
+ISSUER = "https://idp.example.test"
+AUDIENCE = "pipeline-manager"
+HS_SECRET = "a-shared-secret-of-at-least-32-bytes!!"
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    """JWT on (HS256), for keys made with a token."""
+    return {
+        **app_config,
+        "JWT_HS256_SECRET": HS_SECRET,
+        "JWT_ISSUER": ISSUER,
+        "JWT_AUDIENCE": AUDIENCE,
+    }
+
+
+def token(role: str = "admin", exp: int | None = None, tenant: str = "default") -> str:
+    """An HS256 JWT for the tenant with that role, expiring at ``exp`` (default: in 5 min)."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "tenant": tenant, "role": role, "iat": now}
+    claims["exp"] = exp if exp is not None else now + 300
+    return jwt.encode(claims, HS_SECRET, algorithm="HS256")
 
 
 def bearer(key: str) -> dict[str, str]:
     """The Authorization header of a key."""
     return {"Authorization": f"Bearer {key}"}
+
+
+def iso(when: dt.datetime) -> str:
+    """A time as the API takes it."""
+    return when.isoformat(timespec="seconds")
+
+
+def parse(value: str) -> dt.datetime:
+    """A time as the API shows it."""
+    return dt.datetime.fromisoformat(value)
+
+
+def utc_in(seconds: float) -> dt.datetime:
+    """The time that many seconds from now, in UTC."""
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
 
 
 # --- routes ----------------------------------------------------------------------------------
@@ -56,7 +96,15 @@ def test_list_shows_the_tenant_s_keys_by_name(client):
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"name": "bad name"}, {"name": "x", "role": "admin"}, {"name": "x", "extra": 1}],
+    [
+        {},
+        {"name": "bad name"},
+        {"name": "x", "role": "root"},
+        {"name": "x", "extra": 1},
+        {"name": "x", "expires_at": "2030-01-01T00:00:00"},  # no time zone
+        {"name": "x", "expires_at": "tomorrow"},
+        {"name": "x", "expires_at": "2001-01-01T00:00:00Z"},  # in the past
+    ],
 )
 def test_create_refuses_invalid_input(client, body):
     assert_error(client.post("/v0/api_keys", json=body), 400, "InvalidRequest")
@@ -81,6 +129,120 @@ def test_a_revoked_name_can_be_used_again(client):
     client.post("/v0/api_keys", json={"name": "again"})
     client.delete("/v0/api_keys/again")
     assert client.post("/v0/api_keys", json={"name": "again"}).status_code == 201
+
+
+# --- who may manage keys, and what they may mint ----------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["read", "write"])
+def test_only_an_admin_manages_keys(app, client, make_key, role):
+    """A leaked write key can neither mint a successor nor revoke the keys of its tenant."""
+    headers = make_key("default", role, name="weak")
+    weak = app.test_client()
+    calls = [
+        ("GET", "/v0/api_keys", None),
+        ("POST", "/v0/api_keys", {"name": "successor", "role": "read"}),
+        ("GET", "/v0/api_keys/weak", None),
+        ("DELETE", "/v0/api_keys/weak", None),
+    ]
+    for method, path, body in calls:
+        response = weak.open(path, method=method, json=body, headers=headers)
+        error = assert_error(response, 403, "InsufficientPermissions")
+        assert error["details"] == {"required_role": "admin", "role": role}, (method, path)
+    assert {k["name"] for k in client.get("/v0/api_keys").get_json()} >= {"weak"}
+    assert_error(client.get("/v0/api_keys/successor"), 404, "UnknownApiKey")
+    # The admin revokes the leaked key: its holder is out.
+    assert client.delete("/v0/api_keys/weak").status_code == 204
+    assert weak.get("/v0/pipelines", headers=headers).status_code == 401
+
+
+@pytest.mark.parametrize("role", ["read", "write", "admin"])
+def test_an_admin_key_creates_keys_of_every_role(client, anon_client, role):
+    created = client.post("/v0/api_keys", json={"name": f"k-{role}", "role": role}).get_json()
+    assert created["role"] == role and created["expires_at"] is None
+    listed = anon_client.get("/v0/api_keys", headers=bearer(created["key"]))
+    assert listed.status_code == (200 if role == "admin" else 403)
+
+
+def test_a_key_made_by_an_expiring_admin_key_expires_no_later(app, client, anon_client):
+    limit = utc_in(3600).replace(microsecond=0)
+    admin = client.post(
+        "/v0/api_keys", json={"name": "temp-admin", "role": "admin", "expires_at": iso(limit)}
+    ).get_json()
+    assert parse(admin["expires_at"]) == limit
+    headers = bearer(admin["key"])
+    # Asked for nothing: it inherits the creator's expiry.
+    inherited = anon_client.post("/v0/api_keys", json={"name": "i"}, headers=headers).get_json()
+    assert parse(inherited["expires_at"]) == limit
+    # Earlier is fine; later, or never, is not.
+    earlier = iso(limit - dt.timedelta(minutes=5))
+    response = anon_client.post(
+        "/v0/api_keys", json={"name": "e", "expires_at": earlier}, headers=headers
+    )
+    assert response.status_code == 201 and parse(response.get_json()["expires_at"]) < limit
+    later = iso(limit + dt.timedelta(seconds=1))
+    response = anon_client.post(
+        "/v0/api_keys", json={"name": "l", "role": "admin", "expires_at": later}, headers=headers
+    )
+    body = assert_error(response, 403, "InsufficientPermissions")
+    assert parse(body["details"]["credential_expires_at"]) == limit
+    assert_error(client.get("/v0/api_keys/l"), 404, "UnknownApiKey")
+
+
+def test_a_key_made_with_a_jwt_expires_no_later_than_the_jwt(anon_client):
+    exp = int(time.time()) + 600
+    headers = bearer(token("admin", exp=exp))
+    made = anon_client.post("/v0/api_keys", json={"name": "j", "role": "admin"}, headers=headers)
+    assert made.status_code == 201, made.get_json()
+    assert parse(made.get_json()["expires_at"]).timestamp() <= exp
+    key_headers = bearer(made.get_json()["key"])
+    assert anon_client.get("/v0/api_keys", headers=key_headers).status_code == 200
+    too_late = dt.datetime.fromtimestamp(exp + 60, dt.UTC)
+    response = anon_client.post(
+        "/v0/api_keys", json={"name": "late", "expires_at": iso(too_late)}, headers=headers
+    )
+    assert_error(response, 403, "InsufficientPermissions")
+    # And a key made with that key is bound by the same exp.
+    grandchild = anon_client.post("/v0/api_keys", json={"name": "g"}, headers=key_headers)
+    assert parse(grandchild.get_json()["expires_at"]).timestamp() <= exp
+
+
+@pytest.mark.parametrize("role", ["read", "write"])
+def test_a_non_admin_jwt_cannot_create_keys(anon_client, role):
+    response = anon_client.post("/v0/api_keys", json={"name": "x"}, headers=bearer(token(role)))
+    assert_error(response, 403, "InsufficientPermissions")
+
+
+def test_a_key_never_outranks_its_creator(app):
+    """The rule holds in the service too, whatever the route's guard says."""
+    from app.auth import Principal
+    from app.errors import InsufficientPermissions
+
+    writer = Principal(name="apikey:w", tenant="default", role="write")
+    with app.app_context(), pytest.raises(InsufficientPermissions):
+        service.create_key("default", "up", "admin", creator=writer)
+    with app.app_context():
+        api_key, _ = service.create_key("default", "same", "write", creator=writer)
+        assert api_key.role == "write"
+
+
+def test_an_expired_key_answers_401_like_a_revoked_one(app, client, anon_client):
+    key = client.post(
+        "/v0/api_keys", json={"name": "brief", "expires_at": iso(utc_in(60))}
+    ).get_json()["key"]
+    assert anon_client.get("/v0/pipelines", headers=bearer(key)).status_code == 200
+    with app.app_context():
+        db.session.execute(
+            sa.update(ApiKey).where(ApiKey.name == "brief").values(expires_at=utc_in(-1))
+        )
+        db.session.commit()
+    response = anon_client.get("/v0/pipelines", headers=bearer(key))
+    body = assert_error(response, 401, "AuthenticationFailed")
+    assert body["details"]["reason"] == "expired" and "expired_at" in body["details"]
+    assert response.headers["WWW-Authenticate"].endswith('error="invalid_token"')
+    # It stays listed, with its expiry, until an admin revokes it.
+    assert parse(client.get("/v0/api_keys/brief").get_json()["expires_at"]) < utc_in(0)
+    assert client.delete("/v0/api_keys/brief").status_code == 204
 
 
 # --- storage and the hot path -----------------------------------------------------------------
@@ -198,7 +360,11 @@ def test_cli_create_prints_the_key_alone(app, anon_client):
     assert "cannot be shown again" in result.stderr
     response = anon_client.post("/v0/pipelines", json={"name": "p"}, headers=bearer(key))
     assert response.status_code == 201
-    assert anon_client.get("/v0/api_keys", headers=bearer(key)).get_json()[0]["tenant"] == "acme"
+    assert anon_client.get("/v0/pipelines/p", headers=bearer(key)).get_json()["name"] == "p"
+    listed = json.loads(
+        app.test_cli_runner().invoke(args=["api-keys", "list", "--json", "--tenant", "acme"]).stdout
+    )
+    assert [(k["name"], k["role"]) for k in listed] == [("ops", "write")]
 
 
 def test_cli_create_defaults_to_read_and_tenant_default(app):
@@ -206,6 +372,49 @@ def test_cli_create_defaults_to_read_and_tenant_default(app):
     runner.invoke(args=["api-keys", "create", "viewer"])
     listed = json.loads(runner.invoke(args=["api-keys", "list", "--json"]).stdout)
     assert [(k["name"], k["role"], k["tenant"]) for k in listed] == [("viewer", "read", "default")]
+    assert listed[0]["expires_at"] is None
+
+
+def test_cli_creates_an_admin_key(app, anon_client):
+    result = app.test_cli_runner().invoke(args=["api-keys", "create", "root", "--role", "admin"])
+    assert result.exit_code == 0, result.output
+    headers = bearer(result.stdout.strip())
+    response = anon_client.post(
+        "/v0/api_keys", json={"name": "ops", "role": "admin"}, headers=headers
+    )
+    assert response.status_code == 201
+
+
+def test_cli_creates_expiring_keys(app):
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["api-keys", "create", "soon", "--expires-in", "3600"])
+    assert result.exit_code == 0, result.output
+    assert "expiring at" in result.stderr
+    when = "2099-01-02T03:04:05+00:00"
+    result = runner.invoke(args=["api-keys", "create", "later", "--expires-at", when])
+    assert result.exit_code == 0, result.output
+    listed = {
+        k["name"]: k for k in json.loads(runner.invoke(args=["api-keys", "list", "--json"]).stdout)
+    }
+    soon = parse(listed["soon"]["expires_at"])
+    assert utc_in(3590) < soon < utc_in(3610)
+    assert parse(listed["later"]["expires_at"]) == parse(when)
+    table = runner.invoke(args=["api-keys", "list"]).stdout
+    assert table.splitlines()[0].split()[-1] == "EXPIRES" and "2099-01-02T03:04:05" in table
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--expires-in", "60", "--expires-at", "2099-01-01T00:00:00Z"],
+        ["--expires-at", "2099-01-01T00:00:00"],  # no time zone
+        ["--expires-at", "2001-01-01T00:00:00Z"],  # in the past
+    ],
+)
+def test_cli_refuses_a_bad_expiry(app, args):
+    result = app.test_cli_runner().invoke(args=["api-keys", "create", "x", *args])
+    assert result.exit_code == 1 and "(InvalidRequest)" in result.stderr
+    assert result.stdout == ""
 
 
 def test_cli_list_shows_no_secret(app):

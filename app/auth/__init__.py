@@ -8,6 +8,7 @@ request's :class:`Principal`; routes act for :func:`current_tenant` only.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from flask import Flask, g
@@ -17,11 +18,16 @@ DEFAULT_TENANT = "default"
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller of a request: a name, a tenant and a role."""
+    """The caller of a request: a name, a tenant, a role and when the credential expires.
+
+    ``expires_at`` is None for a credential that never expires (an API key made
+    without one); a JWT's is its ``exp``.
+    """
 
     name: str
     tenant: str
     role: str
+    expires_at: dt.datetime | None = None
 
 
 def current_principal() -> Principal:

@@ -1,9 +1,12 @@
 """The check in front of every ``/v0`` route: who is calling, and may they?
 
-Reads (GET, HEAD) need the ``read`` role, everything else ``write``; CORS
-preflights (OPTIONS) pass unchecked. The check runs before routing errors
-are raised, so an anonymous caller gets 401 even for a route that does not
-exist, and cannot map the API by probing.
+``ROUTE_ROLES`` declares the role each route and method needs: reads need
+``read``, changes ``write``, managing API keys ``admin``. The role matrix test
+(tests/test_roles.py) fails for a ``/v0`` route missing from it; until it is
+declared, such a route needs ``read`` to read and ``write`` for anything else.
+CORS preflights (OPTIONS) pass unchecked. The check runs before routing
+errors are raised, so an anonymous caller gets 401 even for a route that does
+not exist, and cannot map the API by probing.
 """
 
 from __future__ import annotations
@@ -15,12 +18,50 @@ from flask import current_app, g, request
 from app.auth import Principal
 from app.auth.jwt import JwtRejected
 from app.auth.models import Role
-from app.auth.service import KEY_PREFIX, is_well_formed, principal_of_key
+from app.auth.service import KEY_PREFIX, KeyExpired, is_well_formed, principal_of_key
 from app.errors import AuthenticationFailed, InsufficientPermissions
 
 REALM = "pipeline-manager"
 READ_METHODS = frozenset({"GET", "HEAD"})
-HOW_TO_GET_A_KEY = "create an API key with 'flask api-keys create NAME --role read|write'"
+HOW_TO_GET_A_KEY = "create an API key with 'flask api-keys create NAME --role read|write|admin'"
+
+_READ, _WRITE, _ADMIN = Role.READ, Role.WRITE, Role.ADMIN
+# The role each /v0 endpoint needs, by method (HEAD needs what GET does). A new
+# route is added here; tests/test_roles.py walks the URL map and fails for any
+# route and method left out, then checks each answer against this table.
+ROUTE_ROLES: dict[str, dict[str, str]] = {
+    "pipelines.Pipelines": {"GET": _READ, "POST": _WRITE},
+    "pipelines.PipelineItem": {"GET": _READ, "PATCH": _WRITE, "DELETE": _WRITE},
+    "pipelines.start": {"POST": _WRITE},
+    "pipelines.stop": {"POST": _WRITE},
+    "pipelines.pause": {"POST": _WRITE},
+    "pipelines.resume": {"POST": _WRITE},
+    "pipelines.Views": {"GET": _READ, "POST": _WRITE},
+    "pipelines.delete_view": {"DELETE": _WRITE},
+    "connectors.Connectors": {"GET": _READ, "POST": _WRITE},
+    "connectors.ConnectorItem": {"GET": _READ, "DELETE": _WRITE},
+    "delivery.connector_stats": {"GET": _READ},
+    "resets.issue_reset": {"POST": _WRITE},
+    "resets.get_reset_status": {"GET": _READ},
+    "view_data.push_changes": {"POST": _WRITE},
+    # Managing credentials: a write credential must not mint or revoke keys.
+    "api_keys.ApiKeys": {"GET": _ADMIN, "POST": _ADMIN},
+    "api_keys.ApiKeyItem": {"GET": _ADMIN, "DELETE": _ADMIN},
+}
+
+
+def declared_role(endpoint: str | None, method: str) -> str | None:
+    """Return the role ``ROUTE_ROLES`` declares for an endpoint and method, or None."""
+    roles = ROUTE_ROLES.get(endpoint or "", {})
+    return roles.get("GET" if method == "HEAD" else method)
+
+
+def required_role(endpoint: str | None, method: str) -> str:
+    """Return the role a request needs: the declared one, else ``read`` to read, else ``write``."""
+    declared = declared_role(endpoint, method)
+    if declared is not None:
+        return declared
+    return Role.READ if method in READ_METHODS else Role.WRITE
 
 
 def _rejected(reason: str, message: str, error: str | None = "invalid_token", **details: Any):
@@ -79,18 +120,21 @@ def _authenticate_key(key: str) -> Principal:
             f"The API key is malformed: it is '{KEY_PREFIX}' followed by 43 characters; "
             "copy it whole",
         )
-    principal = principal_of_key(key)
+    try:
+        principal = principal_of_key(key)
+    except KeyExpired as exc:
+        raise _rejected(
+            "expired",
+            f"The API key expired at {exc.expires_at.isoformat(timespec='seconds')}; "
+            "ask an admin for a new one",
+            expired_at=exc.expires_at.isoformat(timespec="seconds"),
+        ) from None
     if principal is None:
         raise _rejected(
             "invalid_key",
             f"The API key is not valid (it may have been revoked); {HOW_TO_GET_A_KEY}",
         )
     return principal
-
-
-def role_allows(role: str, needed: str) -> bool:
-    """Tell whether a role grants what ``needed`` asks; ``write`` implies ``read``."""
-    return role == Role.WRITE or role == needed
 
 
 def check_request() -> None:
@@ -103,11 +147,11 @@ def check_request() -> None:
     if request.routing_exception is not None:
         # No such route or method: let that 404/405 answer.
         return
-    needed = Role.READ if request.method in READ_METHODS else Role.WRITE
-    if not role_allows(principal.role, needed):
+    needed = required_role(request.endpoint, request.method)
+    if not Role.allows(principal.role, needed):
         raise InsufficientPermissions(
-            f"{request.method} needs the '{needed}' role; these credentials have "
-            f"'{principal.role}'. Use a {needed} key.",
+            f"{request.method} needs the '{needed}' role here; these credentials have "
+            f"'{principal.role}'. Use {'an' if needed == Role.ADMIN else 'a'} {needed} key.",
             details={"required_role": needed, "role": principal.role},
             headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'},
         )

@@ -11,12 +11,14 @@ never pick the algorithm a key is used with (``alg: none`` and HS256 tokens
 
 ``exp`` is required; ``nbf`` and ``iat`` are honoured with ``JWT_LEEWAY``
 seconds of clock skew; ``iss`` and ``aud`` must match ``JWT_ISSUER`` and
-``JWT_AUDIENCE``. The tenant and the role come from the claims named by
-``JWT_TENANT_CLAIM`` and ``JWT_ROLE_CLAIM``.
+``JWT_AUDIENCE``. The tenant and the role (``read``, ``write`` or ``admin``)
+come from the claims named by ``JWT_TENANT_CLAIM`` and ``JWT_ROLE_CLAIM``.
+The principal expires at ``exp``: an API key made with the token expires no later.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from collections.abc import Sequence
@@ -259,19 +261,25 @@ class JwtVerifier:
         if role is None:
             raise JwtRejected(
                 "missing_claim" if self.role_claim not in claims else "invalid_claim",
-                f"The JWT's '{self.role_claim}' claim must be 'read' or 'write'",
+                f"The JWT's '{self.role_claim}' claim must be 'read', 'write' or 'admin'",
                 claim=self.role_claim,
             )
         subject = claims.get("sub")
         name = f"jwt:{subject}" if isinstance(subject, str) and subject else "jwt"
-        return Principal(name=name, tenant=tenant, role=role)
+        # exp is required and PyJWT has checked that it is a number, not that it is a date.
+        try:
+            expires_at = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise JwtRejected(
+                "invalid_claim", "The JWT's 'exp' claim is out of range", claim="exp"
+            ) from None
+        return Principal(name=name, tenant=tenant, role=role, expires_at=expires_at)
 
 
 def _role_of(value: Any) -> str | None:
     """Return the strongest role a role claim grants (a string or a list of strings)."""
     values = value if isinstance(value, list) else [value]
-    if Role.WRITE in values:
-        return Role.WRITE
-    if Role.READ in values:
-        return Role.READ
+    for role in reversed(Role.ALL):
+        if role in values:
+            return role
     return None

@@ -1,4 +1,4 @@
-"""API keys: a name, a tenant, a role and the hash of a secret shown once."""
+"""API keys: a name, a tenant, a role, an optional expiry and the hash of a secret shown once."""
 
 from __future__ import annotations
 
@@ -13,11 +13,21 @@ from app.pipelines.models import NAME_MAX
 
 
 class Role:
-    """The roles a caller can hold; ``write`` implies ``read``."""
+    """The roles a caller can hold, weakest first: each implies the ones before it.
+
+    ``read`` reads, ``write`` also changes pipelines, ``admin`` also manages
+    API keys.
+    """
 
     READ = "read"
     WRITE = "write"
-    ALL = (READ, WRITE)
+    ADMIN = "admin"
+    ALL = (READ, WRITE, ADMIN)
+
+    @classmethod
+    def allows(cls, role: str, needed: str) -> bool:
+        """Tell whether ``role`` grants what ``needed`` asks (an unknown role grants nothing)."""
+        return role in cls.ALL and cls.ALL.index(role) >= cls.ALL.index(needed)
 
 
 class ApiKey(db.Model):
@@ -26,7 +36,7 @@ class ApiKey(db.Model):
     __tablename__ = "api_keys"
     __table_args__ = (
         sa.UniqueConstraint("tenant", "name", name="uq_api_keys_tenant_name"),
-        sa.CheckConstraint("role IN ('read', 'write')", name="ck_api_keys_role"),
+        sa.CheckConstraint("role IN ('read', 'write', 'admin')", name="ck_api_keys_role"),
     )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -41,3 +51,5 @@ class ApiKey(db.Model):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Updated at most once a minute per key (see service.touch).
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # From then on the key answers 401 (reason "expired"); None: it never expires.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

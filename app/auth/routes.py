@@ -1,10 +1,11 @@
-"""HTTP routes of API keys: a tenant manages its own keys."""
+"""HTTP routes of API keys: an admin of a tenant manages its keys (see guard.ROUTE_ROLES)."""
 
 from __future__ import annotations
 
 from flask.views import MethodView
 
-from app.auth import current_tenant, service
+from app import idempotency
+from app.auth import current_principal, current_tenant, service
 from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from app.extensions import Blueprint
 from app.schemas import documents_errors
@@ -13,7 +14,8 @@ blp = Blueprint(
     "api_keys",
     __name__,
     url_prefix="/v0/api_keys",
-    description="API keys of the caller's tenant. A key is shown once, when it is created.",
+    description="API keys of the caller's tenant; 'admin' role only. A key is shown once, "
+    "when it is created, and never outranks or outlives the credential that created it.",
 )
 
 
@@ -26,15 +28,27 @@ class ApiKeys(MethodView):
         """List API keys"""
         return service.list_keys(current_tenant())
 
+    @idempotency.idempotent(blp, secret_fields=("key",))
     @blp.arguments(ApiKeyCreate)
     @blp.response(201, ApiKeyCreated)
-    @documents_errors(blp, {409: "An API key of that name exists"})
+    @documents_errors(
+        blp,
+        {
+            403: "InsufficientPermissions: the credentials are not 'admin', or the key "
+            "would outrank or outlive them",
+            409: "An API key of that name exists",
+        },
+    )
     def post(self, body):
         """Create an API key
 
-        The response holds the key itself; it is never shown again.
+        The response holds the key itself; it is never shown again. The key's
+        role and expiry are bounded by the caller's (403 beyond them).
         """
-        api_key, secret = service.create_key(current_tenant(), body["name"], body["role"])
+        principal = current_principal()
+        api_key, secret = service.create_key(
+            principal.tenant, body["name"], body["role"], body["expires_at"], creator=principal
+        )
         api_key.key = secret
         headers = {"Location": f"/v0/api_keys/{api_key.name}", "Cache-Control": "no-store"}
         return api_key, 201, headers

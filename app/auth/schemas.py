@@ -21,7 +21,17 @@ class ApiKeyCreate(ma.Schema):
         validate=validate.OneOf(Role.ALL),
         metadata={
             "enum": list(Role.ALL),
-            "description": "'read' may only read; 'write' may also change things.",
+            "description": "'read' may only read; 'write' may also change pipelines; 'admin' "
+            "may also manage API keys. No higher than the caller's own role.",
+        },
+    )
+    expires_at = ma.fields.AwareDateTime(
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "description": "When the key stops working (in the future, and no later than the "
+            "caller's own credential expires); omitted: the caller's expiry, or never.",
+            "example": "2030-01-01T00:00:00+00:00",
         },
     )
 
@@ -37,6 +47,11 @@ class ApiKeyOut(ma.Schema):
         metadata={"description": "The key's first characters, to tell keys apart."},
     )
     created_at = ma.fields.AwareDateTime(required=True)
+    expires_at = ma.fields.AwareDateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "When the key stops working; null if never."},
+    )
     last_used_at = ma.fields.AwareDateTime(
         required=True,
         allow_none=True,

@@ -4,7 +4,13 @@ A key is ``apikey:`` followed by 43 URL-safe characters (256 random bits).
 Only its SHA-256 is stored: the key is high-entropy, so a slow password hash
 would add latency on every request and no safety. Checking a key is one
 lookup on the hash's unique index; revoking deletes the row, so a revoked
-key stops working with the very next request (nothing is cached).
+key stops working with the very next request (nothing is cached). A key past
+its ``expires_at`` answers 401 too, and stays listed until it is revoked.
+
+A credential never mints one that outranks or outlives it: the creator's role
+bounds the new key's role, and the creator's expiry (a JWT's ``exp``, a key's
+``expires_at``) bounds the new key's. Only the command line, run by an
+operator on the server, creates keys without a creator.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import sqlalchemy as sa
 from app.auth import Principal
 from app.auth.models import ApiKey, Role
 from app.database import commit_unique, is_transient_error, utcnow
-from app.errors import DuplicateName, InvalidRequest, UnknownApiKey
+from app.errors import DuplicateName, InsufficientPermissions, InvalidRequest, UnknownApiKey
 from app.extensions import db
 
 KEY_PREFIX = "apikey:"
@@ -48,17 +54,68 @@ def is_well_formed(key: str) -> bool:
 
 
 def check_role(role: str) -> str:
-    """Return the role if it is one of ``read``/``write``, else raise ``InvalidRequest``."""
+    """Return the role if it is one of ``Role.ALL``, else raise ``InvalidRequest``."""
     if role not in Role.ALL:
         raise InvalidRequest(
-            f"Unknown role '{role}'; use 'read' or 'write'", details={"role": list(Role.ALL)}
+            f"Unknown role '{role}'; use 'read', 'write' or 'admin'",
+            details={"role": list(Role.ALL)},
         )
     return role
 
 
-def create_key(tenant: str, name: str, role: str) -> tuple[ApiKey, str]:
-    """Create a key; return it with its secret, which is never available again."""
+def _iso(value: dt.datetime) -> str:
+    """A time as the API shows it."""
+    return value.isoformat(timespec="seconds")
+
+
+def bound_expiry(
+    role: str, expires_at: dt.datetime | None, creator: Principal | None, now: dt.datetime
+) -> dt.datetime | None:
+    """Return the new key's expiry once checked against its creator; raise if it may not be.
+
+    A key may not outrank its creator (403) nor outlive it (403); a key asked
+    for without an expiry gets its creator's. An expiry must lie in the future (400).
+    """
+    if expires_at is not None and expires_at <= now:
+        raise InvalidRequest(
+            "expires_at must lie in the future", details={"expires_at": _iso(expires_at)}
+        )
+    if creator is None:
+        return expires_at
+    if not Role.allows(creator.role, role):
+        raise InsufficientPermissions(
+            f"These credentials have the '{creator.role}' role and cannot create a "
+            f"'{role}' key: a key never outranks the credential that creates it",
+            details={"role": creator.role, "requested_role": role},
+        )
+    limit = creator.expires_at
+    if limit is None:
+        return expires_at
+    if expires_at is None:
+        return limit
+    if expires_at > limit:
+        raise InsufficientPermissions(
+            f"These credentials expire at {_iso(limit)} and cannot create a key that "
+            "outlives them; ask for an earlier expires_at",
+            details={"expires_at": _iso(expires_at), "credential_expires_at": _iso(limit)},
+        )
+    return expires_at
+
+
+def create_key(
+    tenant: str,
+    name: str,
+    role: str,
+    expires_at: dt.datetime | None = None,
+    creator: Principal | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key; return it with its secret, which is never available again.
+
+    ``creator`` is the credential asking (None: an operator on the command
+    line); the new key neither outranks nor outlives it.
+    """
     check_role(role)
+    expires_at = bound_expiry(role, expires_at, creator, utcnow())
     secret = generate_key()
     api_key = ApiKey(
         tenant=tenant,
@@ -66,6 +123,7 @@ def create_key(tenant: str, name: str, role: str) -> tuple[ApiKey, str]:
         role=role,
         key_hash=hash_key(secret),
         prefix=secret[:DISPLAY_PREFIX_LENGTH],
+        expires_at=expires_at,
     )
     db.session.add(api_key)
     commit_unique(
@@ -106,21 +164,39 @@ def revoke_key(tenant: str, name: str) -> None:
         raise UnknownApiKey(name)
 
 
-def principal_of_key(key: str) -> Principal | None:
-    """Return the principal of a well-formed key, or None if no live key matches.
+class KeyExpired(Exception):
+    """The key exists but its ``expires_at`` has passed."""
 
-    One lookup on the unique index of the hash; columns only, so nothing
-    lingers in the request's session.
+    def __init__(self, expires_at: dt.datetime) -> None:
+        super().__init__(f"expired at {_iso(expires_at)}")
+        self.expires_at = expires_at
+
+
+def principal_of_key(key: str, now: dt.datetime | None = None) -> Principal | None:
+    """Return the principal of a well-formed key, or None if no key matches.
+
+    Raises ``KeyExpired`` for a key past its expiry. One lookup on the unique
+    index of the hash; columns only, so nothing lingers in the request's session.
     """
     row = db.session.execute(
-        sa.select(ApiKey.id, ApiKey.tenant, ApiKey.name, ApiKey.role, ApiKey.last_used_at).where(
-            ApiKey.key_hash == hash_key(key)
-        )
+        sa.select(
+            ApiKey.id,
+            ApiKey.tenant,
+            ApiKey.name,
+            ApiKey.role,
+            ApiKey.last_used_at,
+            ApiKey.expires_at,
+        ).where(ApiKey.key_hash == hash_key(key))
     ).one_or_none()
     if row is None:
         return None
-    touch(row.id, row.last_used_at)
-    return Principal(name=f"apikey:{row.name}", tenant=row.tenant, role=row.role)
+    now = now or utcnow()
+    if row.expires_at is not None and row.expires_at <= now:
+        raise KeyExpired(row.expires_at)
+    touch(row.id, row.last_used_at, now)
+    return Principal(
+        name=f"apikey:{row.name}", tenant=row.tenant, role=row.role, expires_at=row.expires_at
+    )
 
 
 def touch(key_id: int, last_used_at: dt.datetime | None, now: dt.datetime | None = None) -> None:

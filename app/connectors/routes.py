@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
+from app import idempotency
 from app.connectors import service
 from app.connectors.schemas import ConnectorCreate, ConnectorOut
 from app.extensions import Blueprint
@@ -31,6 +32,7 @@ class Connectors(MethodView):
         """List a view's connectors"""
         return service.list_connectors(get_view(load_pipeline(pipeline_name), view_name))
 
+    @idempotency.idempotent(blp)
     @blp.arguments(ConnectorCreate)
     @blp.response(201, ConnectorOut)
     @documents_errors(

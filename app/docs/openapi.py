@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 API_PREFIX = "/v0"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 ERROR_REF = "#/components/schemas/Error"
 BEARER_SCHEME = "bearerAuth"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -32,12 +33,13 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "AuthenticationFailed": {
         "message": "The API key is not valid (it may have been revoked); create an API key "
-        "with 'flask api-keys create NAME --role read|write'",
+        "with 'flask api-keys create NAME --role read|write|admin'",
         "error_code": "AuthenticationFailed",
         "details": {"reason": "invalid_key"},
     },
     "InsufficientPermissions": {
-        "message": "POST needs the 'write' role; these credentials have 'read'. Use a write key.",
+        "message": "POST needs the 'write' role here; these credentials have 'read'. "
+        "Use a write key.",
         "error_code": "InsufficientPermissions",
         "details": {"required_role": "write", "role": "read"},
     },
@@ -111,6 +113,17 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
         "error_code": "PipelineNotRunning",
         "details": {"pipeline_name": "orders", "status": "stopped"},
     },
+    "IdempotencyKeyReused": {
+        "message": "The Idempotency-Key 'a1b2' was already used for a different request; "
+        "use a new key for a new request",
+        "error_code": "IdempotencyKeyReused",
+        "details": {"idempotency_key": "a1b2"},
+    },
+    "IdempotencyKeyInProgress": {
+        "message": "A request with the Idempotency-Key 'a1b2' is still running; retry shortly",
+        "error_code": "IdempotencyKeyInProgress",
+        "details": {"idempotency_key": "a1b2"},
+    },
     "ServiceUnavailable": {
         "message": "The service is busy; retry later",
         "error_code": "ServiceUnavailable",
@@ -118,11 +131,11 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
     },
 }
 
-# What every /v0 route may answer, whatever it does (public routes: 500 and 503).
+# What every /v0 route may answer, whatever it does (public routes: 500 and 503). 403 is not
+# here: app.auth.openapi documents it on the routes whose role a valid credential can lack.
 COMMON_ERRORS = {
     401: "AuthenticationFailed: no, malformed, unknown, revoked or expired credentials "
     "(with a `WWW-Authenticate: Bearer` header)",
-    403: "InsufficientPermissions: the credentials lack the role this operation needs",
     500: "InternalError: a bug; `details.request_id` identifies it in the logs",
     503: "ServiceUnavailable: the database is busy or unreachable; retry after `Retry-After`",
 }
@@ -131,6 +144,13 @@ INVALID_REQUEST = (
 )
 PAYLOAD_TOO_LARGE = "PayloadTooLarge: the request body is larger than the service accepts"
 UNSUPPORTED_MEDIA_TYPE = "UnsupportedMediaType: the body is not in a format the route takes"
+# Operations that take an Idempotency-Key header (app.idempotency) may also answer these.
+IDEMPOTENCY_ERRORS = {
+    400: "InvalidRequest: the Idempotency-Key header is not 1 to 255 printable ASCII characters",
+    409: "IdempotencyKeyInProgress: the first request with this Idempotency-Key is still "
+    "running; retry shortly",
+    422: "IdempotencyKeyReused: this Idempotency-Key was used for a different request",
+}
 
 HEADERS = {
     "Location": {
@@ -242,12 +262,14 @@ def _complete_responses(path: str, method: str, operation: dict[str, Any], secur
     responses.pop("default", None)
     if _validates_input(operation):
         _merge(responses, 400, INVALID_REQUEST)
+    if _is_idempotent(operation):
+        for code, description in IDEMPOTENCY_ERRORS.items():
+            _merge(responses, code, description)
     if "requestBody" in operation:
         _merge(responses, 413, PAYLOAD_TOO_LARGE)
         _merge(responses, 415, UNSUPPORTED_MEDIA_TYPE)
     for code, description in COMMON_ERRORS.items():
-        # 403 on reads too: the contract promises it for credentials lacking the role to read.
-        if secured or code not in (401, 403):
+        if secured or code != 401:
             _merge(responses, code, description)
     for code, response in responses.items():
         status = int(code)
@@ -255,6 +277,14 @@ def _complete_responses(path: str, method: str, operation: dict[str, Any], secur
             _describe_error(path, method, operation, status, response)
         elif status in (201, 202):
             response.setdefault("headers", {}).setdefault("Location", HEADERS["Location"])
+
+
+def _is_idempotent(operation: dict[str, Any]) -> bool:
+    """Tell whether the operation takes an ``Idempotency-Key`` header."""
+    return any(
+        p.get("in") == "header" and p.get("name") == IDEMPOTENCY_HEADER
+        for p in operation.get("parameters", [])
+    )
 
 
 def _merge(responses: dict[str, Any], code: int, description: str) -> None:
@@ -300,6 +330,9 @@ def _error_codes(
     if status == 404:
         return [code for name, code in NOT_FOUND_CODES.items() if "{" + name + "}" in path]
     if status == 409:
+        if description.startswith("IdempotencyKeyInProgress"):
+            # The operation has no 409 of its own.
+            return ["IdempotencyKeyInProgress"]
         if _ACTION_RE.search(path):
             return ["IllegalPipelineAction"]
         codes = []
@@ -309,7 +342,11 @@ def _error_codes(
             codes.append("DuplicateName")
         if method == "post" and path.endswith("/connectors"):
             codes.append("SinkInUse")
+        if _is_idempotent(operation):
+            codes.append("IdempotencyKeyInProgress")
         return codes
+    if status == 422:
+        return ["IdempotencyKeyReused"]
     if status == 503:
         own = "PipelineNotRunning" in description
         return ["PipelineNotRunning", "ServiceUnavailable"] if own else ["ServiceUnavailable"]

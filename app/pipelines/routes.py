@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
+from app import idempotency
 from app.auth import current_tenant
 from app.extensions import Blueprint
 from app.pipelines import service
@@ -39,6 +40,7 @@ class Pipelines(MethodView):
         """List pipelines"""
         return service.list_pipelines(current_tenant())
 
+    @idempotency.idempotent(blp)
     @blp.arguments(PipelineCreate)
     @blp.response(201, PipelineOut)
     @documents_errors(blp, {409: "A pipeline of that name exists"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from app import idempotency
 from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.resets import service
@@ -24,6 +25,7 @@ def status_url(pipeline_name: str, token: str) -> str:
 
 
 @blp.route("/views/<view_name>/connectors/<connector_name>/reset", methods=["POST"])
+@idempotency.idempotent(blp)
 @blp.response(202, ResetIssued)
 @documents_errors(
     blp,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import request
 
+from app import idempotency
 from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.schemas import documents_errors
@@ -19,6 +22,7 @@ blp = Blueprint(
 
 
 @blp.route("/changes", methods=["POST"])
+@idempotency.idempotent(blp)
 @blp.doc(requestBody=CHANGES_BODY)
 @blp.response(200, ChangesAccepted)
 @documents_errors(
@@ -50,7 +54,12 @@ def push_changes(pipeline_name, view_name):
     service.check_size(size=len(body))
     changes = service.parse_changes(body, request.mimetype)
     service.check_size(records=len(changes))
-    result = service.push_changes(view, changes)
+    result = service.push_changes(view, changes, before_commit=_save_answer)
+    return _answer(result)
+
+
+def _answer(result: service.PushResult) -> dict[str, Any]:
+    """The 200 body of a stored batch."""
     return {
         "records": result.records,
         "inserts": result.inserts,
@@ -59,3 +68,8 @@ def push_changes(pipeline_name, view_name):
         "last_seq": result.last_seq,
         "log_end": result.log_end,
     }
+
+
+def _save_answer(result: service.PushResult) -> None:
+    """Keep the answer of an idempotent push in the batch's own transaction."""
+    idempotency.save_in_transaction(200, _answer(result))

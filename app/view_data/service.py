@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,13 +156,24 @@ def writable_view(pipeline: Pipeline, view_name: str) -> View:
     return view
 
 
-def push_changes(view: View, changes: list[tuple[int, str]]) -> PushResult:
-    """Store a parsed batch in one transaction: the log and the Z-set, or nothing."""
+def push_changes(
+    view: View,
+    changes: list[tuple[int, str]],
+    before_commit: Callable[[PushResult], None] | None = None,
+) -> PushResult:
+    """Store a parsed batch in one transaction: the log and the Z-set, or nothing.
+
+    ``before_commit`` runs inside that transaction with the result, e.g. to
+    store the request's idempotent answer along with the batch.
+    """
     inserts = sum(1 for weight, _text in changes if weight > 0)
     if not changes:
         return PushResult(0, 0, None, None, store.log_end(view.id))
     try:
         first, last = store.apply_changes(view.id, changes)
+        result = PushResult(inserts, len(changes) - inserts, first, last, last)
+        if before_commit is not None:
+            before_commit(result)
         db.session.commit()
     except store.InvalidDelete as exc:
         db.session.rollback()
@@ -169,4 +181,4 @@ def push_changes(view: View, changes: list[tuple[int, str]]) -> PushResult:
     except BaseException:
         db.session.rollback()
         raise
-    return PushResult(inserts, len(changes) - inserts, first, last, last)
+    return result

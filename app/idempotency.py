@@ -1,0 +1,371 @@
+"""Idempotent retries: the ``Idempotency-Key`` header on pushes, resets and creates.
+
+A client that lost the answer to a request sends it again with the same key.
+The first request with a key claims it: a ``pending`` row is committed under a
+unique ``(tenant, key)`` constraint before the work runs, so two requests with
+one key never both run. The winner stores its answer (status, body and the
+headers worth replaying) once its work has committed; a retry with the same
+method, path and body gets that answer back, with ``Idempotent-Replayed: true``,
+and stores nothing new. The same key with another request answers 422
+``IdempotencyKeyReused``; a retry that arrives while the first is still
+running waits a little, then answers 409 ``IdempotencyKeyInProgress``.
+
+Answers below 500 are kept, errors included (a 404 stays a 404 for that key);
+a 5xx answer or a crash releases the key, so that the retry runs. Keys are
+forgotten ``IDEMPOTENCY_RETENTION_SECONDS`` after their first use; expired rows
+are deleted a few at a time by the requests that claim keys.
+
+A route whose work commits in one transaction writes the answer in that same
+transaction (:func:`save_in_transaction`): a crash then cannot leave the work
+stored without its key. The push of view changes does that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Response, current_app, g, request
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+from werkzeug.exceptions import HTTPException
+
+from app.auth import current_tenant
+from app.database import UTCDateTime, db_time
+from app.errors import (
+    ApiError,
+    ConflictError,
+    InvalidRequest,
+    handle_api_error,
+    handle_http_exception,
+)
+from app.extensions import db
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+KEY_MAX = 255
+# Response headers that belong to the answer and are replayed with it.
+KEPT_HEADERS = ("Location", "Cache-Control", "Content-Type")
+# A pending key older than this is taken to be left by a crashed process: it is
+# claimed afresh (the first request's late answer is then refused, see _complete).
+PENDING_TIMEOUT_SECONDS = 60
+# How long a retry waits for the first request with its key to finish.
+WAIT_SECONDS = 2.0
+WAIT_STEP_SECONDS = 0.05
+# Expired rows deleted per claimed key: keeps the table bounded at little cost.
+CLEANUP_BATCH = 20
+
+PENDING = "pending"
+DONE = "done"
+
+HEADER_DOC = {
+    "in": "header",
+    "name": HEADER,
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": KEY_MAX},
+    "description": "Makes a retry safe: the same key with the same request, within "
+    "`IDEMPOTENCY_RETENTION_SECONDS` (24 h), answers the first answer again "
+    f"(`{REPLAYED_HEADER}: true`) and stores nothing new; with another request it "
+    "answers 422 `IdempotencyKeyReused`. 1 to 255 printable ASCII characters; keys "
+    "are per tenant.",
+    "example": "3f0c1b8e-6a0d-4a55-9a3e-2d7c1f1e9b42",
+}
+
+
+class IdempotencyKeyReused(ApiError):
+    """The key was already used for a different request."""
+
+    status_code = 422
+    error_code = "IdempotencyKeyReused"
+
+
+class IdempotencyKeyInProgress(ConflictError):
+    """The first request with this key is still running."""
+
+    error_code = "IdempotencyKeyInProgress"
+
+
+class IdempotencyKey(db.Model):
+    """One tenant's use of an idempotency key: the request's hash and, once known, its answer."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "key", name="uq_idempotency_keys_tenant_key"),
+        sa.CheckConstraint("state IN ('pending', 'done')", name="ck_idempotency_keys_state"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(100))
+    key: Mapped[str] = mapped_column(sa.String(KEY_MAX))
+    # SHA-256 of the method, the path and the body bytes.
+    request_hash: Mapped[str] = mapped_column(sa.String(64))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    # Who holds a pending key: only that request may store the answer.
+    owner: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(timezone=True), index=True)
+    response_status: Mapped[int | None] = mapped_column(sa.Integer)
+    response_body: Mapped[str | None] = mapped_column(sa.Text)
+    # The kept headers, as a JSON object.
+    response_headers: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class _Claim:
+    """The key this request holds, kept in ``g`` while the route runs."""
+
+    def __init__(self, row_id: int, owner: str) -> None:
+        self.row_id = row_id
+        self.owner = owner
+        self.saved = False
+
+
+def idempotent(blp: Any, secret_fields: tuple[str, ...] = ()) -> Callable:
+    """Make a route honour ``Idempotency-Key``; ``blp`` documents the header on it.
+
+    Put it right under ``@blp.route`` (or first on a MethodView's method), so
+    that it sees the finished response. ``secret_fields`` of the JSON answer
+    are never stored (a new API key): a replay answers without them.
+    """
+
+    def decorator(func: Callable) -> Callable:
+        func = blp.doc(parameters=[HEADER_DOC])(func)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = request.headers.get(HEADER)
+            if key is None:
+                return func(*args, **kwargs)
+            return _run_once(key, func, args, kwargs, secret_fields)
+
+        return wrapper
+
+    return decorator
+
+
+def save_in_transaction(status: int, body: dict[str, Any]) -> None:
+    """Write the answer of the request's key in the current transaction, if a key was sent.
+
+    Call it just before the commit of the route's work, so that the work and
+    its answer are stored together or not at all. Raises
+    :class:`IdempotencyKeyInProgress` if the key was taken over meanwhile (the
+    caller's transaction must then roll back).
+    """
+    claim: _Claim | None = g.get("idempotency_claim")
+    if claim is None:
+        return
+    # The bytes flask's jsonify would send.
+    data = (current_app.json.dumps(body) + "\n").encode("utf-8")
+    _complete(claim, status, data, {"Content-Type": "application/json"})
+    claim.saved = True
+
+
+def _run_once(
+    key: str, func: Callable, args: tuple, kwargs: dict[str, Any], secret_fields: tuple[str, ...]
+) -> Any:
+    """Run the route once per (tenant, key); replay its answer to retries."""
+    _check_key(key)
+    request_hash = _hash_request()
+    tenant = current_tenant()
+    found = _claim_or_find(tenant, key, request_hash)
+    if isinstance(found, IdempotencyKey):
+        return _replay(found)
+    claim = found
+    g.idempotency_claim = claim
+    try:
+        response = _as_response(func(*args, **kwargs))
+    except (ApiError, HTTPException) as exc:
+        status = exc.status_code if isinstance(exc, ApiError) else (exc.code or 500)
+        if status >= 500 or isinstance(exc, IdempotencyKeyInProgress):
+            _release(claim)
+            raise
+        if isinstance(exc, ApiError):
+            response = handle_api_error(exc)
+        else:
+            response = handle_http_exception(exc)
+    except BaseException:
+        _release(claim)
+        raise
+    finally:
+        g.pop("idempotency_claim", None)
+    if response.status_code >= 500:
+        _release(claim)
+    elif not claim.saved:
+        kept = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
+        _complete(claim, response.status_code, _stored_body(response, secret_fields), kept)
+        db.session.commit()
+    return response
+
+
+def _stored_body(response: Response, secret_fields: tuple[str, ...]) -> bytes:
+    """The answer's body as kept: without its secret fields."""
+    data = response.get_data()
+    body = response.get_json(silent=True) if secret_fields else None
+    if not isinstance(body, dict) or not set(secret_fields) & body.keys():
+        return data
+    kept = {name: value for name, value in body.items() if name not in secret_fields}
+    return (current_app.json.dumps(kept) + "\n").encode("utf-8")
+
+
+def _check_key(key: str) -> None:
+    """Raise 400 unless the key is 1 to 255 printable ASCII characters."""
+    if not (0 < len(key) <= KEY_MAX and all(" " <= ch <= "~" for ch in key)):
+        raise InvalidRequest(
+            f"The {HEADER} header must be 1 to {KEY_MAX} printable ASCII characters",
+            details={HEADER: [f"1 to {KEY_MAX} printable ASCII characters (a UUID will do)."]},
+        )
+
+
+def _hash_request() -> str:
+    """Return the SHA-256 of the request's method, path and body bytes."""
+    digest = hashlib.sha256()
+    digest.update(f"{request.method} {request.path}\n".encode())
+    # Cached: the route reads the same bytes afterwards.
+    digest.update(request.get_data(cache=True))
+    return digest.hexdigest()
+
+
+def _retention() -> float:
+    return float(current_app.config["IDEMPOTENCY_RETENTION_SECONDS"])
+
+
+def _find(tenant: str, key: str) -> IdempotencyKey | None:
+    return db.session.execute(
+        sa.select(IdempotencyKey).where(IdempotencyKey.tenant == tenant, IdempotencyKey.key == key)
+    ).scalar_one_or_none()
+
+
+def _is_stale(row_id: int) -> bool:
+    """Tell whether a key has expired, or is pending past the timeout (by the db's clock)."""
+    stale = sa.or_(
+        IdempotencyKey.created_at < db_time(-_retention()),
+        sa.and_(
+            IdempotencyKey.state == PENDING,
+            IdempotencyKey.created_at < db_time(-PENDING_TIMEOUT_SECONDS),
+        ),
+    )
+    found = db.session.execute(
+        sa.select(IdempotencyKey.id).where(IdempotencyKey.id == row_id, stale)
+    ).scalar_one_or_none()
+    return found is not None
+
+
+def _claim_or_find(tenant: str, key: str, request_hash: str) -> _Claim | IdempotencyKey:
+    """Claim the key (a committed pending row), or return its finished row to replay.
+
+    Raises 422 for a key used with another request, 409 if its first request
+    is still running after a short wait.
+    """
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        row = _find(tenant, key)
+        if row is not None and _is_stale(row.id):
+            db.session.execute(sa.delete(IdempotencyKey).where(IdempotencyKey.id == row.id))
+            db.session.commit()
+            row = None
+        if row is None:
+            owner = uuid.uuid4().hex
+            _delete_expired()
+            claimed = IdempotencyKey(
+                tenant=tenant,
+                key=key,
+                request_hash=request_hash,
+                state=PENDING,
+                owner=owner,
+                created_at=db_time(),
+            )
+            db.session.add(claimed)
+            try:
+                db.session.flush()
+                row_id = claimed.id
+                db.session.commit()
+                return _Claim(row_id, owner)
+            except IntegrityError:
+                # Another request claimed it first: look again.
+                db.session.rollback()
+                continue
+        if row.request_hash != request_hash:
+            db.session.rollback()
+            raise IdempotencyKeyReused(
+                f"The {HEADER} '{key}' was already used for a different request; "
+                "use a new key for a new request",
+                details={"idempotency_key": key},
+            )
+        if row.state == DONE:
+            return row
+        db.session.rollback()
+        if time.monotonic() >= deadline:
+            raise IdempotencyKeyInProgress(
+                f"A request with the {HEADER} '{key}' is still running; retry shortly",
+                details={"idempotency_key": key},
+            )
+        time.sleep(WAIT_STEP_SECONDS)
+
+
+def _delete_expired() -> None:
+    """Delete a few keys past retention (in the caller's transaction)."""
+    expired = (
+        sa.select(IdempotencyKey.id)
+        .where(IdempotencyKey.created_at < db_time(-_retention()))
+        .order_by(IdempotencyKey.id)
+        .limit(CLEANUP_BATCH)
+    )
+    db.session.execute(sa.delete(IdempotencyKey).where(IdempotencyKey.id.in_(expired)))
+
+
+def _complete(claim: _Claim, status: int, body: bytes, headers: dict[str, str]) -> None:
+    """Store the answer on the claimed row (in the caller's transaction)."""
+    result = db.session.execute(
+        sa.update(IdempotencyKey)
+        .where(IdempotencyKey.id == claim.row_id, IdempotencyKey.owner == claim.owner)
+        .values(
+            state=DONE,
+            response_status=status,
+            response_body=body.decode("utf-8"),
+            response_headers=json.dumps(headers),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        # Taken over after the pending timeout: the other request owns the answer.
+        raise IdempotencyKeyInProgress(
+            f"Another request took over this {HEADER}; retry to get its answer",
+            details={},
+        )
+
+
+def _release(claim: _Claim) -> None:
+    """Give the key up, so that a retry runs the request again."""
+    try:
+        db.session.rollback()
+        db.session.execute(
+            sa.delete(IdempotencyKey)
+            .where(IdempotencyKey.id == claim.row_id, IdempotencyKey.owner == claim.owner)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+    except Exception:
+        # The database is failing; the pending row expires after the pending timeout.
+        db.session.rollback()
+
+
+def _replay(row: IdempotencyKey) -> Response:
+    """Answer with a stored answer."""
+    headers = json.loads(row.response_headers or "{}")
+    body = (row.response_body or "").encode("utf-8")
+    db.session.rollback()
+    response = Response(body, status=row.response_status, headers=headers)
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+def _as_response(result: Any) -> Response:
+    """Turn what a view returned into a response (flask-smorest's views already do)."""
+    if isinstance(result, Response):
+        return result
+    return current_app.make_response(result)
