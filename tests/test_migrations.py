@@ -30,3 +30,39 @@ def test_migrations_downgrade_to_an_empty_database(app_config):
         downgrade(revision="base")
         tables = set(db.inspect(db.engine).get_table_names()) - {"alembic_version"}
     assert tables == set()
+
+
+def test_records_stored_with_other_number_forms_become_one_record(app_config):
+    import hashlib
+
+    import sqlalchemy as sa
+
+    from app.view_data import store
+
+    app = create_app(app_config)
+    with app.app_context():
+        upgrade(revision="6b8e2f3d4c51")
+        rows = [("10.0", 2), ("10", 1), ("1e1", 1), ("1.5", 1)]
+        db.session.execute(
+            sa.text(
+                "INSERT INTO pipelines (id, tenant, name, description, status, incarnation, "
+                "created_at, status_since) VALUES (:id, 'default', 'orders', '', 'stopped', 0, "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            ),
+            {"id": "0" * 32},
+        )
+        db.session.execute(
+            sa.text("INSERT INTO views (id, pipeline_id, name, position) VALUES (1, :p, 't', 0)"),
+            {"p": "0" * 32},
+        )
+        for number, weight in rows:
+            text = '{"total":' + number + "}"
+            db.session.execute(
+                sa.text("INSERT INTO view_records VALUES (1, :k, :r, :w)"),
+                {"k": hashlib.sha256(text.encode()).hexdigest(), "r": text, "w": weight},
+            )
+        db.session.commit()
+        upgrade()
+        found = {record["total"]: weight for record, weight in store.contents(1)}
+        db.session.remove()
+    assert found == {10: 4, 1.5: 1}
