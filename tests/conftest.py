@@ -193,6 +193,25 @@ def running_pipeline(api: Api) -> Api:
     return api
 
 
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A reference http receiver on loopback that applies what it is sent (tests/receiver.py)."""
+    from tests.receiver import Receiver
+
+    with Receiver() as r:
+        yield r
+
+
+@pytest.fixture
+def driver() -> Iterator[Any]:
+    """A fresh http transport driver (its own session and connection pool)."""
+    from app.transports.http import HttpTransport
+
+    d = HttpTransport()
+    yield d
+    d.close()
+
+
 def assert_error(response: Any, status: int, error_code: str) -> dict:
     """Check an error response's status and body shape; return the body."""
     assert response.status_code == status, response.get_data(as_text=True)

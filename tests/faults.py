@@ -11,13 +11,17 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -201,3 +205,65 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         kill(process)
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served(
+    tmp_path: Path, settings: Mapping[str, Any], *args: str, workers: int = 1
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """Run gunicorn with ``gunicorn.conf.py`` on a free loopback port until the block ends.
+
+    ``settings`` become ``PIPELINE_MANAGER_*`` variables (a SQLite file in
+    ``tmp_path``, a secret key and the sink folder are filled in); ``args`` go on
+    gunicorn's command line. Yields the base URL and the environment (for
+    ``flask`` commands on the same instance). Waits for ``/healthz``, then, on the
+    way out, stops gunicorn with SIGTERM (SIGKILL after 20 s).
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        **{
+            f"PIPELINE_MANAGER_{k}": _env_value(v)
+            for k, v in {
+                "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'serve.db'}",
+                "SECRET_KEY": "serve-test-key",
+                "SINK_DIR": str(tmp_path / "sinks"),
+                **settings,
+                "BIND": f"127.0.0.1:{port}",
+                "WORKERS": str(workers),
+            }.items()
+        },
+    }
+    process = subprocess.Popen(
+        [str(Path(FLASK).with_name("gunicorn")), "-c", "gunicorn.conf.py", *args, "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(f"{base}/healthz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            assert process.poll() is None, process.stderr.read().decode()
+            return False
+
+    try:
+        wait_for(up, timeout=30, what="gunicorn to serve /healthz")
+        yield base, env
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

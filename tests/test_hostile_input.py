@@ -13,10 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -40,10 +37,9 @@ from app.extensions import MAX_URL_BYTES, db
 from app.pipelines.models import NAME_PATTERN, Pipeline, View, is_valid_name
 from app.strict_json import JsonRefused
 from app.view_data import store
+from tests import faults
 from tests.conftest import assert_error
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 CHANGES = "/v0/pipelines/orders/views/totals/changes"
 NDJSON = "application/x-ndjson"
 ISSUER = "https://idp.example.test"
@@ -640,57 +636,22 @@ def test_a_url_over_the_bound_is_414_with_the_error_body(anon_client):
     assert details == {"max_url_bytes": MAX_URL_BYTES, "url_bytes": MAX_URL_BYTES + 1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """gunicorn with the project's settings; yields its port and a write key's headers."""
-    port = _free_port()
-    database = f"sqlite:///{tmp_path / 'serve.db'}"
-    env = {
-        **os.environ,
-        "PIPELINE_MANAGER_SQLALCHEMY_DATABASE_URI": database,
-        "PIPELINE_MANAGER_SECRET_KEY": "hostile-test-key",
-        "PIPELINE_MANAGER_SINK_DIR": str(tmp_path / "sinks"),
-        "PIPELINE_MANAGER_BIND": f"127.0.0.1:{port}",
-        "PIPELINE_MANAGER_WORKERS": "1",
-        "PIPELINE_MANAGER_BACKGROUND_WORKER": "false",
-        "PIPELINE_MANAGER_MAX_CONTENT_LENGTH": str(SMALL_LIMIT),
-    }
-    proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "gunicorn did not come up"
-                time.sleep(0.1)
-        app = create_app({"SQLALCHEMY_DATABASE_URI": database, "SECRET_KEY": "x"})
+    settings = {"BACKGROUND_WORKER": "false", "MAX_CONTENT_LENGTH": SMALL_LIMIT}
+    with faults.served(tmp_path, settings) as (base, env):
+        app = create_app(
+            {
+                "SQLALCHEMY_DATABASE_URI": env["PIPELINE_MANAGER_SQLALCHEMY_DATABASE_URI"],
+                "SECRET_KEY": "x",
+            }
+        )
         with app.app_context():
             _, key = auth_service.create_key("default", "hostile", "write")
             db.session.remove()
             db.engine.dispose()
-        yield port, {"Authorization": f"Bearer {key}"}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        yield int(base.rsplit(":", 1)[1]), {"Authorization": f"Bearer {key}"}
 
 
 def test_gunicorn_answers_every_long_line_and_chunked_body_with_the_error_body(gunicorn):

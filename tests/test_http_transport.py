@@ -26,27 +26,11 @@ from app.transports.http import (
     safe_url,
 )
 from tests.faults import canonical
-from tests.receiver import Receiver
 
 # Tiny backoff so that the retry tests take milliseconds.
 FAST = {"max_retries": 3, "backoff": {"base": 0.01, "cap": 0.05}, "timeout": 2}
 
 RECORDS = [{"insert": {"id": 1, "total": 10}}, {"insert": {"id": 2, "total": "é"}}]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A receiver that applies everything it is sent."""
-    with Receiver() as r:
-        yield r
-
-
-@pytest.fixture
-def driver() -> Iterator[HttpTransport]:
-    """A fresh driver (its own session and connection pool)."""
-    d = HttpTransport()
-    yield d
-    d.close()
 
 
 def sink(url: str, uid: str | None = None, **settings: Any) -> SimpleNamespace:

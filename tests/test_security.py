@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,25 +31,10 @@ from app.transports import TransportError
 from app.transports.destinations import DEFAULT_DENIED, DestinationPolicy
 from app.transports.file import SinkFile, StagingFile
 from app.transports.http import HttpTransport, parse_settings, redact_url
+from tests import faults
 from tests.conftest import Api, assert_error
-from tests.receiver import Receiver
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 FAST = {"max_retries": 0, "timeout": {"connect": 1, "read": 0.3}}
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
-
-
-@pytest.fixture
-def driver() -> Iterator[HttpTransport]:
-    d = HttpTransport()
-    yield d
-    d.close()
 
 
 def target(url: str) -> SimpleNamespace:
@@ -383,50 +365,20 @@ def test_a_symbolic_link_swapped_in_is_not_followed(tmp_path: Path) -> None:
 
 
 def test_gunicorn_access_log_leaves_reset_tokens_out(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path / "access.log"
-    env = {
-        **os.environ,
-        "PIPELINE_MANAGER_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'serve.db'}",
-        "PIPELINE_MANAGER_SECRET_KEY": "serve-test-key",
-        "PIPELINE_MANAGER_SINK_DIR": str(tmp_path / "sinks"),
-        "PIPELINE_MANAGER_BACKGROUND_WORKER": "false",
-        "PIPELINE_MANAGER_BIND": f"127.0.0.1:{port}",
-        "PIPELINE_MANAGER_WORKERS": "1",
-    }
-    proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--access-logfile", str(log), "wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, "gunicorn exited"
-            try:
-                if requests.get(f"{base}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.2)
+    settings = {"BACKGROUND_WORKER": "false"}
+    with faults.served(tmp_path, settings, "--access-logfile", str(log)) as (base, _env):
         r = requests.get(
             f"{base}/v0/pipelines/orders/reset_status?view=totals&token=SECRET.TOKEN-value",
             headers={"Referer": f"{base}/docs?token=SECRET.TOKEN-value"},
             timeout=5,
         )
         assert r.status_code == 401
-        deadline = time.monotonic() + 10
-        while "reset_status" not in (log.read_text() if log.exists() else ""):
-            assert time.monotonic() < deadline, "no access log line"
-            time.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        faults.wait_for(
+            lambda: "reset_status" in (log.read_text() if log.exists() else ""),
+            timeout=10,
+            what="the access log line",
+        )
     text = log.read_text()
     assert "SECRET" not in text
     assert "GET /v0/pipelines/orders/reset_status?view=totals&token=*** HTTP/1.1" in text

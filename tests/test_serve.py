@@ -9,9 +9,6 @@ delivery and a reset done by the served processes alone.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +17,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests import faults
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(check, timeout: float = 30.0):
@@ -43,41 +36,8 @@ def _wait_for(check, timeout: float = 30.0):
 @pytest.fixture
 def served(tmp_path: Path):
     """A gunicorn on a free port; yields (base URL, environment, sink folder)."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PIPELINE_MANAGER_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'serve.db'}",
-        "PIPELINE_MANAGER_SECRET_KEY": "serve-test-key",
-        "PIPELINE_MANAGER_SINK_DIR": str(tmp_path / "sinks"),
-        "PIPELINE_MANAGER_WORKER_POLL_INTERVAL": "0.1",
-        "PIPELINE_MANAGER_BIND": f"127.0.0.1:{port}",
-        "PIPELINE_MANAGER_WORKERS": "2",
-    }
-    proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            try:
-                return requests.get(f"{base}/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                return False
-
-        _wait_for(up)
+    with faults.served(tmp_path, {"WORKER_POLL_INTERVAL": 0.1}, workers=2) as (base, env):
         yield base, env, tmp_path / "sinks" / "default"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_gunicorn_serves_the_walkthrough_and_its_workers_do_the_work(served) -> None:
