@@ -1,10 +1,11 @@
 """The worker: runs resets and delivery outside the request path.
 
-``flask worker`` runs it in the foreground. A serving process also runs one
-in a background thread (``BACKGROUND_WORKER``, on by default), started by
-gunicorn's ``post_worker_init`` hook or by the first request. Which worker does
-which reset is decided by leases in the database, so any number of them can
-run at once, in any number of processes.
+``flask worker`` runs it in the foreground. A serving process also runs it in
+the background (``BACKGROUND_WORKER``, on by default), started by gunicorn's
+``post_worker_init`` hook or by the first request. Either way it works with
+``DELIVERY_CONCURRENCY`` threads. Which thread does which reset or connector is
+decided by leases in the database (:mod:`app.delivery.leases`), so any number
+of them can run at once, in any number of processes and hosts.
 """
 
 from __future__ import annotations
