@@ -53,8 +53,13 @@ class OperatorGroup(AppGroup):
     """
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the sub-command; turn service errors into ``Error: ...`` and exit 1."""
+        """Run the sub-command; turn service errors into ``Error: ...`` and exit 1.
+
+        A database without the schema stops every command with one line saying
+        what to run, before any of them touches a table.
+        """
         try:
+            _require_schema()
             return super().invoke(ctx)
         except ApiError as error:
             fail(error)
@@ -63,6 +68,16 @@ class OperatorGroup(AppGroup):
             if not is_transient_error(error):
                 raise
             fail(ServiceUnavailable())
+
+
+def _require_schema() -> None:
+    """Raise ``ServiceUnavailable`` naming the fix when the schema is missing or old."""
+    from app.database import schema_problem
+
+    with current_app.app_context():
+        problem = schema_problem()
+    if problem is not None:
+        raise ServiceUnavailable(problem, details={"reason": "schema_not_ready"})
 
 
 def load_input(schema: ma.Schema, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,8 +151,12 @@ def stderr_is_tty() -> bool:
 @with_appcontext
 def worker_command() -> None:
     """Run the worker in the foreground (resets, delivery) until interrupted."""
+    from app.database import schema_problem
     from app.worker import run_loop
 
+    problem = schema_problem()
+    if problem is not None:
+        fail(ServiceUnavailable(problem, details={"reason": "schema_not_ready"}))
     stop = threading.Event()
     click.echo("worker running; Ctrl-C stops it", err=True)
     try:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app, request
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -189,3 +189,54 @@ def init_app(app: Flask) -> None:
             create_private_sqlite_file(engine.url.database)
             busy_timeout_ms = int(app.config["SQLITE_BUSY_TIMEOUT_MS"])
             event.listen(engine, "connect", _sqlite_configurer(busy_timeout_ms))
+    app.before_request(require_schema)
+
+
+MIGRATE_HINT = "run `make migrate` (or `flask --app wsgi db upgrade`)"
+# Engines whose schema was seen at the migration head: checked once per process.
+_schema_ready: set[str] = set()
+
+
+def schema_problem() -> str | None:
+    """Say in one line what is wrong with the database schema, or None if it is at head.
+
+    Compares the database's Alembic revision with the migrations' head. A
+    database with the tables but no revision at all was built from the models
+    (``db.create_all()``, as the tests do) and is taken as current. Once a
+    database was seen at head, the answer is remembered for the process (a
+    schema does not go back), so callers on hot paths pay a set lookup.
+    """
+    key = str(db.engine.url)
+    if key in _schema_ready:
+        return None
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from app.extensions import MIGRATIONS_DIR
+
+    heads = set(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
+    with db.engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+        built_from_models = not current and sa.inspect(conn).has_table("pipelines")
+    if current == heads or built_from_models:
+        _schema_ready.add(key)
+        return None
+    if not current:
+        return f"The database has no schema yet: {MIGRATE_HINT}"
+    return f"The database schema is not the one this code needs: {MIGRATE_HINT}"
+
+
+def require_schema() -> None:
+    """Before a ``/v0`` request: answer 503 with the one-line fix while the schema is not there."""
+    if not request.path.startswith("/v0"):
+        return
+    problem = schema_problem()
+    if problem is not None:
+        from app.errors import ServiceUnavailable
+
+        seconds = current_app.config["RETRY_AFTER_SECONDS"]
+        raise ServiceUnavailable(
+            problem,
+            details={"reason": "schema_not_ready", "retry_after_seconds": seconds},
+            headers={"Retry-After": str(seconds)},
+        )

@@ -16,6 +16,7 @@ import threading
 
 from flask import Flask, current_app
 
+from app.database import schema_problem
 from app.extensions import db
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,19 @@ def _work(app: Flask, stop: threading.Event) -> None:
         executor = ResetExecutor()
         delivery = DeliveryWorker(owner=executor.owner)
     log.info("worker %s started", executor.owner)
+    told = False
     while not stop.is_set():
         busy = False
         with app.app_context():
             try:
+                problem = schema_problem()
+                if problem is not None:
+                    # Said once, not every poll: the fix is the operator's.
+                    if not told:
+                        log.warning("worker waiting: %s", problem)
+                    told = True
+                    stop.wait(interval)
+                    continue
                 busy = run_once(executor, delivery)
             except Exception:
                 log.exception("worker iteration failed; retrying")

@@ -524,6 +524,8 @@ def test_jwts_are_not_accepted_when_jwt_is_not_configured(tmp_path, rsa_private)
         }
     )
     assert app.extensions["jwt_verifier"] is None
+    with app.app_context():
+        db.create_all()
     response = app.test_client().get("/v0/pipelines", headers=bearer(rs256(rsa_private)))
     body = assert_error(response, 401, "AuthenticationFailed")
     assert "apikey:" in body["message"]
