@@ -16,8 +16,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-install: $(BIN)/python  ## Create .venv and install the project with its dev tools
+# Installed once, and again only when the project's metadata changes.
+INSTALLED := $(VENV)/.installed
+
+$(INSTALLED): pyproject.toml setup.cfg | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED)  ## Create .venv and install the project with its dev tools (when needed)
 
 migrate:  ## Create or upgrade the database schema
 	$(FLASK) db upgrade

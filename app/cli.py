@@ -108,7 +108,7 @@ def tenant_option(f: Callable[..., Any]) -> Callable[..., Any]:
         default=DEFAULT_TENANT,
         show_default=True,
         callback=_check_tenant,
-        help="Tenant that owns the pipeline.",
+        help="The tenant to act for: whose pipelines, connectors or keys are named.",
     )(f)
 
 

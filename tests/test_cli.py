@@ -661,3 +661,23 @@ def test_connector_stats_show_a_refused_batch_and_the_sync_state(app, cli, stopp
     assert data["health"] == "failed" and data["sync_state"] == "failed"
     assert 'HTTP 400: {"error": "bad record"}' in data["last_error"]
     assert "sync_state:" in text and "failed" in text and "bad record" in text
+
+
+def test_every_command_help_reads_as_plain_text(app):
+    """No reST markup (double backticks) in any command's help, which click shows as is."""
+    import click
+
+    runner = app.test_cli_runner()
+
+    def walk(group: click.Group, path: tuple[str, ...]):
+        for name, command in group.commands.items():
+            yield (*path, name)
+            if isinstance(command, click.Group):
+                yield from walk(command, (*path, name))
+
+    for path in walk(app.cli, ()):
+        if path[0] in ("db", "routes", "shell", "run"):
+            continue  # Flask's and Flask-Migrate's own commands
+        result = runner.invoke(args=[*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "``" not in result.output, path

@@ -167,7 +167,7 @@ def run_command() -> None:
     """Carry out the queued resets now, then exit.
 
     A one-shot worker for resets: it takes them with the same database leases
-    as ``flask worker`` and the serving processes, so it is safe beside them.
+    as flask worker and the serving processes, so it is safe beside them.
     """
     done = ResetExecutor().run_pending()
     click.echo(f"Ran {done} reset(s)")

@@ -23,7 +23,7 @@ MAX_TOKEN_LENGTH = 512
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$")
 
 REASON_MESSAGES = {
-    "missing": "The 'token' query parameter is required",
+    "missing": "A reset token is required (the 'token' query parameter of reset_status)",
     "malformed": "The reset token is malformed",
     "bad_signature": "The reset token's signature does not verify",
     "expired": "The reset token has expired; issue the reset again",
