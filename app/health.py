@@ -1,4 +1,10 @@
-"""``GET /healthz``: a public liveness check that the database answers."""
+"""``GET /healthz`` and ``GET /readyz``: public liveness and readiness checks.
+
+``/healthz`` says the process answers and reaches its database (liveness).
+``/readyz`` says it can serve: the database answers, the schema is at the
+migrations' head, and, where this process runs the background worker, that
+worker's loop came round within a lease (readiness).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import worker
+from app.database import schema_problem
 from app.errors import ServiceUnavailable
 from app.extensions import Blueprint, db
 from app.schemas import documents_errors
@@ -41,6 +49,68 @@ def healthz():
             headers={"Retry-After": str(seconds)},
         ) from None
     return {"status": "ok"}, 200, {"Cache-Control": "no-store"}
+
+
+class ReadyOut(ma.Schema):
+    """Body of a ready answer: each check and how it stands."""
+
+    status = ma.fields.String(required=True, metadata={"example": "ready"})
+    checks = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.String(),
+        required=True,
+        metadata={"example": {"database": "ok", "schema": "ok", "worker": "ok"}},
+    )
+
+
+def readiness() -> tuple[dict[str, str], str | None]:
+    """Run the readiness checks; return each one's state and the first problem (or None)."""
+    checks = {"database": "unknown", "schema": "unknown", "worker": "unknown"}
+    try:
+        db.session.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+        problem = schema_problem()
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        log.warning("readiness: database unreachable: %s", type(exc).__name__)
+        checks["database"] = "unreachable"
+        return checks, "The database does not answer"
+    checks["schema"] = "ok" if problem is None else "not_at_head"
+    app = current_app._get_current_object()
+    if not worker.background_expected(app):
+        checks["worker"] = "off"
+    else:
+        age = worker.heartbeat_age()
+        # A loop thread comes round at least once a poll interval when idle; a
+        # whole lease without one means this process's worker is stuck or gone.
+        fresh = age is not None and age <= float(app.config["WORKER_LEASE_SECONDS"])
+        checks["worker"] = "ok" if fresh else ("starting" if age is None else "stale")
+        if not fresh and problem is None:
+            problem = (
+                "This process's background worker has not started yet"
+                if age is None
+                else f"This process's background worker last came round {age:.0f} s ago"
+            )
+    return checks, problem
+
+
+@blp.route("/readyz", methods=["GET"])
+@blp.response(200, ReadyOut)
+@documents_errors(
+    blp,
+    {503: "ServiceUnavailable: not ready (database, schema or worker; see details.checks)"},
+)
+def readyz():
+    """Check that this process can serve: database, schema at head, its worker running"""
+    checks, problem = readiness()
+    if problem is not None:
+        seconds = current_app.config["RETRY_AFTER_SECONDS"]
+        raise ServiceUnavailable(
+            f"Not ready: {problem}",
+            details={"checks": checks, "retry_after_seconds": seconds},
+            headers={"Retry-After": str(seconds)},
+        )
+    return {"status": "ready", "checks": checks}, 200, {"Cache-Control": "no-store"}
 
 
 def init_app(app: Flask) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from flask import Flask, current_app
 
@@ -22,6 +23,8 @@ from app.extensions import db
 log = logging.getLogger(__name__)
 
 _started_in_pid: int | None = None
+# When this process's worker loop last came round (time.monotonic()); see heartbeat_age.
+_heartbeat: float | None = None
 _start_lock = threading.Lock()
 
 
@@ -46,8 +49,10 @@ def _work(app: Flask, stop: threading.Event) -> None:
         executor = ResetExecutor()
         delivery = DeliveryWorker(owner=executor.owner)
     log.info("worker %s started", executor.owner)
+    global _heartbeat
     told = False
     while not stop.is_set():
+        _heartbeat = time.monotonic()
         busy = False
         with app.app_context():
             try:
@@ -92,10 +97,20 @@ def run_loop(app: Flask, stop: threading.Event) -> None:
             thread.join(timeout=float(app.config["WORKER_LEASE_SECONDS"]))
 
 
+def background_expected(app: Flask) -> bool:
+    """Whether this serving process is meant to run the worker loop."""
+    return bool(app.config.get("BACKGROUND_WORKER")) and not app.testing
+
+
+def heartbeat_age() -> float | None:
+    """Seconds since this process's worker loop last came round (None: never)."""
+    return None if _heartbeat is None else time.monotonic() - _heartbeat
+
+
 def start_background(app: Flask) -> threading.Thread | None:
     """Start this process's background worker thread once (per process, so after a fork too)."""
     global _started_in_pid
-    if not app.config.get("BACKGROUND_WORKER") or app.testing:
+    if not background_expected(app):
         return None
     with _start_lock:
         if _started_in_pid == os.getpid():

@@ -79,3 +79,14 @@ def test_gunicorn_serves_the_walkthrough_and_its_workers_do_the_work(served) -> 
     assert s.post(f"{base}/v0/pipelines/orders/start").ok
     gone = s.get(status_url)
     assert gone.status_code == 410 and gone.json()["error_code"] == "PipelineRestarted"
+
+
+def test_gunicorn_workers_are_ready_once_their_background_worker_runs(served) -> None:
+    base, _env, _sinks = served
+
+    def ready() -> dict | None:
+        r = requests.get(f"{base}/readyz", timeout=5)
+        return r.json() if r.status_code == 200 else None
+
+    body = _wait_for(ready, timeout=30)
+    assert body["checks"] == {"database": "ok", "schema": "ok", "worker": "ok"}
