@@ -12,6 +12,7 @@ status 2 stays click's usage error.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -158,7 +159,10 @@ def worker_command() -> None:
     if problem is not None:
         fail(ServiceUnavailable(problem, details={"reason": "schema_not_ready"}))
     stop = threading.Event()
-    click.echo("worker running; Ctrl-C stops it", err=True)
+    # SIGTERM (a service manager's stop) ends it like Ctrl-C: each thread finishes
+    # the claim it is on, which gives its lease back, so no one waits for expiry.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    click.echo("worker running; Ctrl-C or SIGTERM stops it", err=True)
     try:
         run_loop(current_app._get_current_object(), stop)
     except KeyboardInterrupt:

@@ -203,3 +203,31 @@ def test_two_worker_processes_at_once_deliver_each_change_once(setup):
         for worker in workers:
             stop(worker)
     assert lines(sink) == expected
+
+
+def test_sigterm_lets_the_worker_finish_its_batch_and_give_its_lease_back(setup):
+    app, settings, sink, tmp_path = setup
+    long_lease = {**settings, "WORKER_LEASE_SECONDS": 60, "DELIVERY_BATCH_SIZE": 20}
+    total = 4000
+    expected = [{"insert": {"id": i, "pad": "y" * 40}} for i in range(total)]
+    for start in range(0, total, 500):
+        push(app, expected[start : start + 500])
+    worker = start_worker(long_lease, tmp_path / "worker.log")
+    wait_for(lambda: connector_state(app)[0] >= 200, what="delivery to start")
+    worker.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    worker.wait(timeout=30)
+    assert time.monotonic() - started < 20  # well within a gunicorn-like graceful timeout
+    with app.app_context():
+        connector = db.session.execute(sa.select(Connector)).scalar_one()
+        owner, committed = connector.lease_owner, connector.committed_length
+        db.session.remove()
+    assert owner is None, "the lease was left to expire"
+    assert sink.stat().st_size == committed  # stopped between batches, nothing half-written
+    # The next worker goes on at once, not after the 60 s lease.
+    heir = start_worker(long_lease, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: connector_state(app)[0] == total, timeout=30, what="the next worker")
+    finally:
+        stop(heir)
+    assert lines(sink) == expected
