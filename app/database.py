@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -193,8 +194,9 @@ def init_app(app: Flask) -> None:
 
 
 MIGRATE_HINT = "run `make migrate` (or `flask --app wsgi db upgrade`)"
-# Engines whose schema was seen at the migration head: checked once per process.
-_schema_ready: set[str] = set()
+# Engines whose schema was seen at the migration head: checked once per process,
+# then a set lookup on every /v0 request (the hot path; see bench/README.md).
+_schema_ready: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
 def schema_problem() -> str | None:
@@ -206,8 +208,8 @@ def schema_problem() -> str | None:
     database was seen at head, the answer is remembered for the process (a
     schema does not go back), so callers on hot paths pay a set lookup.
     """
-    key = str(db.engine.url)
-    if key in _schema_ready:
+    engine = db.engine
+    if engine in _schema_ready:
         return None
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -215,11 +217,11 @@ def schema_problem() -> str | None:
     from app.extensions import MIGRATIONS_DIR
 
     heads = set(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
-    with db.engine.connect() as conn:
+    with engine.connect() as conn:
         current = set(MigrationContext.configure(conn).get_current_heads())
         built_from_models = not current and sa.inspect(conn).has_table("pipelines")
     if current == heads or built_from_models:
-        _schema_ready.add(key)
+        _schema_ready.add(engine)
         return None
     if not current:
         return f"The database has no schema yet: {MIGRATE_HINT}"

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from app.connectors.models import Connector
 from app.database import db_time
 from app.extensions import db
+from app.transports.base import KeepAlive
 
 
 class LeaseLost(Exception):
@@ -109,7 +110,7 @@ def commit(lease: Lease, **values: Any) -> None:
     db.session.commit()
 
 
-def keep_alive(lease: Lease):
+def keep_alive(lease: Lease) -> KeepAlive:
     """Return a callable that renews the lease in a short transaction of its own.
 
     Transports call it between the attempts of one message, so a long retry
