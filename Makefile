@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app wsgi
 
-.PHONY: install run serve migrate test test-postgres lint format bench soak clean
+.PHONY: install run serve migrate test test-postgres lint format bench bench-scale soak clean
 
 # The suites that also run on PostgreSQL (the rest test SQLite, browsers or the docs).
 POSTGRES_SUITES := tests/test_pipelines.py tests/test_connectors.py tests/test_resets.py \
@@ -49,8 +49,11 @@ format:
 	$(BIN)/ruff format app tests bench wsgi.py gunicorn.conf.py
 	$(BIN)/ruff check --fix app tests bench wsgi.py gunicorn.conf.py
 
-bench: install  ## Run the benchmarks (see bench/README.md)
-	$(BIN)/python -m bench
+bench: install  ## Run the benchmarks (see bench/README.md; BENCH_ARGS=--memory adds peak RSS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-scale: install  ## Benchmark on a big database built in bulk, against a small one (BENCH_ARGS=--database-url ...)
+	$(BIN)/python -m bench --scale $(BENCH_ARGS)
 
 soak: install  ## Soak delivery and resets on PostgreSQL under faults, ~6 min (see bench/SOAK.md)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)

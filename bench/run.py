@@ -9,7 +9,17 @@ a. ``GET reset_status`` through the Flask test client, against two baselines
 b. View data: ingestion records/s (``POST .../changes``), delivery of the
    stream to a file sink, and the replay of a reset's snapshot; skipped with a
    note while the app has no changes endpoint.
+   Each is also shown against a raw baseline measured next to it (plain
+   ``sqlite3`` ``executemany`` of the same rows; the same lines written to a
+   file), and the change log's size is read once everything is delivered.
 c. gunicorn + wrk over 127.0.0.1 (optional, bounded duration).
+d. ``--memory``: peak RSS of delivery and of replay at two view sizes, each in
+   a process of its own (:mod:`bench.memory`).
+e. ``--scale`` (alone): reset_status, ingestion, delivery and the change log's
+   size on a big database built with bulk SQL, against a small one measured in
+   the same run (:mod:`bench.scale`).
+
+``--database-url`` measures on PostgreSQL instead of SQLite files.
 """
 
 from __future__ import annotations
@@ -25,75 +35,27 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+import sqlalchemy as sa
 
-from app.extensions import db
-from bench import wrk
+from app.view_data import store
+from bench import baselines, wrk
+from bench.measure import Row, compare, statements_per_request
+from bench.memory import section_memory
 from bench.plain_app import create_plain_app
-from bench.service import CHANGES_RULE, HEALTH_PATH, NOOP_PATH, PIPELINE, VIEW, Service
-
-
-@dataclass
-class Row:
-    """One line of the results table."""
-
-    section: str
-    measure: str
-    value: float | None
-    unit: str
-    note: str = ""
-
-
-def seconds_per_call(call: Callable[[], Any], seconds: float) -> float:
-    """Call ``call`` repeatedly for about ``seconds``; return the mean seconds per call."""
-    count = 0
-    started = time.perf_counter()
-    while True:
-        for _ in range(20):
-            call()
-        count += 20
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            return elapsed / count
-
-
-def compare(targets: dict[str, Callable[[], Any]], seconds: float, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each target, measured in interleaved rounds."""
-    for call in targets.values():
-        for _ in range(50):  # warm-up: first-request work, caches, connections
-            call()
-    samples: dict[str, list[float]] = {name: [] for name in targets}
-    for _ in range(rounds):
-        for name, call in targets.items():
-            samples[name].append(seconds_per_call(call, seconds / rounds))
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def statements_per_request(
-    service: Service, path: str, requests: int = 50
-) -> tuple[float, list[str]]:
-    """Count the SQL statements ``GET path`` runs; return the mean and one request's list."""
-    with service.app.app_context():
-        engine = db.engine
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(" ".join(statement.split()))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        service.call("GET", path, (200,))
-        one = list(seen)
-        seen.clear()
-        for _ in range(requests):
-            service.call("GET", path, (200,))
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    return len(seen) / requests, one
+from bench.scale import section_scale
+from bench.service import (
+    CHANGES_RULE,
+    HEALTH_PATH,
+    NOOP_PATH,
+    PIPELINE,
+    VIEW,
+    Service,
+    change_bodies,
+)
 
 
 def section_reset_status(
@@ -142,8 +104,27 @@ def section_reset_status(
     return rows, statements
 
 
+def canonical_texts(bodies: list[bytes]) -> list[str]:
+    """The canonical JSON text of every record the bodies insert, as the view stores it."""
+    return [store.canonical(change["insert"]) for body in bodies for change in json.loads(body)]
+
+
+def log_rows(service: Service) -> tuple[int, int]:
+    """The change log's rows (every view), and the largest connector lag in log rows."""
+    rows = service.scalar("SELECT count(*) FROM view_changes")
+    lag = service.scalar(
+        "SELECT coalesce(max(l.last_seq - c.delivered_seq), 0)"
+        " FROM connectors c JOIN view_logs l ON l.view_id = c.view_id"
+    )
+    return int(rows), int(lag)
+
+
 def section_view_data(service: Service, records: int, batch: int) -> list[Row] | str:
-    """Section b: ingestion, stream delivery and snapshot replay, when the app takes changes."""
+    """Section b: ingestion, stream delivery and snapshot replay, when the app takes changes.
+
+    Each is also shown against its raw baseline (:mod:`bench.baselines`), run
+    once just before and once just after it (the median of the two).
+    """
     if records <= 0:
         return "skipped (--records 0)"
     if not service.has_rule(CHANGES_RULE):
@@ -151,28 +132,34 @@ def section_view_data(service: Service, records: int, batch: int) -> list[Row] |
     service.run_worker_until_idle()  # finish the setup's reset first
     path = f"/v0/pipelines/{PIPELINE}/views/{VIEW}/changes"
     # Bodies are encoded up front so that only the service's work is timed.
-    bodies = [
-        json.dumps(
-            [
-                {"insert": {"id": i, "customer": f"c{i % 997}", "amount": i % 10_000 / 100}}
-                for i in range(start, min(start + batch, records))
-            ]
-        ).encode()
-        for start in range(0, records, batch)
-    ]
+    bodies = change_bodies(0, records, batch)
+    texts = canonical_texts(bodies)
+    rows = baselines.keyed(texts)
+    scratch = service.workdir / "baseline"
+    config = service.app.config
+    delivery_batch = int(config["DELIVERY_BATCH_SIZE"])
+    replay_batch = int(config["REPLAY_BATCH_SIZE"])
+
+    raw_ingest = [baselines.sqlite_executemany(scratch.with_suffix(".db"), rows, batch)]
     started = time.perf_counter()
     for body in bodies:
         service.call("POST", path, (200, 202), data=body, content_type="application/json")
     ingest = time.perf_counter() - started
+    raw_ingest.append(baselines.sqlite_executemany(scratch.with_suffix(".db"), rows, batch))
 
+    raw_deliver = [baselines.file_writes(scratch.with_suffix(".jsonl"), texts, delivery_batch)]
     started = time.perf_counter()
     service.run_worker_until_idle()
     deliver = time.perf_counter() - started
+    raw_deliver.append(baselines.file_writes(scratch.with_suffix(".jsonl"), texts, delivery_batch))
+    log_after_delivery, lag = log_rows(service)
 
     token = service.issue_reset()
+    raw_replay = [baselines.file_writes(scratch.with_suffix(".jsonl"), texts, replay_batch)]
     started = time.perf_counter()
     service.run_worker_until_idle()
     replay = time.perf_counter() - started
+    raw_replay.append(baselines.file_writes(scratch.with_suffix(".jsonl"), texts, replay_batch))
     status = service.status(token)
     if status["status"] != "complete" or status["replayed_records"] != records:
         raise RuntimeError(f"the reset did not replay the {records} records: {status}")
@@ -182,27 +169,64 @@ def section_view_data(service: Service, records: int, batch: int) -> list[Row] |
         raise RuntimeError(f"the sink holds {lines} lines after the replay, not {records}")
     replay_note = f"{records} of {status['snapshot_records']} replayed, sink checked"
     mb = sum(len(b) for b in bodies) / 1e6
+    raw = {
+        "ingest": statistics.median(raw_ingest),
+        "deliver": statistics.median(raw_deliver),
+        "replay": statistics.median(raw_replay),
+    }
+
+    def versus(seconds: float, baseline: str) -> str:
+        return f"{seconds / raw[baseline]:.1f}x the raw baseline's time"
+
     return [
         Row(
             "b",
             f"ingestion, POST .../changes ({batch}/batch)",
             records / ingest,
             "records/s",
-            f"{records} records, {mb:.1f} MB, {ingest:.2f}s",
+            f"{records} records, {mb:.1f} MB, {ingest:.2f}s; {versus(ingest, 'ingest')}",
+        ),
+        Row(
+            "b",
+            f"raw baseline of ingestion: sqlite3 executemany, same rows ({batch}/transaction)",
+            records / raw["ingest"],
+            "records/s",
+            f"{raw['ingest']:.2f}s; log and Z-set rows, keys computed beforehand",
         ),
         Row(
             "b",
             "stream delivery to a file sink (worker)",
             records / deliver,
             "records/s",
-            f"{deliver:.2f}s",
+            f"{deliver:.2f}s; {versus(deliver, 'deliver')}",
+        ),
+        Row(
+            "b",
+            f"raw baseline of delivery: the same lines to a file ({delivery_batch}/write)",
+            records / raw["deliver"],
+            "records/s",
+            f"{raw['deliver']:.3f}s",
         ),
         Row(
             "b",
             "reset: snapshot replay to a file sink",
             records / replay,
             "records/s",
-            f"{replay:.2f}s; {replay_note}",
+            f"{replay:.2f}s; {replay_note}; {versus(replay, 'replay')}",
+        ),
+        Row(
+            "b",
+            f"raw baseline of replay: the same lines to a file ({replay_batch}/write)",
+            records / raw["replay"],
+            "records/s",
+            f"{raw['replay']:.3f}s",
+        ),
+        Row(
+            "b",
+            f"change log rows after {records} pushes, all delivered",
+            log_after_delivery,
+            "rows",
+            f"every view's log (view_changes); largest connector lag {lag} rows",
         ),
     ]
 
@@ -234,6 +258,17 @@ def section_wrk(service: Service, args: argparse.Namespace) -> list[Row] | str:
             Row("c", f"gunicorn + wrk: {name} ({setup})", result.requests_per_second, "req/s", note)
         )
     return rows
+
+
+def database_note(url: str) -> str:
+    """Name the PostgreSQL server of ``--database-url`` (its version; no password)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            version = conn.exec_driver_sql("SHOW server_version").scalar_one()
+    finally:
+        engine.dispose()
+    return f"PostgreSQL {version.split()[0]}, {sa.make_url(url).render_as_string()}"
 
 
 def print_table(rows: list[Row], notes: dict[str, str]) -> None:
@@ -272,16 +307,87 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--no-wrk", action="store_true", help="skip section c")
+    parser.add_argument(
+        "--memory", action="store_true", help="also run section d (peak RSS; about 3 minutes)"
+    )
+    parser.add_argument(
+        "--memory-records",
+        type=_sizes,
+        default=[200_000, 2_000_000],
+        help="view sizes of section d, comma-separated (default 200000,2000000)",
+    )
+    scale = parser.add_argument_group("scale run (section e; --scale runs it alone)")
+    scale.add_argument("--scale", action="store_true", help="run section e instead of a to d")
+    scale.add_argument("--pipelines", type=int, default=100_000, help="pipelines of the big DB")
+    scale.add_argument("--resets", type=int, default=1_000_000, help="resets of the big DB")
+    scale.add_argument(
+        "--changes", type=int, default=10_000_000, help="change-log rows of the big DB"
+    )
+    scale.add_argument(
+        "--scale-factor",
+        type=float,
+        default=1.0,
+        help="multiply --pipelines, --resets and --changes (e.g. 0.01 for a quick try)",
+    )
+    scale.add_argument(
+        "--scale-records", type=int, default=50_000, help="records pushed to each DB in section e"
+    )
+    scale.add_argument(
+        "--worker-seconds",
+        type=float,
+        default=300.0,
+        help="the most time the worker gets to deliver, then to go idle, in section e",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL URL to measure on instead of SQLite files; each database of the "
+        "run is a schema there (bench_<name>), dropped and made again",
+    )
     parser.add_argument("--quick", action="store_true", help="a seconds-long run (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
         # Small defaults; options given explicitly still win.
         parser.set_defaults(
-            seconds=0.2, rounds=2, records=500, batch=100, wrk_seconds=2, wrk_rounds=2
+            seconds=0.2,
+            rounds=2,
+            records=500,
+            batch=100,
+            wrk_seconds=2,
+            wrk_rounds=2,
+            memory_records=[200, 2000],
+            scale_factor=0.001,
+            scale_records=500,
+            worker_seconds=60.0,
         )
         args = parser.parse_args(argv)
+    if args.database_url and not args.database_url.startswith("postgresql"):
+        parser.error("--database-url takes a PostgreSQL URL (SQLite is the default)")
     return args
+
+
+def _sizes(text: str) -> list[int]:
+    """Parse comma-separated sizes such as ``200000,2000000``."""
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def run_sections(
+    sections: dict[str, Callable[[], list[Row] | str]], rows: list[Row], notes: dict[str, str]
+) -> bool:
+    """Run sections in order, adding their rows or their note; return whether one failed."""
+    failed = False
+    for section, run in sections.items():
+        try:
+            outcome = run()
+        except Exception as exc:
+            # One broken section must not hide the others' numbers.
+            failed = True
+            outcome = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+        if isinstance(outcome, str):
+            notes[section] = outcome
+        else:
+            rows += outcome
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,37 +399,41 @@ def main(argv: list[str] | None = None) -> int:
         f"# {command.strip()} | Python {platform.python_version()}, "
         f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, {platform.platform()}"
     )
+    if args.database_url:
+        print(f"# database: {database_note(args.database_url)}")
     rows: list[Row] = []
     notes: dict[str, str] = {}
-    failed = False
+    statements: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pm-bench-") as tmp:
-        service = Service(Path(tmp))
-        try:
-            service.setup_pipeline()
-            service.run_worker_until_idle()
-            section_rows, statements = section_reset_status(service, args.seconds, args.rounds)
-            rows += section_rows
-            sections = {
-                "b": lambda: section_view_data(service, args.records, args.batch),
-                "c": lambda: "skipped (--no-wrk)" if args.no_wrk else section_wrk(service, args),
-            }
-            for section, run in sections.items():
-                try:
-                    outcome = run()
-                except Exception as exc:
-                    # One broken section must not hide the others' numbers.
-                    failed = True
-                    outcome = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
-                if isinstance(outcome, str):
-                    notes[section] = outcome
-                else:
-                    rows += outcome
-        finally:
-            service.close()
+        workdir = Path(tmp)
+        if args.scale:
+            failed = run_sections({"e": lambda: section_scale(workdir, args)}, rows, notes)
+        else:
+            service = Service(workdir, args.database_url)
+            try:
+                service.setup_pipeline()
+                service.run_worker_until_idle()
+                section_rows, statements = section_reset_status(service, args.seconds, args.rounds)
+                rows += section_rows
+                sections = {
+                    "b": lambda: section_view_data(service, args.records, args.batch),
+                    "c": lambda: (
+                        "skipped (--no-wrk)" if args.no_wrk else section_wrk(service, args)
+                    ),
+                    "d": lambda: (
+                        section_memory(workdir / "memory", args.database_url, args.memory_records)
+                        if args.memory
+                        else "skipped (no --memory)"
+                    ),
+                }
+                failed = run_sections(sections, rows, notes)
+            finally:
+                service.close()
     print()
     print_table(rows, notes)
     print()
-    print("SQL of one reset_status request:")
+    if statements:
+        print("SQL of one reset_status request:")
     for statement in statements:
         print(f"  {statement[:160]}")
     for section, note in notes.items():

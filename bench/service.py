@@ -1,9 +1,12 @@
-"""The service under measurement: the real app on a temporary SQLite file."""
+"""The service under measurement: the real app on a temporary SQLite file, or in a
+PostgreSQL schema of its own (``--database-url``)."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,28 @@ HEALTH_PATH = "/healthz"
 CHANGES_RULE = "/v0/pipelines/<pipeline_name>/views/<view_name>/changes"
 
 
+def database_url(workdir: Path, postgres_url: str | None, name: str) -> str:
+    """The database of one service: a SQLite file in ``workdir``, or a fresh PostgreSQL schema.
+
+    On PostgreSQL each service of a run gets a schema of its own (``bench_<name>``,
+    dropped and created again here), set as the connections' ``search_path`` in
+    the URL, so that every process given the URL sees the same tables.
+    """
+    if not postgres_url:
+        return f"sqlite:///{workdir / f'{name}.db'}"
+    schema = f"bench_{name}"
+    url = sa.make_url(postgres_url)
+    admin = sa.create_engine(url)
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    finally:
+        admin.dispose()
+    url = url.update_query_dict({"options": f"-csearch_path={schema}"})
+    return url.render_as_string(hide_password=False)
+
+
 def create_api_key(app: Flask) -> str | None:
     """Create a write key through the auth service, if the app has one; return its secret."""
     try:
@@ -38,16 +63,29 @@ def create_api_key(app: Flask) -> str | None:
     return secret
 
 
+def change_bodies(first: int, records: int, batch: int) -> list[bytes]:
+    """``POST .../changes`` bodies of ``records`` inserts from id ``first``, ``batch`` per body."""
+    return [
+        json.dumps(
+            [
+                {"insert": {"id": i, "customer": f"c{i % 997}", "amount": i % 10_000 / 100}}
+                for i in range(start, min(start + batch, first + records))
+            ]
+        ).encode()
+        for start in range(first, first + records, batch)
+    ]
+
+
 class Service:
     """The app on a temporary instance, with a key, a running pipeline and a reset token."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, postgres_url: str | None = None, name: str = "bench") -> None:
         self.workdir = workdir
         self.config: dict[str, Any] = {
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'bench.db'}",
+            "SQLALCHEMY_DATABASE_URI": database_url(workdir, postgres_url, name),
             # Not JSON, so it survives being passed through PIPELINE_MANAGER_* variables.
             "SECRET_KEY": "bench-" + secrets.token_urlsafe(32),
-            "SINK_DIR": str(workdir / "sinks"),
+            "SINK_DIR": str(workdir / f"sinks-{name}"),
             # The benchmark drives the worker itself, so its timings are its own.
             "BACKGROUND_WORKER": False,
         }
@@ -100,12 +138,16 @@ class Service:
     def sink_path(self) -> Path:
         """The connector's sink file, wherever the file transport keeps it."""
         from app.connectors.models import Connector
+        from app.pipelines.models import Pipeline, View
         from app.transports import get_transport
 
         with self.app.app_context():
             try:
                 connector = db.session.execute(
-                    sa.select(Connector).where(Connector.name == CONNECTOR)
+                    sa.select(Connector)
+                    .join(View, View.id == Connector.view_id)
+                    .join(Pipeline, Pipeline.id == View.pipeline_id)
+                    .where(Pipeline.name == PIPELINE, Connector.name == CONNECTOR)
                 ).scalar_one()
                 return get_transport("file").path_of(connector)
             finally:
@@ -119,21 +161,46 @@ class Service:
         """Return the reset_status body of a token."""
         return self.call("GET", self.status_path(token), (200,)).get_json()
 
-    def run_worker_until_idle(self, limit: int = 1_000_000) -> int:
-        """Run the worker's units of work until none is left; return how many ran."""
+    def run_worker_until_idle(self, limit: int = 1_000_000, seconds: float | None = None) -> int:
+        """Run the worker's units of work until none is left (or ``seconds`` passed).
+
+        Return how many ran.
+        """
         from app import worker
 
         done = 0
+        deadline = None if seconds is None else time.monotonic() + seconds
         with self.app.app_context():
             try:
                 while done < limit and worker.run_once():
                     done += 1
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
             finally:
                 db.session.remove()
         return done
 
+    def scalar(self, sql: str, **params: Any) -> Any:
+        """Run one SQL query on the service's database; return its single value."""
+        with self.app.app_context():
+            try:
+                return db.session.execute(sa.text(sql), params).scalar()
+            finally:
+                db.session.remove()
+
+    @property
+    def dialect(self) -> str:
+        """The database engine's name: ``sqlite`` or ``postgresql``."""
+        with self.app.app_context():
+            return db.engine.dialect.name
+
     def close(self) -> None:
-        """Release the database connections."""
+        """Release the database connections; on PostgreSQL, drop the service's schema."""
         with self.app.app_context():
             db.session.remove()
-            db.engine.dispose()
+            engine = db.engine
+            if engine.dialect.name == "postgresql":
+                with engine.begin() as conn:
+                    schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+                    conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            engine.dispose()

@@ -1,26 +1,83 @@
-"""A tiny run of the benchmarks, so that ``make bench`` cannot rot unnoticed."""
+"""Tiny runs of the benchmarks, so that ``make bench`` and its options cannot rot unnoticed."""
 
 from __future__ import annotations
 
 import json
+import os
+
+import pytest
 
 from bench.run import main
 
+POSTGRES_URL = os.environ.get("PIPELINE_MANAGER_TEST_POSTGRES_URL")
 
-def test_quick_bench_run_measures_every_section_it_can(tmp_path, capsys):
+
+def run_bench(tmp_path, capsys, *argv: str) -> tuple[dict, str]:
+    """Run ``python -m bench`` with ``argv``; return its JSON results and its output."""
     results = tmp_path / "results.json"
-    status = main(
-        ["--quick", "--no-wrk", "--seconds", "0.1", "--records", "200", "--json", str(results)]
-    )
+    status = main([*argv, "--json", str(results)])
     out = capsys.readouterr().out
     assert status == 0, out
+    return json.loads(results.read_text()), out
+
+
+def test_quick_bench_run_measures_every_section_it_can(tmp_path, capsys):
+    data, out = run_bench(
+        tmp_path,
+        capsys,
+        *("--quick", "--no-wrk", "--seconds", "0.1", "--records", "200"),
+        *("--memory", "--memory-records", "100,300"),
+    )
     assert "| a | GET reset_status" in out
-    data = json.loads(results.read_text())
     rows = {row["measure"]: row for row in data["rows"]}
-    assert all(row["value"] > 0 for row in rows.values()), rows
+    assert all(row["value"] > 0 for m, row in rows.items() if "change log" not in m), rows
     statements = rows["SQL statements per reset_status request"]["value"]
     # The hot path: credentials, pipeline and reset lookups, and not much more.
     assert 1 <= statements <= 3, out
     assert data["notes"]["c"] == "skipped (--no-wrk)"
     if "b" not in data["notes"]:
         assert any(m.startswith("reset: snapshot replay") for m in rows), rows
+        raw = [m for m in rows if m.startswith("raw baseline")]
+        assert len(raw) == 3, rows
+        assert (
+            "x the raw baseline's time" in rows["stream delivery to a file sink (worker)"]["note"]
+        )
+        log = rows["change log rows after 200 pushes, all delivered"]
+        assert 0 <= log["value"] <= 200, log
+    assert "d" not in data["notes"], data["notes"]
+    memory = [m for m in rows if m.startswith("peak RSS")]
+    assert len(memory) == 4, rows
+    assert "the peak at 100 records" in rows["peak RSS, snapshot replay, 300-record view"]["note"]
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        pytest.param(None, id="sqlite"),
+        pytest.param(
+            POSTGRES_URL,
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(
+                    not POSTGRES_URL, reason="needs PIPELINE_MANAGER_TEST_POSTGRES_URL"
+                ),
+            ],
+            id="postgres",
+        ),
+    ],
+)
+def test_tiny_scale_run_builds_the_big_database_and_compares(tmp_path, capsys, database_url):
+    argv = ["--quick", "--scale", "--seconds", "0.1", "--scale-factor", "0.0005"]
+    if database_url:
+        argv += ["--database-url", database_url]
+    data, out = run_bench(tmp_path, capsys, *argv)
+    assert not data["notes"], data["notes"]
+    rows = {row["measure"]: row for row in data["rows"]}
+    build = rows["scale database built with bulk SQL"]
+    assert "50 pipelines" in build["note"] and "500 resets" in build["note"], out
+    assert "5,000 change-log rows" in build["note"], out
+    assert "the small database's time" in rows["GET reset_status, scale database"]["note"]
+    assert rows["ingestion, scale database (100/batch)"]["value"] > 0
+    assert rows["stream delivery of the pushed records, scale database"]["value"] > 0
+    # 500 pushed records on top of the bulk log, minus whatever the worker compacted.
+    assert 0 <= rows["change log rows, scale database, all delivered"]["value"] <= 5_500

@@ -1,0 +1,70 @@
+"""Raw baselines for section b: the same rows and lines, without the service.
+
+- Ingestion: plain ``sqlite3`` ``executemany`` of the rows a batch stores (the
+  change log's ``(view, seq, weight, record)`` and the Z-set's ``(view, key,
+  record, weight)``), into tables shaped like the app's, one transaction per
+  batch, with the app's SQLite settings (WAL, ``synchronous=NORMAL``). Texts
+  and keys are computed beforehand: this is what the database alone costs.
+- Delivery and replay: the same JSON lines written to a file, one ``write``
+  per batch of the same size, from the stored texts (no JSON parsing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE changes (
+    view_id INTEGER NOT NULL, seq BIGINT NOT NULL, weight SMALLINT NOT NULL,
+    record TEXT NOT NULL, PRIMARY KEY (view_id, seq));
+CREATE TABLE records (
+    view_id INTEGER NOT NULL, key VARCHAR(64) NOT NULL, record TEXT NOT NULL,
+    weight BIGINT NOT NULL, PRIMARY KEY (view_id, key));
+"""
+
+
+def keyed(texts: list[str]) -> list[tuple[str, str]]:
+    """Pair each canonical text with its Z-set key (the SHA-256 of the text)."""
+    return [(text, hashlib.sha256(text.encode()).hexdigest()) for text in texts]
+
+
+def sqlite_executemany(path: Path, rows: list[tuple[str, str]], batch: int) -> float:
+    """Insert the rows of every batch into a fresh SQLite file; return the seconds taken."""
+    path.unlink(missing_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        started = time.perf_counter()
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO changes VALUES (1, ?, 1, ?)",
+                [(start + i + 1, text) for i, (text, _key) in enumerate(chunk)],
+            )
+            conn.executemany(
+                "INSERT INTO records VALUES (1, ?, ?, 1)", [(key, text) for text, key in chunk]
+            )
+            conn.execute("COMMIT")
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def file_writes(path: Path, texts: list[str], batch: int) -> float:
+    """Write ``{"insert":<text>}`` lines to a file, one write per batch; return the seconds."""
+    started = time.perf_counter()
+    with open(path, "wb", buffering=0) as sink:
+        for start in range(0, len(texts), batch):
+            lines = "".join('{"insert":' + text + "}\n" for text in texts[start : start + batch])
+            sink.write(lines.encode())
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return seconds

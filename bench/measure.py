@@ -1,0 +1,73 @@
+"""Measuring helpers shared by the sections: timing in interleaved rounds, SQL counting."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+
+from app.extensions import db
+from bench.service import Service
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    section: str
+    measure: str
+    value: float | None
+    unit: str
+    note: str = ""
+
+
+def seconds_per_call(call: Callable[[], Any], seconds: float) -> float:
+    """Call ``call`` repeatedly for about ``seconds``; return the mean seconds per call."""
+    count = 0
+    started = time.perf_counter()
+    while True:
+        for _ in range(20):
+            call()
+        count += 20
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return elapsed / count
+
+
+def compare(targets: dict[str, Callable[[], Any]], seconds: float, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each target, measured in interleaved rounds."""
+    for call in targets.values():
+        for _ in range(50):  # warm-up: first-request work, caches, connections
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, call in targets.items():
+            samples[name].append(seconds_per_call(call, seconds / rounds))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def statements_per_request(
+    service: Service, path: str, requests: int = 50
+) -> tuple[float, list[str]]:
+    """Count the SQL statements ``GET path`` runs; return the mean and one request's list."""
+    with service.app.app_context():
+        engine = db.engine
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        service.call("GET", path, (200,))
+        one = list(seen)
+        seen.clear()
+        for _ in range(requests):
+            service.call("GET", path, (200,))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return len(seen) / requests, one

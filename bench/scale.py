@@ -1,0 +1,208 @@
+"""Section e (``--scale``): the hot paths on a big database against a small one, same run.
+
+Two databases are made side by side (SQLite files, or two PostgreSQL schemas
+with ``--database-url``), each with the bench pipeline made through the API.
+The big one then gets, by bulk SQL (:func:`bench.bulk.build_scale`),
+``--pipelines`` running pipelines with a view and a file connector each,
+``--resets`` complete resets spread over them, and ``--changes`` change-log
+rows spread over their views (all delivered). Then, on both:
+
+- ``GET reset_status`` in process, interleaved in rounds (target: the big
+  database within 10% of the small one's time);
+- ingestion through ``POST .../changes``, the two databases taking the same
+  batches in turn (target: within 20% of the small one's records/s);
+- delivery of what was pushed, by the worker (shown, no target);
+- the change log's size once the worker is idle (or ``--worker-seconds``
+  ran out): every row of ``view_changes``, and the largest connector lag. The
+  bulk rows were all delivered by their connectors, so a worker that compacts
+  the log removes them; without compaction the log keeps every row pushed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bench import bulk
+from bench.measure import Row, compare, statements_per_request
+from bench.service import PIPELINE, VIEW, Service, change_bodies
+
+
+def sizes(args: argparse.Namespace) -> tuple[int, int, int]:
+    """Pipelines, resets and change-log rows of the run (``--scale-factor`` applied)."""
+    factor = args.scale_factor
+    return (
+        max(1, round(args.pipelines * factor)),
+        max(0, round(args.resets * factor)),
+        max(0, round(args.changes * factor)),
+    )
+
+
+def deliver_pushed(service: Service, seconds: float) -> tuple[float, bool]:
+    """Run the worker until the bench connector has every pushed change; return the time.
+
+    Also return whether it got there within ``seconds``.
+    """
+    view_sql = (
+        "SELECT c.delivered_seq - l.last_seq FROM connectors c"
+        " JOIN view_logs l ON l.view_id = c.view_id JOIN views v ON v.id = c.view_id"
+        " JOIN pipelines p ON p.id = v.pipeline_id WHERE p.name = :pipeline AND v.name = :view"
+    )
+    started = time.perf_counter()
+    while service.scalar(view_sql, pipeline=PIPELINE, view=VIEW) < 0:
+        if time.perf_counter() - started > seconds or not service.run_worker_until_idle(limit=1):
+            return time.perf_counter() - started, False
+    return time.perf_counter() - started, True
+
+
+def log_state(service: Service) -> tuple[int, int]:
+    """Rows of the change log (every view) and the largest connector lag, in log rows."""
+    rows = service.scalar("SELECT count(*) FROM view_changes")
+    lag = service.scalar(
+        "SELECT coalesce(max(l.last_seq - c.delivered_seq), 0)"
+        " FROM connectors c JOIN view_logs l ON l.view_id = c.view_id"
+    )
+    return int(rows), int(lag)
+
+
+def section_scale(workdir: Path, args: argparse.Namespace) -> list[Row]:
+    """Build the small and the big database, measure both, return the rows of section e."""
+    pipelines, resets, changes = sizes(args)
+    small = Service(workdir, args.database_url, name="small")
+    big = Service(workdir, args.database_url, name="scale")
+    try:
+        for service in (small, big):
+            service.setup_pipeline()
+            service.run_worker_until_idle()
+        counts = bulk.build_scale(big, pipelines, resets, changes)
+        rows = [
+            Row(
+                "e",
+                "scale database built with bulk SQL",
+                counts.seconds,
+                "s",
+                f"{counts.pipelines:,} pipelines (a view, a file connector each), "
+                f"{counts.resets:,} resets, {counts.changes:,} change-log rows "
+                f"({counts.changes_per_view} per view)",
+            )
+        ]
+        rows += _reset_status(small, big, args)
+        rows += _ingestion(small, big, args)
+        rows += _delivery_and_log(small, big, args)
+        return rows
+    finally:
+        small.close()
+        big.close()
+
+
+def _reset_status(small: Service, big: Service, args: argparse.Namespace) -> list[Row]:
+    """reset_status on both databases, interleaved; the big one's time against the small's."""
+    paths = {"small": small.status_path(), "big": big.status_path()}
+    for name, service in (("small", small), ("big", big)):
+        service.call("GET", paths[name], (200,))
+    medians = compare(
+        {
+            "small": lambda: small.client.get(paths["small"]),
+            "big": lambda: big.client.get(paths["big"]),
+        },
+        args.seconds,
+        args.rounds,
+    )
+    ratio = medians["big"] / medians["small"]
+    statements, _ = statements_per_request(big, paths["big"], requests=20)
+    return [
+        Row("e", "GET reset_status, small database", 1 / medians["small"], "req/s", ""),
+        Row(
+            "e",
+            "GET reset_status, scale database",
+            1 / medians["big"],
+            "req/s",
+            f"{ratio:.2f}x the small database's time (target <= 1.10); "
+            f"{statements:.0f} SQL statements per request",
+        ),
+    ]
+
+
+def _ingestion(small: Service, big: Service, args: argparse.Namespace) -> list[Row]:
+    """The same batches pushed to both databases in turn; records/s of each."""
+    path = f"/v0/pipelines/{PIPELINE}/views/{VIEW}/changes"
+    bodies = change_bodies(0, args.scale_records, args.batch)
+    spent = {"small": 0.0, "big": 0.0}
+    for index, body in enumerate(bodies):
+        order = (("small", small), ("big", big)) if index % 2 else (("big", big), ("small", small))
+        for name, service in order:
+            started = time.perf_counter()
+            service.call("POST", path, (200, 202), data=body, content_type="application/json")
+            spent[name] += time.perf_counter() - started
+    records = args.scale_records
+    speed = {name: records / seconds for name, seconds in spent.items()}
+    return [
+        Row(
+            "e",
+            f"ingestion, small database ({args.batch}/batch)",
+            speed["small"],
+            "records/s",
+            f"{records} records",
+        ),
+        Row(
+            "e",
+            f"ingestion, scale database ({args.batch}/batch)",
+            speed["big"],
+            "records/s",
+            f"{speed['big'] / speed['small']:.2f}x the small database's records/s (target >= 0.80)",
+        ),
+    ]
+
+
+def _delivery_and_log(small: Service, big: Service, args: argparse.Namespace) -> list[Row]:
+    """Deliver what was pushed on both; then the change log's size once the worker is idle."""
+    records = args.scale_records
+    times = {}
+    for name, service in (("small", small), ("big", big)):
+        seconds, done = deliver_pushed(service, args.worker_seconds)
+        if not done:
+            raise RuntimeError(f"{name}: the pushed changes were not delivered in {seconds:.0f}s")
+        times[name] = seconds
+    before, _lag = log_state(big)
+    started = time.perf_counter()
+    units = big.run_worker_until_idle(seconds=args.worker_seconds)
+    spent = time.perf_counter() - started
+    idle = spent <= args.worker_seconds
+    after, lag = log_state(big)
+    small_rows, small_lag = log_state(small)
+    worker = (
+        f"worker idle after {units} more units of work ({spent:.1f}s)"
+        if idle
+        else f"worker still busy after {spent:.0f}s (--worker-seconds)"
+    )
+    return [
+        Row(
+            "e",
+            "stream delivery of the pushed records, small database",
+            records / times["small"],
+            "records/s",
+            f"{times['small']:.2f}s",
+        ),
+        Row(
+            "e",
+            "stream delivery of the pushed records, scale database",
+            records / times["big"],
+            "records/s",
+            f"{times['small'] / times['big']:.2f}x the small database's records/s",
+        ),
+        Row(
+            "e",
+            "change log rows, small database, all delivered",
+            small_rows,
+            "rows",
+            f"after {records} pushes; largest connector lag {small_lag} rows",
+        ),
+        Row(
+            "e",
+            "change log rows, scale database, all delivered",
+            after,
+            "rows",
+            f"{before:,} rows once delivered; {worker}; largest connector lag {lag} rows",
+        ),
+    ]
