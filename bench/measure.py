@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import statistics
 import time
 from collections.abc import Callable
@@ -50,6 +51,19 @@ def compare(targets: dict[str, Callable[[], Any]], seconds: float, rounds: int) 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def direct_statement_listeners() -> list[Callable[[str, Any], None]]:
+    """The app's listeners of statements run straight on DB-API cursors (empty list if none).
+
+    Such statements (``app.prepared``) bypass SQLAlchemy's engine events, so
+    the count listens there as well.
+    """
+    try:
+        prepared = importlib.import_module("app.prepared")
+    except ImportError:
+        return []
+    return getattr(prepared, "statement_listeners", [])
+
+
 def statements_per_request(
     service: Service, path: str, requests: int = 50
 ) -> tuple[float, list[str]]:
@@ -58,10 +72,15 @@ def statements_per_request(
         engine = db.engine
     seen: list[str] = []
 
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def record_direct(statement: str, *_args: Any) -> None:
         seen.append(" ".join(statement.split()))
 
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        record_direct(statement)
+
+    direct = direct_statement_listeners()
     event.listen(engine, "before_cursor_execute", record)
+    direct.append(record_direct)
     try:
         service.call("GET", path, (200,))
         one = list(seen)
@@ -70,4 +89,5 @@ def statements_per_request(
             service.call("GET", path, (200,))
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        direct.remove(record_direct)
     return len(seen) / requests, one

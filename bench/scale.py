@@ -3,19 +3,21 @@
 Two databases are made side by side (SQLite files, or two PostgreSQL schemas
 with ``--database-url``), each with the bench pipeline made through the API.
 The big one then gets, by bulk SQL (:func:`bench.bulk.build_scale`),
-``--pipelines`` running pipelines with a view and a file connector each,
+``--pipelines`` more running pipelines with a view and a file connector each,
 ``--resets`` complete resets spread over them, and ``--changes`` change-log
-rows spread over their views (all delivered). Then, on both:
+rows: pushes to the bench view that its connector has yet to deliver. Then:
 
-- ``GET reset_status`` in process, interleaved in rounds (target: the big
-  database within 10% of the small one's time);
+- ``GET reset_status`` in process on both, interleaved in rounds (target: the
+  big database within 10% of the small one's time);
 - ingestion through ``POST .../changes``, the two databases taking the same
   batches in turn (target: within 20% of the small one's records/s);
-- delivery of what was pushed, by the worker (shown, no target);
-- the change log's size once the worker is idle (or ``--worker-seconds``
-  ran out): every row of ``view_changes``, and the largest connector lag. The
-  bulk rows were all delivered by their connectors, so a worker that compacts
-  the log removes them; without compaction the log keeps every row pushed.
+- delivery by the worker: on the small database the pushed records, on the
+  big one the whole backlog (``--changes`` plus the pushed records), checked
+  line by line in the sink, within ``--worker-seconds``;
+- the change log's size once the worker is idle: every row of
+  ``view_changes``, and the largest connector lag. Every row has been
+  delivered by then, so a worker that compacts the log leaves about none;
+  without compaction the log keeps every row ever pushed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from bench import bulk
 from bench.measure import Row, compare, statements_per_request
+from bench.memory import count_lines
 from bench.service import PIPELINE, VIEW, Service, change_bodies
 
 
@@ -75,7 +78,13 @@ def section_scale(workdir: Path, args: argparse.Namespace) -> list[Row]:
         for service in (small, big):
             service.setup_pipeline()
             service.run_worker_until_idle()
-        counts = bulk.build_scale(big, pipelines, resets, changes)
+        view_id = big.scalar(
+            "SELECT v.id FROM views v JOIN pipelines p ON p.id = v.pipeline_id"
+            " WHERE p.name = :pipeline AND v.name = :view",
+            pipeline=PIPELINE,
+            view=VIEW,
+        )
+        counts = bulk.build_scale(big, pipelines, resets, changes, view_id)
         rows = [
             Row(
                 "e",
@@ -84,12 +93,12 @@ def section_scale(workdir: Path, args: argparse.Namespace) -> list[Row]:
                 "s",
                 f"{counts.pipelines:,} pipelines (a view, a file connector each), "
                 f"{counts.resets:,} resets, {counts.changes:,} change-log rows "
-                f"({counts.changes_per_view} per view)",
+                "(a backlog of the bench view)",
             )
         ]
         rows += _reset_status(small, big, args)
         rows += _ingestion(small, big, args)
-        rows += _delivery_and_log(small, big, args)
+        rows += _delivery_and_log(small, big, args, counts.changes)
         return rows
     finally:
         small.close()
@@ -155,54 +164,61 @@ def _ingestion(small: Service, big: Service, args: argparse.Namespace) -> list[R
     ]
 
 
-def _delivery_and_log(small: Service, big: Service, args: argparse.Namespace) -> list[Row]:
-    """Deliver what was pushed on both; then the change log's size once the worker is idle."""
-    records = args.scale_records
+def _delivery_and_log(
+    small: Service, big: Service, args: argparse.Namespace, backlog: int
+) -> list[Row]:
+    """Deliver everything on both; then the change log's size once the worker is idle."""
+    pushed = args.scale_records
     times = {}
-    for name, service in (("small", small), ("big", big)):
+    for name, service, records in (("small", small, pushed), ("big", big, backlog + pushed)):
         seconds, done = deliver_pushed(service, args.worker_seconds)
         if not done:
-            raise RuntimeError(f"{name}: the pushed changes were not delivered in {seconds:.0f}s")
+            raise RuntimeError(f"{name}: the changes were not delivered in {seconds:.0f}s")
+        lines = count_lines(service.sink_path)
+        if lines != records:
+            raise RuntimeError(f"{name}: the sink holds {lines} lines, not {records}")
         times[name] = seconds
-    before, _lag = log_state(big)
     started = time.perf_counter()
     units = big.run_worker_until_idle(seconds=args.worker_seconds)
     spent = time.perf_counter() - started
-    idle = spent <= args.worker_seconds
     after, lag = log_state(big)
+    small.run_worker_until_idle(seconds=args.worker_seconds)
     small_rows, small_lag = log_state(small)
     worker = (
         f"worker idle after {units} more units of work ({spent:.1f}s)"
-        if idle
+        if spent <= args.worker_seconds
         else f"worker still busy after {spent:.0f}s (--worker-seconds)"
     )
+    total = backlog + pushed
     return [
         Row(
             "e",
-            "stream delivery of the pushed records, small database",
-            records / times["small"],
+            f"stream delivery, small database: the {pushed:,} pushed records",
+            pushed / times["small"],
             "records/s",
-            f"{times['small']:.2f}s",
+            f"{times['small']:.2f}s; sink checked",
         ),
         Row(
             "e",
-            "stream delivery of the pushed records, scale database",
-            records / times["big"],
+            f"stream delivery, scale database: {total:,} records (backlog and pushed)",
+            total / times["big"],
             "records/s",
-            f"{times['small'] / times['big']:.2f}x the small database's records/s",
+            f"{times['big']:.1f}s; sink checked; "
+            f"{(total / times['big']) / (pushed / times['small']):.2f}x the small database's "
+            "records/s",
         ),
         Row(
             "e",
             "change log rows, small database, all delivered",
             small_rows,
             "rows",
-            f"after {records} pushes; largest connector lag {small_lag} rows",
+            f"after {pushed:,} pushes; largest connector lag {small_lag} rows",
         ),
         Row(
             "e",
             "change log rows, scale database, all delivered",
             after,
             "rows",
-            f"{before:,} rows once delivered; {worker}; largest connector lag {lag} rows",
+            f"after {total:,} pushes; {worker}; largest connector lag {lag} rows",
         ),
     ]
