@@ -64,6 +64,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # denies link-local and cloud metadata services (see app/transports/destinations.py).
         "HTTP_SINK_ALLOWED_NETWORKS": [],
         "HTTP_SINK_DENIED_NETWORKS": list(DEFAULT_DENIED),
+        # Seconds each process remembers a checked API key: a key revoked elsewhere
+        # still works in another process for up to this long (0: no cache).
+        "API_KEY_CACHE_SECONDS": 2.0,
         # JWT bearer tokens (see app/auth/jwt.py); off while no key is configured.
         "JWT_HS256_SECRET": None,
         "JWT_PUBLIC_KEY_FILES": [],

@@ -7,6 +7,7 @@ from typing import IO, Any
 
 import flask
 from flask import Flask, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_migrate import Migrate
 from flask_smorest import Api as _SmorestApi
 from flask_smorest import Blueprint as _SmorestBlueprint
@@ -124,6 +125,20 @@ class Api(_SmorestApi):
         """Leave error handling to :mod:`app.errors`."""
 
 
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with nothing built for a request without the cookie.
+
+    API calls carry no session cookie; Flask's own interface builds its
+    signing serializer on every request all the same.
+    """
+
+    def open_session(self, app: Flask, request: flask.Request) -> SecureCookieSession | None:
+        """Open the request's session; an empty one, unsigned, when it sent no cookie."""
+        if "HTTP_COOKIE" not in request.environ:
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 api = Api()
@@ -148,6 +163,7 @@ def _check_url_length() -> None:
 def init_app(app: Flask) -> None:
     """Bind the extensions to the app; install the request class and the URL bound."""
     app.request_class = Request
+    app.session_interface = SessionInterface()
     app.before_request(_check_url_length)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))

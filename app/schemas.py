@@ -34,3 +34,24 @@ def documents_errors(blp, responses: dict[int, str]):
         return func
 
     return decorator
+
+
+def documented_only(*decorators):
+    """Apply flask-smorest decorators to a view for the OpenAPI document only.
+
+    The document is built from what the decorators record on the function
+    (``_apidoc``), exactly as if they wrapped it; at run time the view is
+    called bare, so it parses its own arguments and returns a finished
+    response. For the hottest routes, where argument parsing and schema
+    dumping would cost more than the work itself. Decorators are listed
+    outermost first, as they would be stacked.
+    """
+
+    def decorator(func):
+        documented = func
+        for apply in reversed(decorators):
+            documented = apply(documented)
+        func._apidoc = documented._apidoc
+        return func
+
+    return decorator

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -12,11 +13,14 @@ from typing import Any
 
 import jwt
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy.exc import OperationalError
+from flask import Flask
 
 from app import create_app
+from app.auth import service as auth_service
+from app.database import utcnow
 from app.extensions import db
 from tests.conftest import assert_error
 
@@ -170,11 +174,18 @@ def test_cors_preflight_is_not_refused(anon_client):
     assert response.status_code == 200
 
 
-def test_healthz_answers_503_when_the_database_is_down(anon_client, monkeypatch):
-    def down(*args, **kwargs):
-        raise OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+def test_healthz_answers_503_when_the_database_is_down(app, anon_client, monkeypatch):
+    with app.app_context():
+        engine = db.engine
+    dbapi_error = engine.dialect.loaded_dbapi.OperationalError
 
-    monkeypatch.setattr(db.session, "execute", down)
+    def down(*args, **kwargs):
+        # What the driver raises when it cannot reach the database.
+        raise dbapi_error("unable to open database file")
+
+    engine.dispose()
+    monkeypatch.setattr(engine, "raw_connection", down)
+    monkeypatch.setattr(engine.pool, "connect", down)
     response = anon_client.get("/healthz")
     body = assert_error(response, 503, "ServiceUnavailable")
     assert response.headers["Retry-After"] == "1"
@@ -552,3 +563,85 @@ def test_unsafe_jwt_settings_stop_the_start_up(tmp_path, config, complaint):
     }
     with pytest.raises(RuntimeError, match=complaint):
         create_app(settings)
+
+
+# -- the per-process key cache (API_KEY_CACHE_SECONDS) ---------------------------
+
+
+def _key_lookups(app: Flask, call) -> int:
+    """Run ``call``; return how many times it read the api_keys table."""
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if "FROM api_keys" in statement:
+            seen.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        call()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    return len(seen)
+
+
+def test_a_checked_key_is_remembered_for_the_cache_period(app, make_key):
+    headers = make_key("default", "read", name="poller")
+    client = app.test_client()
+    assert _key_lookups(app, lambda: client.get("/v0/pipelines", headers=headers)) == 1
+    # Within API_KEY_CACHE_SECONDS (2 by default) this process asks the database no more.
+    assert _key_lookups(app, lambda: client.get("/v0/pipelines", headers=headers)) == 0
+
+
+def test_a_key_revoked_by_another_process_stops_within_the_cache_period(app_config, make_key):
+    """Two apps on one database stand for two serving processes."""
+    cached = create_app({**app_config, "API_KEY_CACHE_SECONDS": 0.5})
+    headers = make_key("default", "read", name="leaked")
+    other = cached.test_client()
+    assert other.get("/v0/pipelines", headers=headers).status_code == 200
+    revoker = create_app(app_config)
+    with revoker.app_context():
+        auth_service.revoke_key("default", "leaked")
+        db.session.remove()
+    # The other process still remembers the key for at most the cache period...
+    assert other.get("/v0/pipelines", headers=headers).status_code == 200
+    time.sleep(0.6)
+    # ...then looks it up again and finds it gone.
+    assert_error(other.get("/v0/pipelines", headers=headers), 401, "AuthenticationFailed")
+    for each in (cached, revoker):
+        with each.app_context():
+            db.engine.dispose()
+
+
+def test_with_the_cache_off_a_revocation_elsewhere_is_seen_at_once(app_config, make_key):
+    uncached = create_app({**app_config, "API_KEY_CACHE_SECONDS": 0})
+    headers = make_key("default", "read", name="leaked")
+    other = uncached.test_client()
+    assert other.get("/v0/pipelines", headers=headers).status_code == 200
+    revoker = create_app(app_config)
+    with revoker.app_context():
+        auth_service.revoke_key("default", "leaked")
+        db.session.remove()
+    assert_error(other.get("/v0/pipelines", headers=headers), 401, "AuthenticationFailed")
+    for each in (uncached, revoker):
+        with each.app_context():
+            db.engine.dispose()
+
+
+def test_an_expired_key_is_refused_even_while_remembered(app, make_key):
+    from app.auth.models import ApiKey
+
+    headers = make_key("default", "read", name="soon")
+    client = app.test_client()
+    assert client.get("/v0/pipelines", headers=headers).status_code == 200
+    with app.app_context():
+        key_hash = auth_service.hash_key(headers["Authorization"].split(" ", 1)[1])
+        remembered = auth_service.key_cache().get(key_hash)
+        assert remembered is not None
+        past = utcnow() - dt.timedelta(seconds=1)
+        # The cache holds what the row said; expiry is checked against it on every request.
+        auth_service.key_cache().put(key_hash, remembered._replace(expires_at=past))
+        assert db.session.get(ApiKey, remembered.id) is not None
+    body = assert_error(client.get("/v0/pipelines", headers=headers), 401, "AuthenticationFailed")
+    assert body["details"]["reason"] == "expired"

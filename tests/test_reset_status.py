@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from app import prepared
 from app.extensions import db
 from app.resets import service as reset_service
 from app.resets.tokens import reset_tokens
@@ -361,7 +362,7 @@ def test_locked_database_is_503_service_unavailable_with_retry_after(
 
 
 def test_reset_status_runs_few_queries(running_pipeline: Api, app: Flask) -> None:
-    """Pipeline and reset, plus the credential lookup when there is one: at most 3."""
+    """One statement: the pipeline joined to the reset."""
     token = running_pipeline.reset()
     assert running_pipeline.status(token).status_code == 200  # polling is the steady state
     statements: list[str] = []
@@ -373,35 +374,88 @@ def test_reset_status_runs_few_queries(running_pipeline: Api, app: Flask) -> Non
         db.session.remove()
         engine = db.engine
     sa.event.listen(engine, "before_cursor_execute", count)
+    # The hot reads run on the DB-API directly (app/prepared.py): count those too.
+    prepared.statement_listeners.append(lambda statement, _params: statements.append(statement))
     try:
         r = running_pipeline.status(token)
     finally:
         sa.event.remove(engine, "before_cursor_execute", count)
+        prepared.statement_listeners.clear()
     assert r.status_code == 200, r.get_json()
+    # One statement: the pipeline joined to the reset (plus the key's lookup
+    # when the key's API_KEY_CACHE_SECONDS ran out since the first call).
     core = [statement for statement in statements if "api_keys" not in statement]
-    assert 1 <= len(core) <= 2, core
-    assert len(statements) <= 3, statements
+    assert len(core) == 1, statements
+    assert len(statements) <= 2, statements
 
 
 @pytest.mark.parametrize("then_start", [False, True], ids=["stopped", "restarted"])
-def test_a_stop_between_reading_the_pipeline_and_the_reset_is_never_served_as_200(
+def test_a_stop_by_another_process_is_seen_by_the_next_poll(
     app: Flask, running_pipeline: Api, then_start: bool
 ) -> None:
+    """The pipeline and the reset are read in one statement: one moment of both."""
     from app import create_app
-    from app.errors import PipelineNotRunning, PipelineRestarted
-    from app.pipelines import service as pipelines
+
+    token = running_pipeline.reset()
+    assert running_pipeline.status(token).status_code == 200
+    # Another process (its own app, engine and session) stops, maybe restarts, it now.
+    other = create_app(dict(app.config)).test_client()
+    other.environ_base.update(running_pipeline.client.environ_base)
+    assert other.post("/v0/pipelines/orders/stop").status_code == 200
+    if then_start:
+        assert other.post("/v0/pipelines/orders/start").status_code == 200
+        assert_error(running_pipeline.status(token), 410, "PipelineRestarted")
+    else:
+        assert_error(running_pipeline.status(token), 503, "PipelineNotRunning")
+
+
+def test_an_abandoned_reset_is_never_served_as_200(app: Flask, running_pipeline: Api) -> None:
+    """Even in a state no lifecycle path leaves (abandoned, yet its incarnation live)."""
+    from app.resets.models import Reset, ResetStatus
 
     token = running_pipeline.reset()
     with app.app_context():
-        seen = pipelines.get_pipeline("default", "orders")  # running, incarnation 1
-        # Another process (its own app, engine and session) stops, maybe restarts, it now.
-        other = create_app(dict(app.config)).test_client()
-        other.environ_base.update(running_pipeline.client.environ_base)
-        assert other.post("/v0/pipelines/orders/stop").status_code == 200
-        if then_start:
-            assert other.post("/v0/pipelines/orders/start").status_code == 200
-        assert seen.status == "running"  # what this request read a moment ago
-        expected = PipelineRestarted if then_start else PipelineNotRunning
-        with pytest.raises(expected):
-            reset_service.reset_status(seen, token)
+        db.session.execute(sa.update(Reset).values(status=ResetStatus.ABANDONED))
+        db.session.commit()
         db.session.remove()
+    assert_error(running_pipeline.status(token), 410, "PipelineRestarted")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"phase": "replaying_snapshot", "snapshot_records": 10, "replayed_records": 4},
+        {"error": "the sink said 503", "attempts": 2, "origin": "redo"},
+        {"status": "complete", "phase": "done", "snapshot_records": 3, "replayed_records": 3},
+        {"status": "failed", "phase": "resetting_sink", "error": "gave up", "attempts": 5},
+    ],
+    ids=["queued", "replaying", "retrying", "complete", "failed"],
+)
+def test_the_hot_answer_is_what_the_schema_documents(
+    app: Flask, running_pipeline: Api, values: dict[str, Any]
+) -> None:
+    """reset_status builds its answer by hand (the hot path): it must equal the schema's dump."""
+    from app.database import utcnow
+    from app.resets.models import Reset
+    from app.resets.schemas import ResetStatusOut
+
+    token = running_pipeline.reset()
+    now = utcnow()
+    if values:
+        values = {**values, "started_at": now, "next_attempt_at": now + dt.timedelta(seconds=5)}
+        if values.get("status") in ("complete", "failed"):
+            values["completed_at"] = now + dt.timedelta(seconds=1)
+    with app.app_context():
+        if values:
+            db.session.execute(sa.update(Reset).values(**values))
+            db.session.commit()
+        claims = reset_tokens().read(token)
+        documented = ResetStatusOut().dump(db.session.get(Reset, claims.reset_id))
+        db.session.remove()
+    served = running_pipeline.status(token)
+    assert served.status_code == 200, served.get_json()
+    assert served.get_json() == documented
+    assert served.headers["Cache-Control"] == "no-store"
+    with app.app_context():
+        assert reset_service.reset_status("default", "orders", token) == documented

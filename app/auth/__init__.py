@@ -46,9 +46,11 @@ def init_app(app: Flask) -> None:
     from app.auth import guard, openapi
     from app.auth.jwt import JwtVerifier
     from app.auth.routes import blp
+    from app.auth.service import KeyCache
     from app.extensions import api
 
     app.extensions["jwt_verifier"] = JwtVerifier.from_config(app)
+    app.extensions["api_key_cache"] = KeyCache(float(app.config["API_KEY_CACHE_SECONDS"]))
     app.before_request(guard.check_request)
     openapi.install(api.spec)
     api.register_blueprint(blp)

@@ -3,9 +3,14 @@
 A key is ``apikey:`` followed by 43 URL-safe characters (256 random bits).
 Only its SHA-256 is stored: the key is high-entropy, so a slow password hash
 would add latency on every request and no safety. Checking a key is one
-lookup on the hash's unique index; revoking deletes the row, so a revoked
-key stops working with the very next request (nothing is cached). A key past
-its ``expires_at`` answers 401 too, and stays listed until it is revoked.
+lookup on the hash's unique index, and each serving process remembers a
+checked key for ``API_KEY_CACHE_SECONDS`` (default 2) so that a busy caller
+costs one lookup per process per period, not one per request. Revoking
+deletes the row: the process that revokes forgets its keys at once, and every
+other process stops accepting the key within ``API_KEY_CACHE_SECONDS`` (0
+turns the cache off, and revocation is then seen by the very next request).
+A key past its ``expires_at`` answers 401 too (checked on every request,
+cached or not), and stays listed until it is revoked.
 
 A credential never mints one that outranks or outlives it: the creator's role
 bounds the new key's role, and the creator's expiry (a JWT's ``exp``, a key's
@@ -19,8 +24,12 @@ import datetime as dt
 import hashlib
 import re
 import secrets
+import threading
+from typing import NamedTuple
 
 import sqlalchemy as sa
+from cachetools import TTLCache
+from flask import current_app
 
 from app.auth import Principal
 from app.auth.models import ApiKey, Role
@@ -155,11 +164,16 @@ def get_key(tenant: str, name: str) -> ApiKey:
 
 
 def revoke_key(tenant: str, name: str) -> None:
-    """Delete the tenant's key of that name; it stops working at once."""
+    """Delete the tenant's key of that name.
+
+    This process stops accepting it at once; other processes within
+    ``API_KEY_CACHE_SECONDS`` (see :class:`KeyCache`).
+    """
     result = db.session.execute(
         sa.delete(ApiKey).where(ApiKey.tenant == tenant, ApiKey.name == name)
     )
     db.session.commit()
+    key_cache().clear()
     if result.rowcount != 1:
         raise UnknownApiKey(name)
 
@@ -172,28 +186,89 @@ class KeyExpired(Exception):
         self.expires_at = expires_at
 
 
+class KeyRow(NamedTuple):
+    """What a key check needs of its row."""
+
+    id: int
+    tenant: str
+    name: str
+    role: str
+    last_used_at: dt.datetime | None
+    expires_at: dt.datetime | None
+
+
+class KeyCache:
+    """Keys this process checked lately, by hash, for ``ttl`` seconds (monotonic clock).
+
+    Only keys found are remembered (an unknown key is looked up every time),
+    at most ``maxsize`` of them. ``ttl`` 0 turns the cache off. The cache only
+    bounds how soon a revocation made elsewhere is seen; expiry is checked
+    against the row on every request.
+    """
+
+    def __init__(self, ttl: float, maxsize: int = 4096) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._rows: TTLCache[str, KeyRow] | None = TTLCache(maxsize, ttl) if ttl > 0 else None
+
+    def get(self, key_hash: str) -> KeyRow | None:
+        """Return the remembered row of a hash, or None."""
+        if self._rows is None:
+            return None
+        with self._lock:
+            return self._rows.get(key_hash)
+
+    def put(self, key_hash: str, row: KeyRow) -> None:
+        """Remember a row found in the database."""
+        if self._rows is not None:
+            with self._lock:
+                self._rows[key_hash] = row
+
+    def clear(self) -> None:
+        """Forget every key (after a revocation in this process)."""
+        if self._rows is not None:
+            with self._lock:
+                self._rows.clear()
+
+
+_KEY_LOOKUP = sa.select(
+    ApiKey.id,
+    ApiKey.tenant,
+    ApiKey.name,
+    ApiKey.role,
+    ApiKey.last_used_at,
+    ApiKey.expires_at,
+).where(ApiKey.key_hash == sa.bindparam("key_hash"))
+
+
+def key_cache() -> KeyCache:
+    """Return the current app's key cache."""
+    return current_app.extensions["api_key_cache"]
+
+
 def principal_of_key(key: str, now: dt.datetime | None = None) -> Principal | None:
     """Return the principal of a well-formed key, or None if no key matches.
 
-    Raises ``KeyExpired`` for a key past its expiry. One lookup on the unique
-    index of the hash; columns only, so nothing lingers in the request's session.
+    Raises ``KeyExpired`` for a key past its expiry. A key checked within
+    ``API_KEY_CACHE_SECONDS`` is taken from this process's :class:`KeyCache`;
+    otherwise one lookup on the unique index of the hash (columns only, so
+    nothing lingers in the request's session).
     """
-    row = db.session.execute(
-        sa.select(
-            ApiKey.id,
-            ApiKey.tenant,
-            ApiKey.name,
-            ApiKey.role,
-            ApiKey.last_used_at,
-            ApiKey.expires_at,
-        ).where(ApiKey.key_hash == hash_key(key))
-    ).one_or_none()
-    if row is None:
-        return None
+    key_hash = hash_key(key)
+    cache = key_cache()
+    row = cache.get(key_hash)
+    looked_up = row is None
+    if looked_up:
+        found = db.session.execute(_KEY_LOOKUP, {"key_hash": key_hash}).one_or_none()
+        if found is None:
+            return None
+        row = KeyRow(*found)
     now = now or utcnow()
     if row.expires_at is not None and row.expires_at <= now:
         raise KeyExpired(row.expires_at)
-    touch(row.id, row.last_used_at, now)
+    if looked_up:
+        cache.put(key_hash, row)
+        touch(row.id, row.last_used_at, now)
     return Principal(
         name=f"apikey:{row.name}", tenant=row.tenant, role=row.role, expires_at=row.expires_at
     )

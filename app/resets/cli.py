@@ -20,7 +20,7 @@ from app.resets import service
 from app.resets.executor import ResetExecutor
 from app.resets.models import ResetPhase, ResetStatus
 from app.resets.routes import status_url
-from app.resets.schemas import ResetIssued, ResetStatusOut
+from app.resets.schemas import ResetIssued
 
 # Exit statuses of ``wait`` besides 0 (complete) and 1 (failed, or an error).
 EXIT_TIMEOUT = 3
@@ -50,7 +50,7 @@ def issue_command(pipeline: str, view: str, connector: str, tenant: str, as_json
 
 def _status(tenant: str, pipeline: str, token: str) -> dict[str, Any]:
     """Read a reset's status from the database as the API shows it."""
-    return ResetStatusOut().dump(service.reset_status(get_pipeline(tenant, pipeline), token))
+    return service.reset_status(tenant, pipeline, token)
 
 
 @resets.command("status")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from flask import current_app, request
+
 from app import idempotency
+from app.auth import current_tenant
 from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.resets import service
 from app.resets.schemas import ResetIssued, ResetStatusOut, ResetStatusQuery
-from app.schemas import documents_errors
+from app.schemas import documented_only, documents_errors
 
 blp = Blueprint(
     "resets",
@@ -49,21 +52,27 @@ def issue_reset(pipeline_name, view_name, connector_name):
 
 
 @blp.route("/reset_status", methods=["GET"])
-@blp.arguments(ResetStatusQuery, location="query", as_kwargs=True)
-@blp.response(200, ResetStatusOut)
-@documents_errors(
-    blp,
-    {
-        400: "InvalidResetToken: missing, malformed, bad signature, expired, another "
-        "pipeline's, or naming an incarnation or reset this pipeline never had "
-        "(details.reason says which)",
-        404: "UnknownPipelineName",
-        410: "PipelineRestarted: the token is of an earlier incarnation; reissue the reset",
-        503: "PipelineNotRunning (the pipeline is stopped) or ServiceUnavailable "
-        "(the database is busy; see Retry-After)",
-    },
+@documented_only(
+    blp.arguments(ResetStatusQuery, location="query", as_kwargs=True),
+    blp.response(200, ResetStatusOut),
+    documents_errors(
+        blp,
+        {
+            400: "InvalidResetToken: missing, malformed, bad signature, expired, another "
+            "pipeline's, or naming an incarnation or reset this pipeline never had "
+            "(details.reason says which)",
+            404: "UnknownPipelineName",
+            410: "PipelineRestarted: the token is of an earlier incarnation; reissue the reset",
+            503: "PipelineNotRunning (the pipeline is stopped) or ServiceUnavailable "
+            "(the database is busy; see Retry-After)",
+        },
+    ),
 )
-def get_reset_status(pipeline_name, token=None):
+def get_reset_status(pipeline_name):
     """Progress of an output connector reset"""
-    reset = service.reset_status(load_pipeline(pipeline_name), token)
-    return reset, 200, {"Cache-Control": "no-store"}
+    # Pollers call this route more than any other: the query is read and the
+    # answer serialized here (ResetStatusQuery and ResetStatusOut document them).
+    answer = service.reset_status(current_tenant(), pipeline_name, request.args.get("token"))
+    response = current_app.json.response(answer)
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -8,10 +8,12 @@ and the reset's id. It is signed with the app's ``SECRET_KEY``; keys listed in
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache
 from flask import Flask, current_app
 from itsdangerous import BadPayload, BadSignature, SignatureExpired, URLSafeTimedSerializer
 
@@ -20,6 +22,8 @@ from app.errors import InvalidResetToken
 SALT = "pipeline-manager.reset-token.v1"
 # Real tokens are about 110 characters; anything far longer is refused unread.
 MAX_TOKEN_LENGTH = 512
+# Verified tokens each process remembers (about 300 bytes each).
+VERIFIED_CACHE_SIZE = 4096
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$")
 
 REASON_MESSAGES = {
@@ -55,19 +59,43 @@ class ResetTokens:
         keys = [*[k for k in fallbacks if k], secret_key]
         self._serializer = URLSafeTimedSerializer(keys, salt=SALT)
         self.max_age = max_age
+        # Tokens that verified, with when they were signed: only good ones, bounded.
+        self._verified: LRUCache[str, tuple[TokenClaims, int]] = LRUCache(VERIFIED_CACHE_SIZE)
+        self._lock = threading.Lock()
+        # Ages are measured on the signer's clock, as itsdangerous measures them.
+        self._clock = self._serializer.make_signer()
 
     def issue(self, pipeline_id: uuid.UUID, incarnation: int, reset_id: uuid.UUID) -> str:
         """Return a signed token for one reset."""
         return self._serializer.dumps({"p": pipeline_id.hex, "i": incarnation, "r": reset_id.hex})
 
     def read(self, token: str | None) -> TokenClaims:
-        """Verify a token and return its claims, or raise ``InvalidResetToken``."""
+        """Verify a token and return its claims, or raise ``InvalidResetToken``.
+
+        A token verified lately is found in a small per-process cache (pollers
+        send the same token again and again); its age is checked every time.
+        """
         if not token:
             raise invalid_token("missing")
+        with self._lock:
+            verified = self._verified.get(token)
+        if verified is None:
+            verified = self._verify(token)
+            with self._lock:
+                self._verified[token] = verified
+        claims, signed_at = verified
+        if self._clock.get_timestamp() - signed_at > self.max_age:
+            raise invalid_token("expired", max_age_seconds=self.max_age)
+        return claims
+
+    def _verify(self, token: str) -> tuple[TokenClaims, int]:
+        """Check a token's form and signature; return its claims and when it was signed."""
         if len(token) > MAX_TOKEN_LENGTH or not _TOKEN_RE.match(token):
             raise invalid_token("malformed")
         try:
-            payload = self._serializer.loads(token, max_age=self.max_age)
+            payload, signed_at = self._serializer.loads(
+                token, max_age=self.max_age, return_timestamp=True
+            )
         except SignatureExpired:
             raise invalid_token("expired", max_age_seconds=self.max_age) from None
         except BadPayload:
@@ -75,13 +103,14 @@ class ResetTokens:
         except BadSignature:
             raise invalid_token("bad_signature") from None
         try:
-            return TokenClaims(
+            claims = TokenClaims(
                 pipeline_id=_uuid(payload["p"]),
                 incarnation=_strict_int(payload["i"]),
                 reset_id=_uuid(payload["r"]),
             )
         except (KeyError, TypeError, ValueError):
             raise invalid_token("malformed") from None
+        return claims, int(signed_at.timestamp())
 
 
 def _strict_int(value: Any) -> int:
