@@ -84,6 +84,8 @@ def abandon(reset: Reset, why: str) -> None:
     db.session.commit()
 
 
+# Incarnations are 32-bit integer columns.
+MAX_INCARNATION = 2**31 - 1
 _P, _R = Pipeline.__table__.c, Reset.__table__.c
 _C, _V = Connector.__table__.c, View.__table__.c
 # reset_status in one statement: the pipeline, and the reset the token names
@@ -151,7 +153,9 @@ def reset_status(tenant: str, pipeline_name: str, token: str | None) -> dict[str
         "tenant": tenant,
         "name": pipeline_name,
         "reset_id": claims.reset_id,
-        "incarnation": claims.incarnation,
+        # A signed incarnation outside the column's range names no reset (and is
+        # answered unknown_incarnation below); 0 matches none and binds everywhere.
+        "incarnation": claims.incarnation if 0 < claims.incarnation <= MAX_INCARNATION else 0,
     }
     # On a pooled connection of its own (see app/prepared.py): one statement
     # needs no unit of work, and the pool's rollback on return ends it.
