@@ -260,6 +260,16 @@ def section_wrk(service: Service, args: argparse.Namespace) -> list[Row] | str:
     return rows
 
 
+def shown_argument(argument: str) -> str:
+    """A command-line argument as printed: a database URL without its password."""
+    option, equals, value = "", "", argument
+    if argument.startswith("--") and "=" in argument:
+        option, equals, value = argument.partition("=")
+    if value.startswith("postgresql"):
+        return option + equals + sa.make_url(value).render_as_string(hide_password=True)
+    return argument
+
+
 def database_note(url: str) -> str:
     """Name the PostgreSQL server of ``--database-url`` (its version; no password)."""
     engine = sa.create_engine(url)
@@ -294,7 +304,11 @@ def print_table(rows: list[Row], notes: dict[str, str]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="time per target in section a")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds in section a")
     parser.add_argument("--records", type=int, default=100_000, help="records pushed in section b")
@@ -314,7 +328,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--memory-records",
         type=_sizes,
         default=[200_000, 2_000_000],
-        help="view sizes of section d, comma-separated (default 200000,2000000)",
+        help="view sizes of section d, comma-separated",
     )
     scale = parser.add_argument_group("scale run (section e; --scale runs it alone)")
     scale.add_argument("--scale", action="store_true", help="run section e instead of a to d")
@@ -335,7 +349,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scale.add_argument(
         "--worker-seconds",
         type=float,
-        default=300.0,
+        default=1200.0,
         help="the most time the worker gets to deliver, then to go idle, in section e",
     )
     parser.add_argument(
@@ -393,7 +407,8 @@ def run_sections(
 def main(argv: list[str] | None = None) -> int:
     """Run every section and print the table; return the exit status."""
     args = parse_args(argv)
-    command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else argv
+    command = "python -m bench " + " ".join(shown_argument(a) for a in given)
     print(f"# pipeline-manager benchmark, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
     print(
         f"# {command.strip()} | Python {platform.python_version()}, "

@@ -23,6 +23,8 @@ rows: pushes to the bench view that its connector has yet to deliver. Then:
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +42,11 @@ def sizes(args: argparse.Namespace) -> tuple[int, int, int]:
         max(0, round(args.resets * factor)),
         max(0, round(args.changes * factor)),
     )
+
+
+def progress(message: str) -> None:
+    """Say on stderr what the run is doing (its steps take minutes at full size)."""
+    print(f"# {dt.datetime.now(dt.UTC):%H:%M:%S} {message}", file=sys.stderr, flush=True)
 
 
 def deliver_pushed(service: Service, seconds: float) -> tuple[float, bool]:
@@ -84,6 +91,7 @@ def section_scale(workdir: Path, args: argparse.Namespace) -> list[Row]:
             pipeline=PIPELINE,
             view=VIEW,
         )
+        progress(f"building {pipelines:,} pipelines, {resets:,} resets, {changes:,} log rows")
         counts = bulk.build_scale(big, pipelines, resets, changes, view_id)
         rows = [
             Row(
@@ -96,8 +104,11 @@ def section_scale(workdir: Path, args: argparse.Namespace) -> list[Row]:
                 "(a backlog of the bench view)",
             )
         ]
+        progress(f"built in {counts.seconds:.0f}s; measuring reset_status")
         rows += _reset_status(small, big, args)
+        progress("measuring ingestion")
         rows += _ingestion(small, big, args)
+        progress(f"delivering {counts.changes + args.scale_records:,} changes")
         rows += _delivery_and_log(small, big, args, counts.changes)
         return rows
     finally:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from bench.run import main
+from bench.run import main, shown_argument
 
 POSTGRES_URL = os.environ.get("PIPELINE_MANAGER_TEST_POSTGRES_URL")
 
@@ -82,3 +82,15 @@ def test_tiny_scale_run_builds_the_big_database_and_compares(tmp_path, capsys, d
     assert delivered["value"] > 0 and "sink checked" in delivered["note"]
     # The bulk backlog and the 500 pushed records, less whatever the worker compacted.
     assert 0 <= rows["change log rows, scale database, all delivered"]["value"] <= 5_500
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "postgresql+psycopg://bench:s3cret@db:5432/x",
+        "--database-url=postgresql://bench:s3cret@db/x",
+    ],
+)
+def test_printed_command_hides_the_database_password(argument):
+    assert "s3cret" not in shown_argument(argument)
+    assert "bench:***@db" in shown_argument(argument)
