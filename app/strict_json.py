@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from json.encoder import c_make_encoder, encode_basestring
 from typing import Any
 
 # Deepest nesting of arrays and objects taken; far below the interpreter's
@@ -150,6 +151,85 @@ def normalize(value: Any, depth: int = 0) -> Any:
     if kind is _Refused:
         raise JsonRefused(value.problem)
     raise JsonRefused(f"a {kind.__name__} is not a JSON value")
+
+
+class Unsure(Exception):
+    """The fast path cannot judge this text: :func:`decode` and :func:`normalize` must."""
+
+
+def _plain_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build an object; give up on a duplicate key (the exact path names it)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise Unsure
+    return obj
+
+
+def _normal_float(text: str) -> int | float:
+    """Convert a number with a fraction or an exponent to its one form (see :func:`normalize`)."""
+    value = float(text)
+    if value.is_integer():
+        return int(value) if -INTEGRAL_DOUBLE_LIMIT < value < INTEGRAL_DOUBLE_LIMIT else value
+    if math.isfinite(value):
+        return value
+    raise Unsure
+
+
+def _no_constant(_name: str) -> Any:
+    """``NaN``, ``Infinity``, ``-Infinity``: the exact path refuses them."""
+    raise Unsure
+
+
+def decode_normal(text: str) -> Any:
+    """Parse one JSON text with every number already in its one form, or raise :class:`Unsure`.
+
+    The fast path of ``decode`` then ``normalize``: one pass of the C scanner.
+    It raises :class:`Unsure` for anything the exact path refuses or must
+    word (broken JSON, NaN, infinities, duplicate keys, over-long integers,
+    nesting too deep), never a different answer. Two checks are left to the
+    caller, on what it keeps: nesting deeper than :data:`MAX_DEPTH` that
+    Python still parses, and lone surrogates, which only a ``\\u`` escape
+    can bring into text decoded from UTF-8 (see :func:`may_hold_surrogates`).
+    """
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_plain_object,
+            parse_float=_normal_float,
+            parse_constant=_no_constant,
+        )
+    except (Unsure, ValueError, RecursionError):
+        raise Unsure from None
+
+
+def may_hold_surrogates(text: str) -> bool:
+    """Whether JSON text decoded from UTF-8 can yield a lone surrogate.
+
+    Only a ``\\uD800``-``\\uDFFF`` escape can bring one in.
+    """
+    return "\\ud" in text or "\\uD" in text
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"a {type(value).__name__} is not a JSON value")
+
+
+# The canonical text's encoder, built once: sorted keys, no spaces, UTF-8 as
+# is, no NaN. ``c_make_encoder`` is CPython's C encoder, what ``json.dumps``
+# uses underneath; the pure-Python one stands in where it is missing.
+if c_make_encoder is not None:
+    _c_canonical = c_make_encoder(
+        None, _not_json, encode_basestring, None, ":", ",", True, False, False
+    )
+
+    def dumps_canonical(value: Any) -> str:
+        """Return the canonical text of a value whose numbers are normalized."""
+        return "".join(_c_canonical(value, 0))
+
+else:  # pragma: no cover - CPython always has it
+    dumps_canonical = json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode
 
 
 def loads(text: str) -> Any:

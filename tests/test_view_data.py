@@ -78,6 +78,39 @@ def test_inserting_a_record_twice_gives_it_weight_two(running_pipeline, client, 
     assert view_contents(app) == Counter({'{"id":7}': 1})
 
 
+def test_a_batch_folds_into_the_stored_weights_in_order(running_pipeline, client, app):
+    push(client, [{"insert": {"id": 1}}, {"insert": {"id": 2}}, {"insert": {"id": 2}}])
+    r = push(
+        client,
+        [
+            {"insert": {"id": 3}},  # new
+            {"delete": {"id": 1}},  # to 0: removed...
+            {"insert": {"id": 1}},  # ...and back, weight 1
+            {"delete": {"id": 2}},  # 2 -> 1
+            {"insert": {"id": 2}},
+            {"insert": {"id": 2}},  # -> 3
+            {"insert": {"id": 4}},
+            {"delete": {"id": 4}},  # new and gone in one batch
+            {"insert": {"id": 3}},  # new twice: weight 2
+        ],
+    )
+    assert r.status_code == 200, r.get_json()
+    assert view_contents(app) == Counter({'{"id":1}': 1, '{"id":2}': 3, '{"id":3}': 2})
+    push(client, [{"delete": {"id": 1}}, {"delete": {"id": 3}}, {"delete": {"id": 3}}])
+    assert view_contents(app) == Counter({'{"id":2}': 3})
+
+
+def test_a_delete_below_zero_is_found_among_many_inserts(running_pipeline, client, app):
+    push(client, [{"insert": {"id": 0}}])
+    batch = [{"insert": {"id": n}} for n in range(1, 600)]
+    batch[300] = {"delete": {"id": 0}}
+    batch[450] = {"delete": {"id": 0}}
+    details = assert_error(push(client, batch), 400, "InvalidRequest")["details"]
+    assert details["index"] == 450
+    assert view_contents(app) == Counter({'{"id":0}': 1})
+    assert len(change_log(app)) == 1
+
+
 def test_newline_delimited_json_is_taken_by_content_type(running_pipeline, client, app):
     body = '{"insert": {"id": 1}}\n\n{"insert": {"id": 2}}\r\n{"delete": {"id": 1}}\n'
     for content_type in ("application/x-ndjson", "application/jsonl; charset=utf-8"):
