@@ -417,3 +417,32 @@ def test_policy_parsing_accepts_cidrs_addresses_and_names() -> None:
     assert not p.allows("x", ["192.0.2.1"])
     with pytest.raises(ValueError):
         DestinationPolicy.parse(["10.0.0.0/40"], [])
+
+
+# -- names in URLs that no row can hold ---------------------------------------------
+
+
+_NAMELESS = ["a%00b", "x" * 300, "%C3%A9t%C3%A9", "a%0Ab"]
+
+
+@pytest.mark.parametrize("name", _NAMELESS, ids=["nul", "overlong", "non-ascii", "newline"])
+@pytest.mark.parametrize(
+    ("method", "template", "error_code"),
+    [
+        ("GET", "/v0/pipelines/{n}", "UnknownPipelineName"),
+        ("GET", "/v0/pipelines/{n}/reset_status?token=t", "UnknownPipelineName"),
+        ("POST", "/v0/pipelines/{n}/start", "UnknownPipelineName"),
+        ("GET", "/v0/pipelines/orders/views/{n}/connectors", "UnknownView"),
+        ("GET", "/v0/pipelines/orders/views/totals/connectors/{n}", "UnknownConnector"),
+        ("GET", "/v0/pipelines/orders/views/totals/connectors/{n}/stats", "UnknownConnector"),
+        ("POST", "/v0/pipelines/orders/views/totals/connectors/{n}/reset", "UnknownConnector"),
+        ("GET", "/v0/api_keys/{n}", "UnknownApiKey"),
+        ("DELETE", "/v0/api_keys/{n}", "UnknownApiKey"),
+    ],
+)
+def test_a_name_no_row_can_hold_is_404_on_every_engine(
+    running_pipeline, method: str, template: str, error_code: str, name: str
+) -> None:
+    """PostgreSQL refuses a NUL in a text parameter: such names never reach the database."""
+    r = running_pipeline.client.open(template.format(n=name), method=method)
+    assert_error(r, 404, error_code)

@@ -36,6 +36,7 @@ from app.auth.models import ApiKey, Role
 from app.database import commit_unique, is_transient_error, utcnow
 from app.errors import DuplicateName, InsufficientPermissions, InvalidRequest, UnknownApiKey
 from app.extensions import db
+from app.pipelines.models import is_valid_name
 
 KEY_PREFIX = "apikey:"
 # 32 random bytes: 256 bits, 43 characters once URL-safe base64 encoded.
@@ -155,6 +156,8 @@ def list_keys(tenant: str) -> list[ApiKey]:
 
 def get_key(tenant: str, name: str) -> ApiKey:
     """Return the tenant's key of that name or raise ``UnknownApiKey``."""
+    if not is_valid_name(name):  # names no key, and is never sent to the database
+        raise UnknownApiKey(name)
     api_key = db.session.execute(
         sa.select(ApiKey).where(ApiKey.tenant == tenant, ApiKey.name == name)
     ).scalar_one_or_none()
@@ -169,6 +172,8 @@ def revoke_key(tenant: str, name: str) -> None:
     This process stops accepting it at once; other processes within
     ``API_KEY_CACHE_SECONDS`` (see :class:`KeyCache`).
     """
+    if not is_valid_name(name):  # names no key, and is never sent to the database
+        raise UnknownApiKey(name)
     result = db.session.execute(
         sa.delete(ApiKey).where(ApiKey.tenant == tenant, ApiKey.name == name)
     )

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from app.connectors.models import Connector
 from app.errors import DuplicateName, SinkInUse, UnknownConnector
 from app.extensions import db
-from app.pipelines.models import Pipeline, View
+from app.pipelines.models import Pipeline, View, is_valid_name
 from app.pipelines.service import get_view, require_stopped
 from app.transports import get_transport
 
@@ -27,9 +27,13 @@ def list_connectors(view: View) -> list[Connector]:
 def get_connector(pipeline: Pipeline, view_name: str, connector_name: str) -> Connector:
     """Return a connector or raise ``UnknownView``/``UnknownConnector``."""
     view = get_view(pipeline, view_name)
-    connector = db.session.execute(
-        sa.select(Connector).where(Connector.view_id == view.id, Connector.name == connector_name)
-    ).scalar_one_or_none()
+    connector = None
+    if is_valid_name(connector_name):  # anything else names no connector (see find_pipeline)
+        connector = db.session.execute(
+            sa.select(Connector).where(
+                Connector.view_id == view.id, Connector.name == connector_name
+            )
+        ).scalar_one_or_none()
     if connector is None:
         raise UnknownConnector(pipeline.name, view_name, connector_name)
     return connector

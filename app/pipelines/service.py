@@ -22,12 +22,18 @@ from app.errors import (
     UnknownView,
 )
 from app.extensions import db
-from app.pipelines.models import Pipeline, PipelineStatus, View
+from app.pipelines.models import Pipeline, PipelineStatus, View, is_valid_name
 from app.resets.models import Reset, ResetStatus
 
 
 def find_pipeline(tenant: str, name: str) -> Pipeline | None:
-    """Return the tenant's pipeline of that name, or None."""
+    """Return the tenant's pipeline of that name, or None.
+
+    A string that is no valid name (from a URL: a NUL byte, 5,000 characters...)
+    names no pipeline, and is never sent to the database, which may refuse it.
+    """
+    if not is_valid_name(name):
+        return None
     return db.session.execute(
         sa.select(Pipeline).where(Pipeline.tenant == tenant, Pipeline.name == name)
     ).scalar_one_or_none()

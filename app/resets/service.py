@@ -19,7 +19,7 @@ from app.errors import (
     UnknownPipelineName,
 )
 from app.extensions import db
-from app.pipelines.models import Pipeline, PipelineStatus, View
+from app.pipelines.models import Pipeline, PipelineStatus, View, is_valid_name
 from app.pipelines.service import get_pipeline
 from app.prepared import PreparedSelect
 from app.resets.models import Reset, ResetStatus
@@ -144,6 +144,8 @@ def reset_status(tenant: str, pipeline_name: str, token: str | None) -> dict[str
     built here rather than by the schema because this is the route pollers
     hit, and tests/test_reset_status.py checks it against ``ResetStatusOut``.
     """
+    if not is_valid_name(pipeline_name):  # names no pipeline; never sent to the database
+        raise UnknownPipelineName(pipeline_name)
     try:
         claims = reset_tokens().read(token)
     except InvalidResetToken:
