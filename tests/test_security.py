@@ -446,3 +446,13 @@ def test_a_name_no_row_can_hold_is_404_on_every_engine(
     """PostgreSQL refuses a NUL in a text parameter: such names never reach the database."""
     r = running_pipeline.client.open(template.format(n=name), method=method)
     assert_error(r, 404, error_code)
+
+
+def test_a_description_with_a_nul_is_400_on_every_engine(api) -> None:
+    """PostgreSQL cannot store a NUL character: refused as bad input, never a 500."""
+    r = api.client.post("/v0/pipelines", json={"name": "p", "views": ["v"], "description": "a\0b"})
+    assert "description" in assert_error(r, 400, "InvalidRequest")["details"]
+    api.create_pipeline("q", ("v",))
+    r = api.client.patch("/v0/pipelines/q", json={"description": "a\0b"})
+    assert "description" in assert_error(r, 400, "InvalidRequest")["details"]
+    assert api.client.get("/v0/pipelines/q").get_json()["description"] == ""

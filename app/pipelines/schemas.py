@@ -25,6 +25,13 @@ def name_field(metadata: dict | None = None, **kwargs: object) -> ma.fields.Stri
     )
 
 
+# Free text up to 10,000 characters; a NUL is refused (PostgreSQL cannot store one).
+DESCRIPTION = [
+    validate.Length(max=10_000),
+    validate.Regexp(r"^[^\x00]*$", error="The description must not hold a NUL character."),
+]
+
+
 class PipelineCreate(ma.Schema):
     """Body of ``POST /v0/pipelines``."""
 
@@ -32,7 +39,7 @@ class PipelineCreate(ma.Schema):
         unknown = ma.RAISE
 
     name = name_field(required=True, metadata={"example": "orders"})
-    description = ma.fields.String(load_default="", validate=validate.Length(max=10_000))
+    description = ma.fields.String(load_default="", validate=DESCRIPTION)
     views = ma.fields.List(
         name_field(),
         load_default=list,
@@ -47,7 +54,7 @@ class PipelineUpdate(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
-    description = ma.fields.String(validate=validate.Length(max=10_000))
+    description = ma.fields.String(validate=DESCRIPTION)
     views = ma.fields.List(
         name_field(), validate=validate.Length(max=1000), metadata={"uniqueItems": True}
     )
