@@ -52,6 +52,24 @@ def test_document_lists_every_v0_route_and_method(app: Flask, document):
     assert served == documented
 
 
+def test_every_operation_has_a_short_stable_unique_operation_id(document):
+    """Generated clients name their functions after these (reset_connector, ...)."""
+    ids = {}
+    for path, method, operation in operations(document, public=True):
+        operation_id = operation.get("operationId")
+        assert operation_id, f"{method.upper()} {path} has no operationId (OPERATION_IDS)"
+        assert re.fullmatch(r"[a-z]+(_[a-z]+){0,3}", operation_id), operation_id
+        ids.setdefault(operation_id, []).append((method, path))
+    assert all(len(places) == 1 for places in ids.values()), ids
+    assert ids["reset_connector"] == [
+        (
+            "post",
+            "/v0/pipelines/{pipeline_name}/views/{view_name}/connectors/{connector_name}/reset",
+        )
+    ]
+    assert ids["get_reset_status"] == [("get", "/v0/pipelines/{pipeline_name}/reset_status")]
+
+
 def test_every_operation_documents_the_shared_errors_with_the_error_body(document):
     for path, method, operation in operations(document):
         responses = operation["responses"]

@@ -67,5 +67,9 @@ class ApiKeyItem(MethodView):
     @blp.response(204)
     @documents_errors(blp, {404: "Unknown API key"})
     def delete(self, api_key_name):
-        """Revoke an API key: it stops working at once"""
+        """Revoke an API key
+
+        This process stops accepting the key at once, every other serving
+        process within API_KEY_CACHE_SECONDS (2 seconds by default).
+        """
         service.revoke_key(current_tenant(), api_key_name)

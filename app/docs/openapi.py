@@ -184,6 +184,40 @@ PATH_EXAMPLES = {"pipeline_name": "orders", "view_name": "totals", "connector_na
 
 _ACTION_RE = re.compile(r"/(start|stop|pause|resume)$")
 
+_P = "/v0/pipelines/{pipeline_name}"
+_C = _P + "/views/{view_name}/connectors/{connector_name}"
+# Every operation's operationId: short and stable, so that generated clients get
+# functions named like these (reset_connector, get_reset_status...). A new
+# operation is added here; tests/test_openapi.py fails for one left out.
+OPERATION_IDS: dict[tuple[str, str], str] = {
+    ("/healthz", "get"): "check_health",
+    ("/readyz", "get"): "check_readiness",
+    ("/v0/api_keys", "get"): "list_api_keys",
+    ("/v0/api_keys", "post"): "create_api_key",
+    ("/v0/api_keys/{api_key_name}", "get"): "get_api_key",
+    ("/v0/api_keys/{api_key_name}", "delete"): "revoke_api_key",
+    ("/v0/pipelines", "get"): "list_pipelines",
+    ("/v0/pipelines", "post"): "create_pipeline",
+    (_P, "get"): "get_pipeline",
+    (_P, "patch"): "update_pipeline",
+    (_P, "delete"): "delete_pipeline",
+    (_P + "/start", "post"): "start_pipeline",
+    (_P + "/stop", "post"): "stop_pipeline",
+    (_P + "/pause", "post"): "pause_pipeline",
+    (_P + "/resume", "post"): "resume_pipeline",
+    (_P + "/reset_status", "get"): "get_reset_status",
+    (_P + "/views", "get"): "list_views",
+    (_P + "/views", "post"): "add_view",
+    (_P + "/views/{view_name}", "delete"): "delete_view",
+    (_P + "/views/{view_name}/changes", "post"): "push_changes",
+    (_P + "/views/{view_name}/connectors", "get"): "list_connectors",
+    (_P + "/views/{view_name}/connectors", "post"): "add_connector",
+    (_C, "get"): "get_connector",
+    (_C, "delete"): "delete_connector",
+    (_C + "/reset", "post"): "reset_connector",
+    (_C + "/stats", "get"): "get_connector_stats",
+}
+
 
 def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of the document with the shared responses, security and examples added."""
@@ -197,6 +231,9 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
             operation = item.get(method)
             if operation is None:
                 continue
+            operation_id = OPERATION_IDS.get((path, method))
+            if operation_id is not None:
+                operation["operationId"] = operation_id
             _add_path_examples(operation.get("parameters", []))
             _mark_required_inputs(spec, operation)
             if secured:
