@@ -18,7 +18,8 @@ class ResetStatusQuery(ma.Schema):
 
     # Not marked required: a missing token answers InvalidResetToken, reason "missing".
     token = ma.fields.String(
-        metadata={"description": "The token returned when the reset was issued."}
+        validate=validate.Length(min=1),
+        metadata={"description": "The token returned when the reset was issued."},
     )
 
 
@@ -34,9 +35,9 @@ class ResetStatusOut(ma.Schema):
         validate=validate.OneOf(ResetPhase.ALL),
         metadata={"enum": list(ResetPhase.ALL)},
     )
-    pipeline_name = ma.fields.Function(lambda r: r.connector.view.pipeline.name, required=True)
-    view_name = ma.fields.Function(lambda r: r.connector.view.name, required=True)
-    connector_name = ma.fields.Function(lambda r: r.connector.name, required=True)
+    pipeline_name = ma.fields.String(required=True, attribute="connector.view.pipeline.name")
+    view_name = ma.fields.String(required=True, attribute="connector.view.name")
+    connector_name = ma.fields.String(required=True, attribute="connector.name")
     incarnation = ma.fields.Integer(required=True)
     snapshot_records = ma.fields.Integer(required=True)
     replayed_records = ma.fields.Integer(required=True)
