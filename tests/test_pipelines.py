@@ -261,6 +261,9 @@ TRANSITIONS = {
     ("paused", "stop"): ("stopped", 0),
     ("paused", "pause"): ("paused", 0),
     ("paused", "resume"): ("running", 0),
+    ("stopped", "restart"): ("running", 1),
+    ("running", "restart"): ("running", 1),
+    ("paused", "restart"): ("running", 1),
 }
 
 
@@ -280,7 +283,7 @@ def test_lifecycle_action_from_each_status(orders: Api, before: str, action: str
     assert body["status"] == after
     assert body["incarnation"] == start["incarnation"] + bump
     assert get(orders) == body
-    if after == before:
+    if after == before and not bump:
         # A no-op: nothing moved, not even the status timestamp.
         assert body == start
     else:
@@ -421,3 +424,17 @@ def test_concurrent_creates_of_one_name_make_one_pipeline(app: Flask, auth_heade
     for t in threads:
         t.join()
     assert sorted(answers) == [201, 409, 409, 409]
+
+
+def test_restart_is_one_new_incarnation_and_ends_the_old_tokens(running_pipeline: Api) -> None:
+    token = running_pipeline.reset()
+    assert running_pipeline.status(token).status_code == 200
+    r = running_pipeline.client.post("/v0/pipelines/orders/restart")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["status"] == "running" and r.get_json()["incarnation"] == 2
+    # The reset of incarnation 1 never runs: its token answers 410, and a new
+    # reset is a new token of incarnation 2.
+    assert_error(running_pipeline.status(token), 410, "PipelineRestarted")
+    fresh = running_pipeline.reset()
+    assert fresh != token
+    assert running_pipeline.status(fresh).get_json()["incarnation"] == 2

@@ -36,6 +36,7 @@ ROUTE_ROLES: dict[str, dict[str, str]] = {
     "pipelines.stop": {"POST": _WRITE},
     "pipelines.pause": {"POST": _WRITE},
     "pipelines.resume": {"POST": _WRITE},
+    "pipelines.restart": {"POST": _WRITE},
     "pipelines.Views": {"GET": _READ, "POST": _WRITE},
     "pipelines.delete_view": {"DELETE": _WRITE},
     "connectors.Connectors": {"GET": _READ, "POST": _WRITE},

@@ -182,7 +182,7 @@ REQUIRED_QUERY = frozenset({"token"})
 # Example values of path parameters: the names the README's walk-through uses.
 PATH_EXAMPLES = {"pipeline_name": "orders", "view_name": "totals", "connector_name": "sink1"}
 
-_ACTION_RE = re.compile(r"/(start|stop|pause|resume)$")
+_ACTION_RE = re.compile(r"/(start|stop|pause|resume|restart)$")
 
 _P = "/v0/pipelines/{pipeline_name}"
 _C = _P + "/views/{view_name}/connectors/{connector_name}"
@@ -205,6 +205,7 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     (_P + "/stop", "post"): "stop_pipeline",
     (_P + "/pause", "post"): "pause_pipeline",
     (_P + "/resume", "post"): "resume_pipeline",
+    (_P + "/restart", "post"): "restart_pipeline",
     (_P + "/reset_status", "get"): "get_reset_status",
     (_P + "/views", "get"): "list_views",
     (_P + "/views", "post"): "add_view",

@@ -92,6 +92,11 @@ _action_route("start", "Start a pipeline (a new incarnation) or resume a paused 
 _action_route("stop", "Stop a pipeline, ending its incarnation")
 _action_route("pause", "Pause a running pipeline")
 _action_route("resume", "Resume a paused pipeline")
+_action_route(
+    "restart",
+    "Restart a pipeline: stop and start in one step, giving one new incarnation "
+    "(reset tokens of the previous one answer 410)",
+)
 
 
 @blp.route("/<pipeline_name>/views")

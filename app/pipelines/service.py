@@ -171,7 +171,10 @@ def _transition(pipeline: Pipeline, action: str, allowed: dict[str, dict]) -> Pi
             .values(status_since=now, **values)
         )
         if result.rowcount == 1:
-            if current != PipelineStatus.STOPPED and values.get("status") == PipelineStatus.STOPPED:
+            ends_incarnation = values.get("status") == PipelineStatus.STOPPED or (
+                "incarnation" in values
+            )
+            if current != PipelineStatus.STOPPED and ends_incarnation:
                 _abandon_resets(pipeline, now)
             db.session.commit()
             db.session.refresh(pipeline)
@@ -272,5 +275,18 @@ def resume(pipeline: Pipeline) -> Pipeline:
 
 
 def restart(pipeline: Pipeline) -> Pipeline:
-    """Stop a pipeline (if live) and start it again: a new incarnation."""
-    return start(stop(pipeline))
+    """Stop a pipeline (if live) and start it again: one new incarnation, in one step.
+
+    One conditional update, so no one sees the pipeline stopped in between and
+    two concurrent restarts make two incarnations, never a lost one.
+    """
+    new_incarnation = {**RUNNING, "incarnation": Pipeline.incarnation + 1}
+    return _transition(
+        pipeline,
+        "restart",
+        {
+            PipelineStatus.RUNNING: new_incarnation,
+            PipelineStatus.PAUSED: new_incarnation,
+            PipelineStatus.STOPPED: new_incarnation,
+        },
+    )
