@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import marshmallow as ma
+from flask import request
+from marshmallow import validate
+
+# Lists answer at most this many items per page (the limit query parameter).
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 
 class ErrorSchema(ma.Schema):
@@ -55,3 +63,44 @@ def documented_only(*decorators):
         return func
 
     return decorator
+
+
+class PageQuery(ma.Schema):
+    """Query of a paged list: ``limit`` items after the cursor ``after``."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    limit = ma.fields.Integer(
+        load_default=DEFAULT_PAGE_SIZE,
+        validate=validate.Range(min=1, max=MAX_PAGE_SIZE),
+        metadata={"description": f"Items per page (1 to {MAX_PAGE_SIZE})."},
+    )
+    after = ma.fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={
+            "description": "Where the page starts: the cursor of the previous page's "
+            "'next' link (the Link header). Omit it for the first page."
+        },
+    )
+
+
+def page_headers(cursor: str | None, limit: int) -> dict[str, str]:
+    """The ``Link`` header to the next page (RFC 8288), when there is one.
+
+    The link repeats the request's query with ``after`` set to ``cursor``.
+    """
+    if cursor is None:
+        return {}
+    query = {key: value for key, value in request.args.items() if key != "after"}
+    query.update(limit=str(limit), after=cursor)
+    return {"Link": f'<{request.path}?{urlencode(query)}>; rel="next"'}
+
+
+LINK_HEADER_DOC = {
+    "Link": {
+        "description": 'The next page, as <URL>; rel="next" (RFC 8288); absent on the '
+        "last page.",
+        "schema": {"type": "string"},
+    }
+}

@@ -438,3 +438,52 @@ def test_restart_is_one_new_incarnation_and_ends_the_old_tokens(running_pipeline
     fresh = running_pipeline.reset()
     assert fresh != token
     assert running_pipeline.status(fresh).get_json()["incarnation"] == 2
+
+
+# -- listing: pages and the status filter -----------------------------------------
+
+
+def _names(response) -> list[str]:
+    return [pipeline["name"] for pipeline in response.get_json()]
+
+
+def test_the_list_comes_in_pages_linked_by_the_link_header(api: Api) -> None:
+    for name in ("a", "b", "c", "d", "e"):
+        api.create_pipeline(name)
+    seen: list[str] = []
+    url = "/v0/pipelines?limit=2"
+    pages = 0
+    while url:
+        r = api.client.get(url)
+        assert r.status_code == 200, r.get_json()
+        seen += _names(r)
+        pages += 1
+        link = r.headers.get("Link")
+        url = link[1 : link.index(">")] if link else None
+        if url:
+            assert link.endswith('; rel="next"') and "limit=2" in url
+    assert seen == ["a", "b", "c", "d", "e"] and pages == 3
+    # Without a limit: the first 100, no Link while they are all.
+    r = api.client.get("/v0/pipelines")
+    assert _names(r) == seen and "Link" not in r.headers
+
+
+def test_the_list_filters_by_status_and_pages_keep_the_filter(api: Api) -> None:
+    for name in ("a", "b", "c", "d"):
+        api.create_pipeline(name)
+    for name in ("a", "c", "d"):
+        api.action(name, "start")
+    r = api.client.get("/v0/pipelines?status=running&limit=2")
+    assert _names(r) == ["a", "c"]
+    link = r.headers["Link"]
+    assert "status=running" in link
+    r = api.client.get(link[1 : link.index(">")])
+    assert _names(r) == ["d"] and "Link" not in r.headers
+    assert _names(api.client.get("/v0/pipelines?status=stopped")) == ["b"]
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=1001", "limit=x", "status=gone", "after="], ids=str
+)
+def test_a_bad_list_query_is_400(api: Api, query: str) -> None:
+    assert_error(api.client.get(f"/v0/pipelines?{query}"), 400, "InvalidRequest")

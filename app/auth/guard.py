@@ -44,6 +44,7 @@ ROUTE_ROLES: dict[str, dict[str, str]] = {
     "delivery.connector_stats": {"GET": _READ},
     "resets.issue_reset": {"POST": _WRITE},
     "resets.get_reset_status": {"GET": _READ},
+    "resets.list_resets": {"GET": _READ},
     "view_data.push_changes": {"POST": _WRITE},
     # Managing credentials: a write credential must not mint or revoke keys.
     "api_keys.ApiKeys": {"GET": _ADMIN, "POST": _ADMIN},

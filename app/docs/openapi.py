@@ -217,6 +217,7 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     (_C, "delete"): "delete_connector",
     (_C + "/reset", "post"): "reset_connector",
     (_C + "/stats", "get"): "get_connector_stats",
+    (_C + "/resets", "get"): "list_connector_resets",
 }
 
 

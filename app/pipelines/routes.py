@@ -11,12 +11,13 @@ from app.pipelines import service
 from app.pipelines.models import Pipeline
 from app.pipelines.schemas import (
     PipelineCreate,
+    PipelineListQuery,
     PipelineOut,
     PipelineUpdate,
     ViewCreate,
     ViewOut,
 )
-from app.schemas import documents_errors
+from app.schemas import LINK_HEADER_DOC, documents_errors, page_headers
 
 UNKNOWN = "Unknown pipeline"
 NOT_STOPPED = "The pipeline is not stopped"
@@ -35,10 +36,18 @@ def load_pipeline(pipeline_name: str) -> Pipeline:
 class Pipelines(MethodView):
     """The caller's pipelines."""
 
-    @blp.response(200, PipelineOut(many=True))
-    def get(self):
-        """List pipelines"""
-        return service.list_pipelines(current_tenant())
+    @blp.arguments(PipelineListQuery, location="query", as_kwargs=True)
+    @blp.response(200, PipelineOut(many=True), headers=LINK_HEADER_DOC)
+    def get(self, limit, after=None, status=None):
+        """List pipelines
+
+        By name, at most `limit` per page; the `Link` header points at the next
+        page. `status` keeps only the pipelines in that status.
+        """
+        found = service.list_pipelines(current_tenant(), limit + 1, after, status)
+        page = found[:limit]
+        cursor = page[-1].name if len(found) > limit else None
+        return page, 200, page_headers(cursor, limit)
 
     @idempotency.idempotent(blp)
     @blp.arguments(PipelineCreate)

@@ -6,6 +6,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from app.pipelines.models import NAME_PATTERN, PipelineStatus, is_valid_name
+from app.schemas import PageQuery
 
 NAME_FIELD_HELP = "Letters, digits, '_' and '-', 1 to 100 characters."
 
@@ -45,6 +46,24 @@ class PipelineCreate(ma.Schema):
         load_default=list,
         validate=validate.Length(max=1000),
         metadata={"uniqueItems": True},
+    )
+
+
+class PipelineListQuery(PageQuery):
+    """Query of ``GET /v0/pipelines``."""
+
+    status = ma.fields.String(
+        validate=validate.OneOf(PipelineStatus.ALL),
+        metadata={
+            "enum": list(PipelineStatus.ALL),
+            "description": "Only pipelines in this status.",
+        },
+    )
+    after = ma.fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={
+            "description": "List the pipelines named after this one (the previous page's last)."
+        },
     )
 
 

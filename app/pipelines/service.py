@@ -55,16 +55,23 @@ def get_view(pipeline: Pipeline, view_name: str) -> View:
     raise UnknownView(pipeline.name, view_name)
 
 
-def list_pipelines(tenant: str) -> list[Pipeline]:
-    """Return the tenant's pipelines, by name."""
-    return list(
-        db.session.execute(
-            sa.select(Pipeline)
-            .where(Pipeline.tenant == tenant)
-            .order_by(Pipeline.name)
-            .options(selectinload(Pipeline.views))
-        ).scalars()
-    )
+def list_pipelines(
+    tenant: str, limit: int | None = None, after: str | None = None, status: str | None = None
+) -> list[Pipeline]:
+    """Return the tenant's pipelines by name: at most ``limit``, named after ``after``.
+
+    ``status`` keeps only pipelines in that status. Pages are cut by name
+    (keyset), so a page costs the same however far into the list it is.
+    """
+    query = sa.select(Pipeline).where(Pipeline.tenant == tenant)
+    if after is not None:
+        query = query.where(Pipeline.name > after)
+    if status is not None:
+        query = query.where(Pipeline.status == status)
+    query = query.order_by(Pipeline.name).options(selectinload(Pipeline.views))
+    if limit is not None:
+        query = query.limit(limit)
+    return list(db.session.execute(query).scalars())
 
 
 def _check_unique(view_names: Iterable[str]) -> list[str]:

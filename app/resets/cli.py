@@ -13,14 +13,24 @@ from typing import Any
 
 import click
 
-from app.cli import OperatorGroup, echo_json, json_option, stderr_is_tty, tenant_option
+from app.cli import (
+    OperatorGroup,
+    echo_json,
+    echo_table,
+    json_option,
+    stderr_is_tty,
+    tenant_option,
+)
+from app.connectors.service import get_connector
 from app.extensions import db
 from app.pipelines.service import get_pipeline
 from app.resets import service
 from app.resets.executor import ResetExecutor
 from app.resets.models import ResetPhase, ResetStatus
 from app.resets.routes import status_url
-from app.resets.schemas import ResetIssued
+from app.resets.schemas import ResetHistoryItem, ResetIssued
+from app.resets.service import history
+from app.schemas import MAX_PAGE_SIZE
 
 # Exit statuses of ``wait`` besides 0 (complete) and 1 (failed, or an error).
 EXIT_TIMEOUT = 3
@@ -60,6 +70,44 @@ def _status(tenant: str, pipeline: str, token: str) -> dict[str, Any]:
 def status_command(pipeline: str, token: str, tenant: str) -> None:
     """Print the status JSON of the reset of PIPELINE that TOKEN names."""
     echo_json(_status(tenant, pipeline, token))
+
+
+@resets.command("list")
+@click.argument("pipeline")
+@click.argument("view")
+@click.argument("connector")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_PAGE_SIZE),
+    default=20,
+    show_default=True,
+    help="How many of the newest resets to show.",
+)
+@tenant_option
+@json_option
+def list_command(
+    pipeline: str, view: str, connector: str, limit: int, tenant: str, as_json: bool
+) -> None:
+    """List the resets of CONNECTOR of VIEW of PIPELINE, newest first (tokens not shown)."""
+    found = history(get_connector(get_pipeline(tenant, pipeline), view, connector), limit)
+    if as_json:
+        echo_json(ResetHistoryItem(many=True).dump(found))
+        return
+    echo_table(
+        ("reset_id", "status", "phase", "origin", "replayed", "requested_at", "completed_at"),
+        [
+            (
+                str(r.id),
+                r.status,
+                r.phase,
+                r.origin,
+                f"{r.replayed_records}/{r.snapshot_records}",
+                r.requested_at.isoformat(timespec="seconds"),
+                r.completed_at.isoformat(timespec="seconds") if r.completed_at else "-",
+            )
+            for r in found
+        ],
+    )
 
 
 class Progress:

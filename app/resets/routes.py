@@ -8,11 +8,18 @@ from flask import current_app, request
 
 from app import idempotency
 from app.auth import current_tenant
+from app.connectors.service import get_connector
 from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.resets import service
-from app.resets.schemas import ResetIssued, ResetStatusOut, ResetStatusQuery
-from app.schemas import documented_only, documents_errors
+from app.resets.schemas import (
+    ResetHistoryItem,
+    ResetHistoryQuery,
+    ResetIssued,
+    ResetStatusOut,
+    ResetStatusQuery,
+)
+from app.schemas import LINK_HEADER_DOC, documented_only, documents_errors, page_headers
 
 blp = Blueprint(
     "resets",
@@ -49,6 +56,24 @@ def issue_reset(pipeline_name, view_name, connector_name):
     url = status_url(pipeline.name, reset.token)
     reset.status_url = url
     return reset, 202, {"Location": url, "Cache-Control": "no-store"}
+
+
+@blp.route("/views/<view_name>/connectors/<connector_name>/resets", methods=["GET"])
+@blp.arguments(ResetHistoryQuery, location="query", as_kwargs=True)
+@blp.response(200, ResetHistoryItem(many=True), headers=LINK_HEADER_DOC)
+@documents_errors(blp, {404: "Unknown pipeline, view or connector"})
+def list_resets(pipeline_name, view_name, connector_name, limit, after=None):
+    """List a connector's resets
+
+    Newest first, at most `limit` per page; the `Link` header points at the
+    next (older) page. Every reset is listed, abandoned ones too; tokens are
+    not shown again.
+    """
+    connector = get_connector(load_pipeline(pipeline_name), view_name, connector_name)
+    found = service.history(connector, limit + 1, after)
+    page = found[:limit]
+    cursor = str(page[-1].id) if len(found) > limit else None
+    return page, 200, page_headers(cursor, limit)
 
 
 @blp.route("/reset_status", methods=["GET"])

@@ -6,6 +6,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from app.resets.models import ResetOrigin, ResetPhase, ResetStatus
+from app.schemas import PageQuery
 
 SERVED_STATUSES = [ResetStatus.IN_PROGRESS, ResetStatus.COMPLETE, ResetStatus.FAILED]
 
@@ -68,6 +69,27 @@ class ResetStatusOut(ma.Schema):
         required=True,
         allow_none=True,
         metadata={"description": "After a failed attempt: when the next one may start."},
+    )
+
+
+class ResetHistoryItem(ResetStatusOut):
+    """One reset of a connector's history (its token is not shown again)."""
+
+    status = ma.fields.String(
+        required=True,
+        validate=validate.OneOf(ResetStatus.ALL),
+        metadata={
+            "enum": list(ResetStatus.ALL),
+            "description": "abandoned: the pipeline stopped or restarted before it completed.",
+        },
+    )
+
+
+class ResetHistoryQuery(PageQuery):
+    """Query of ``GET .../connectors/{connector_name}/resets``."""
+
+    after = ma.fields.UUID(
+        metadata={"description": "List the resets older than this one (the previous page's last)."}
     )
 
 

@@ -68,6 +68,31 @@ def request_reset(pipeline: Pipeline, view_name: str, connector_name: str) -> Re
     return queued
 
 
+def history(connector: Connector, limit: int, after: uuid.UUID | None = None) -> list[Reset]:
+    """Return the connector's resets, newest first: at most ``limit``, older than ``after``.
+
+    Pages are cut at the reset ``after`` (keyset on request time, then id), so
+    a page costs the same however deep it is; an ``after`` that is not one of
+    the connector's resets gives an empty page.
+    """
+    query = sa.select(Reset).where(Reset.connector_id == connector.id)
+    if after is not None:
+        mark = (
+            sa.select(Reset.requested_at, Reset.id)
+            .where(Reset.id == after, Reset.connector_id == connector.id)
+            .subquery()
+        )
+        query = query.join(
+            mark,
+            sa.or_(
+                Reset.requested_at < mark.c.requested_at,
+                sa.and_(Reset.requested_at == mark.c.requested_at, Reset.id < mark.c.id),
+            ),
+        )
+    query = query.order_by(Reset.requested_at.desc(), Reset.id.desc()).limit(limit)
+    return list(db.session.execute(query).scalars())
+
+
 def abandon(reset: Reset, why: str) -> None:
     """Mark a reset of an ended incarnation abandoned (if still in progress)."""
     db.session.execute(
