@@ -20,7 +20,7 @@ from flask_cors import CORS
 RESOURCES = r"^/(v0(/.*)?|openapi\.json)$"
 _RESOURCES_RE = re.compile(RESOURCES)
 ALLOW_HEADERS = ["Authorization", "Content-Type", "X-Request-Id"]
-EXPOSE_HEADERS = ["Location", "Retry-After", "X-Request-Id", "WWW-Authenticate", "Allow"]
+EXPOSE_HEADERS = ["Location", "Retry-After", "X-Request-Id", "WWW-Authenticate", "Allow", "Link"]
 METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"]
 # Seconds a browser may reuse a preflight answer.
 PREFLIGHT_MAX_AGE = 600

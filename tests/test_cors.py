@@ -133,7 +133,7 @@ def test_responses_expose_the_headers_callers_read(client):
     assert r.status_code == 201
     assert r.headers["Access-Control-Allow-Origin"] == ALLOWED
     exposed = _header_set(r.headers.get("Access-Control-Expose-Headers"))
-    assert {"location", "retry-after", "x-request-id"} <= exposed
+    assert {"location", "retry-after", "x-request-id", "link"} <= exposed
     assert "Origin" in r.headers.get("Vary", "")
 
 
