@@ -10,6 +10,7 @@ without each route repeating it. Examples of the error body come from one table.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -241,7 +242,20 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
             if secured:
                 operation.setdefault("security", [{scheme: []}])
             _complete_responses(path, method, operation, secured)
+    _drop_unused_schemas(spec)
     return spec
+
+
+def _drop_unused_schemas(spec: dict[str, Any]) -> None:
+    """Leave out component schemas nothing refers to (flask-smorest's PaginationMetadata)."""
+    schemas = spec.get("components", {}).get("schemas", {})
+    while True:
+        text = json.dumps(spec)
+        unused = [name for name in schemas if text.count(f'"#/components/schemas/{name}"') == 0]
+        if not unused:
+            return
+        for name in unused:
+            del schemas[name]
 
 
 def _ensure_bearer_scheme(spec: dict[str, Any]) -> str:
