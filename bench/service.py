@@ -49,6 +49,23 @@ def database_url(workdir: Path, postgres_url: str | None, name: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def compaction_module() -> Any:
+    """The app's change-log compaction module, or None while it has none."""
+    try:
+        return importlib.import_module("app.view_data.compaction")
+    except ImportError:
+        return None
+
+
+def log_note(rows: int, appended: int, lag: int) -> str:
+    """Say how the change log stands: rows kept of all appended, and the largest lag."""
+    if compaction_module() is None:
+        kept = "the app does not compact its log"
+    else:
+        kept = f"{appended - rows:,} of {appended:,} removed by the worker's compaction"
+    return f"{kept}; largest connector lag {lag:,} rows"
+
+
 def create_api_key(app: Flask) -> str | None:
     """Create a write key through the auth service, if the app has one; return its secret."""
     try:
@@ -164,21 +181,51 @@ class Service:
     def run_worker_until_idle(self, limit: int = 1_000_000, seconds: float | None = None) -> int:
         """Run the worker's units of work until none is left (or ``seconds`` passed).
 
-        Return how many ran.
+        Each round is the worker loop's: one unit of work, then the change-log
+        compaction pass when one is due (if the app compacts its log). Return
+        how many units ran.
         """
         from app import worker
 
+        run_due = getattr(compaction_module(), "run_due", None)
         done = 0
         deadline = None if seconds is None else time.monotonic() + seconds
         with self.app.app_context():
             try:
-                while done < limit and worker.run_once():
+                while done < limit:
+                    busy = worker.run_once()
+                    if run_due is not None:
+                        run_due()
+                    if not busy:
+                        break
                     done += 1
                     if deadline is not None and time.monotonic() > deadline:
                         break
             finally:
                 db.session.remove()
         return done
+
+    def compact_log(self, seconds: float) -> int | None:
+        """Run compaction passes until one removes nothing (or ``seconds`` passed).
+
+        What an idle worker does every ``COMPACTION_INTERVAL_SECONDS``. Return
+        the rows removed, or None when the app does not compact its log.
+        """
+        compact = getattr(compaction_module(), "compact", None)
+        if compact is None:
+            return None
+        removed = 0
+        deadline = time.monotonic() + seconds
+        with self.app.app_context():
+            try:
+                while time.monotonic() < deadline:
+                    count = compact()
+                    removed += count
+                    if not count:
+                        break
+            finally:
+                db.session.remove()
+        return removed
 
     def scalar(self, sql: str, **params: Any) -> Any:
         """Run one SQL query on the service's database; return its single value."""
@@ -187,6 +234,16 @@ class Service:
                 return db.session.execute(sa.text(sql), params).scalar()
             finally:
                 db.session.remove()
+
+    def log_state(self) -> tuple[int, int, int]:
+        """The change log: rows now (every view), rows ever appended, largest connector lag."""
+        rows = self.scalar("SELECT count(*) FROM view_changes")
+        appended = self.scalar("SELECT coalesce(sum(last_seq), 0) FROM view_logs")
+        lag = self.scalar(
+            "SELECT coalesce(max(l.last_seq - c.delivered_seq), 0)"
+            " FROM connectors c JOIN view_logs l ON l.view_id = c.view_id"
+        )
+        return int(rows), int(appended), int(lag)
 
     @property
     def dialect(self) -> str:
