@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from bench import memory
 from bench.run import main, shown_argument
 
 POSTGRES_URL = os.environ.get("PIPELINE_MANAGER_TEST_POSTGRES_URL")
@@ -26,7 +27,7 @@ def test_quick_bench_run_measures_every_section_it_can(tmp_path, capsys):
         tmp_path,
         capsys,
         *("--quick", "--no-wrk", "--seconds", "0.1", "--records", "200"),
-        *("--memory", "--memory-records", "100,300"),
+        *("--memory", "--memory-records", "300"),
     )
     assert "| a | GET reset_status" in out
     rows = {row["measure"]: row for row in data["rows"]}
@@ -46,8 +47,23 @@ def test_quick_bench_run_measures_every_section_it_can(tmp_path, capsys):
         assert 0 <= log["value"] <= 200, log
     assert "d" not in data["notes"], data["notes"]
     memory = [m for m in rows if m.startswith("peak RSS")]
-    assert len(memory) == 4, rows
-    assert "the peak at 100 records" in rows["peak RSS, snapshot replay, 300-record view"]["note"]
+    assert memory == [
+        "peak RSS, stream delivery, 300-record view",
+        "peak RSS, snapshot replay, 300-record view",
+    ], rows
+
+
+def test_memory_rows_compare_each_size_with_the_smallest(monkeypatch, tmp_path):
+    def measured(_workdir, _url, records):
+        report = {"start_kb": 90_000, "peak_kb": 100_000 + records, "seconds": 1.0}
+        return {"records": records, "build": 0.5, "delivery": report, "replay": report}
+
+    monkeypatch.setattr(memory, "measure", measured)
+    rows = {row.measure: row for row in memory.section_memory(tmp_path, None, [2000, 1000])}
+    bigger = rows["peak RSS, snapshot replay, 2,000-record view"]
+    assert bigger.value == 102_000 / 1024
+    assert "1.01x the peak at 1,000 records" in bigger.note
+    assert "the peak at" not in rows["peak RSS, stream delivery, 1,000-record view"].note
 
 
 @pytest.mark.parametrize(
