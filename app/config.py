@@ -43,9 +43,13 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "RESET_MAX_ATTEMPTS": 5,
         # Seconds the background worker sleeps when it found nothing to do.
         "WORKER_POLL_INTERVAL": 0.5,
-        # Changes per batch a connector delivers, and per batch a reset replays.
-        "DELIVERY_BATCH_SIZE": 1000,
-        "REPLAY_BATCH_SIZE": 1000,
+        # Changes per batch a connector delivers, and records per batch a reset
+        # replays: one file write or one http message each.
+        "DELIVERY_BATCH_SIZE": 10_000,
+        "REPLAY_BATCH_SIZE": 10_000,
+        # A batch of either kind also ends once its records' JSON reaches this many
+        # characters (at least one record): it bounds memory and http bodies.
+        "DELIVERY_BATCH_BYTES": 4 * 1024 * 1024,
         # Backoff after a failed delivery: doubled per failure in a row, up to the cap.
         "DELIVERY_RETRY_BASE_SECONDS": 1.0,
         "DELIVERY_RETRY_MAX_SECONDS": 60.0,

@@ -283,6 +283,32 @@ def test_reset_replays_the_snapshot_then_streams_on(running_pipeline, client, ap
     assert body["resets"]["last_status"] == "complete" and body["queued_records"] == 0
 
 
+def test_a_gap_in_the_change_log_sends_the_connector_to_a_snapshot(
+    running_pipeline, client, app, tmp_path
+):
+    from app.view_data.models import ViewChange
+
+    push(client, inserts(0, 3))
+    deliver(app)
+    push(client, inserts(3, 4))
+    with app.app_context():
+        # Changes 4 and 5 gone before this connector got them (a log compacted past it).
+        db.session.execute(sa.delete(ViewChange).where(ViewChange.seq.in_([4, 5])))
+        db.session.commit()
+    deliver(app)
+    body = stats(client)
+    assert body["sync_state"] == "resetting" and body["delivered_seq"] == 3
+    assert "no longer holds the changes after position 3" in body["sync_reason"]
+    assert sink_lines(tmp_path) == inserts(0, 3)  # nothing written past the gap
+    with app.app_context():
+        assert run_once()  # the redo is queued and carried out
+        while run_once():
+            pass
+        db.session.remove()
+    assert stats(client)["sync_state"] == "in_sync"
+    assert fold(sink_lines(tmp_path)) == fold(inserts(0, 7))
+
+
 def test_changes_pushed_during_a_replay_follow_the_snapshot(
     running_pipeline, client, app, tmp_path, monkeypatch
 ):

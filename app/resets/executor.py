@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.connectors.models import Connector, SyncState
 from app.database import db_time
-from app.delivery import leases, sinks
+from app.delivery import leases, reader, sinks
 from app.delivery.leases import Lease, LeaseLost
 from app.delivery.worker import MAX_ERROR_LENGTH, backoff_seconds
 from app.extensions import db
@@ -53,12 +53,11 @@ from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.resets.models import Reset, ResetOrigin, ResetPhase, ResetStatus
 from app.resets.tokens import reset_tokens
 from app.transports import TransportError, get_transport
-from app.transports.file import StagingFile, encode
-from app.view_data import store
+from app.transports.file import StagingFile, encode_texts
 
 log = logging.getLogger(__name__)
 
-REPLAY_BATCH_SIZE = 1000
+REPLAY_BATCH_SIZE = 10_000
 
 
 def new_owner_id() -> str:
@@ -164,6 +163,7 @@ class ResetExecutor:
         self.lease_seconds = float(lease_seconds or config["WORKER_LEASE_SECONDS"])
         self.max_attempts = int(config["RESET_MAX_ATTEMPTS"])
         self.batch_size = int(config.get("REPLAY_BATCH_SIZE") or REPLAY_BATCH_SIZE)
+        self.batch_bytes = int(config["DELIVERY_BATCH_BYTES"])
 
     # -- claiming -----------------------------------------------------------
 
@@ -272,7 +272,7 @@ class ResetExecutor:
         db.session.rollback()
         staging: StagingFile | None = None
         try:
-            with store.open_snapshot(target.view_id) as snapshot:
+            with reader.open_snapshot(target.view_id) as snapshot:
                 self._advance(reset_id, lease, phase=ResetPhase.RESETTING_SINK)
                 db.session.commit()
                 staging = self._reset_sink(target, lease, snapshot.seq)
@@ -288,7 +288,7 @@ class ResetExecutor:
                 )
                 db.session.commit()
                 replayed = 0
-                for batch in snapshot.batches(self.batch_size):
+                for batch in snapshot.batches(self.batch_size, self.batch_bytes):
                     size = self._replay(target, lease, staging, batch, replayed, snapshot.seq)
                     replayed += len(batch)
                     self._advance(
@@ -334,16 +334,17 @@ class ResetExecutor:
         target: sinks.SinkTarget,
         lease: Lease,
         staging: StagingFile | None,
-        batch: list[dict[str, Any]],
+        batch: list[str],
         replayed: int,
         seq: int,
     ) -> int:
-        """Send one snapshot batch; return its size in bytes."""
+        """Send one snapshot batch (stored records' JSON texts, not decoded); return its bytes."""
+        changes = reader.insert_texts(batch)
         if staging is not None:
-            return staging.append(encode(batch))
-        return get_transport(target.transport).send(
+            return staging.append(encode_texts(changes))
+        return get_transport(target.transport).send_changes(
             target,
-            batch,
+            changes,
             kind="snapshot",
             epoch=lease.epoch,
             first_seq=replayed + 1,

@@ -350,6 +350,11 @@ def answer_snippet(body: bytes) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in text).strip()
 
 
+def _dumps(value: Any) -> str:
+    """A message's JSON: compact, UTF-8 as is (the form records are stored in)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def _names(target: Any, kind: str, epoch: int) -> dict[str, Any]:
     """The fields that open every message: its type, the connector, view, pipeline and epoch."""
     return {
@@ -524,7 +529,9 @@ class HttpTransport:
             "X-Connector-Id": target.uid,
             "X-Epoch": str(epoch),
         }
-        return self._post(settings, payload, headers, "the reset", keep_alive)
+        return self._post(
+            settings, _dumps(payload).encode("utf-8"), headers, "the reset", keep_alive
+        )
 
     def send(
         self,
@@ -538,8 +545,35 @@ class HttpTransport:
         snapshot_seq: int | None = None,
         keep_alive: KeepAlive | None = None,
     ) -> int:
+        """POST a batch of changes given as objects; see :meth:`send_changes`."""
+        return self.send_changes(
+            target,
+            [_dumps(record) for record in records],
+            kind=kind,
+            epoch=epoch,
+            first_seq=first_seq,
+            last_seq=last_seq,
+            snapshot_seq=snapshot_seq,
+            keep_alive=keep_alive,
+        )
+
+    def send_changes(
+        self,
+        target: Any,
+        changes: Sequence[str],
+        *,
+        kind: str,
+        epoch: int,
+        first_seq: int,
+        last_seq: int,
+        snapshot_seq: int | None = None,
+        keep_alive: KeepAlive | None = None,
+    ) -> int:
         """POST a batch of changes, or of a reset's snapshot, retrying as configured.
 
+        ``changes`` are the JSON texts of the ``records`` (``{"insert":{...}}``),
+        spliced into the body as they are: the delivery worker and the reset
+        executor pass stored records' canonical JSON without decoding it.
         ``kind`` is ``"batch"`` (``first_seq``..``last_seq`` are change-log
         positions) or ``"snapshot"`` (they are 1-based positions within the
         snapshot taken at ``snapshot_seq``). Returns the bytes of the body sent.
@@ -558,7 +592,9 @@ class HttpTransport:
         payload["first_seq"] = first_seq
         payload["last_seq"] = last_seq
         payload["batch_id"] = batch_id
-        payload["records"] = records if isinstance(records, list) else list(records)
+        # "records" comes last: the body is the payload's JSON with the changes
+        # spliced in, byte for byte what encoding the decoded changes would give.
+        body = _dumps(payload)[:-1] + ',"records":[' + ",".join(changes) + "]}"
         headers = {
             "X-Message-Type": kind,
             "X-Connector-Id": target.uid,
@@ -566,20 +602,19 @@ class HttpTransport:
             "X-Batch-Id": batch_id,
         }
         what = "the batch" if kind == "batch" else "the snapshot batch"
-        return self._post(settings, payload, headers, what, keep_alive)
+        return self._post(settings, body.encode("utf-8"), headers, what, keep_alive)
 
     # -- sending ------------------------------------------------------------
 
     def _post(
         self,
         settings: HttpSettings,
-        payload: dict[str, Any],
+        body: bytes,
         headers: dict[str, str],
         what: str,
         keep_alive: KeepAlive | None,
     ) -> int:
         """POST a message with retries; return the body's size in bytes."""
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         headers["Content-Type"] = "application/json"
         cap = attempt_cap()
         try:

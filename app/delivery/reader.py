@@ -1,0 +1,250 @@
+"""What delivery and replay read: change-log ranges and snapshot pages, as stored.
+
+Records are kept as canonical JSON text (``app.view_data.store.canonical``),
+and sinks receive them in that form, so this path never decodes one: the
+transports splice the stored texts into the lines and messages they send
+(:func:`app.transports.file.encode_changes`, ``HttpTransport.send_changes``).
+
+The statements are Core, built once; rows come back as plain tuples, a page
+of at most :data:`PAGE_ROWS` per statement, and a batch ends at a number of
+records or of bytes, whichever comes first: memory holds one page and one
+batch, whatever the view's size. ``make bench`` section b (stream delivery
+and snapshot replay to a file sink) measures this path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from app.database import snapshot_connection
+from app.extensions import db
+from app.prepared import PreparedSelect, statement_listeners
+from app.view_data.models import ViewChange, ViewLog, ViewRecord
+
+# Rows per statement: enough that a statement's own cost is small beside its
+# rows', few enough that one page of large records stays small.
+PAGE_ROWS = 2000
+# A batch with no byte bound.
+UNBOUNDED = sys.maxsize
+
+_changes = ViewChange.__table__.c
+_records = ViewRecord.__table__.c
+_logs = ViewLog.__table__.c
+
+
+class _Page(PreparedSelect):
+    """A page query run on the driver's own cursor, in a connection's transaction.
+
+    Compiled once per dialect (:class:`app.prepared.PreparedSelect`); rows come
+    back as the driver's plain tuples: building SQLAlchemy's result rows cost
+    as much as the rest of the read path (``make bench`` section b). Driver
+    errors are raised as SQLAlchemy's, as from ``execute``.
+    """
+
+    def __init__(self, statement: sa.Select) -> None:
+        super().__init__(statement)
+        self._defaults: dict[sa.Dialect, dict[str, Any]] = {}
+
+    def _values(self, dialect: sa.Dialect, params: Mapping[str, Any]) -> Any:
+        """The driver's parameters: ``params``, and the values the dialect added itself.
+
+        (SQLite's compiler adds ``OFFSET ?``, bound to 0, after every ``LIMIT``.)
+        """
+        plan = self._plan(dialect)
+        defaults = self._defaults.get(dialect)
+        if defaults is None:
+            defaults = self._defaults[dialect] = self.statement.compile(dialect=dialect).params
+        values = {}
+        for name in plan.positional if plan.positional is not None else defaults:
+            value = params[name] if name in params else defaults[name]
+            process = plan.binds.get(name)
+            values[name] = value if process is None else process(value)
+        if plan.positional is not None:
+            return tuple(values[name] for name in plan.positional)
+        return values
+
+    def all(self, conn: sa.Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Run the query in ``conn``'s transaction; return all its rows as tuples."""
+        dialect = conn.dialect
+        plan = self._plan(dialect)
+        args = self._values(dialect, params)
+        for listener in statement_listeners:
+            listener(plan.sql, args)
+        dbapi_connection = conn.connection.dbapi_connection
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(plan.sql, args)
+            rows = cursor.fetchall()
+        except dialect.loaded_dbapi.Error as exc:
+            dead = dialect.is_disconnect(exc, dbapi_connection, cursor)
+            if dead:
+                conn.invalidate(exc)
+            raise DBAPIError.instance(
+                plan.sql,
+                args,
+                exc,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=dead,
+                dialect=dialect,
+            ) from exc
+        finally:
+            with contextlib.suppress(dialect.loaded_dbapi.Error):
+                cursor.close()
+        if any(plan.results):
+            return [
+                tuple(p(v) if p is not None else v for p, v in zip(plan.results, row, strict=True))
+                for row in rows
+            ]
+        return rows
+
+
+_LOG_PAGE = _Page(
+    sa.select(_changes.seq, _changes.weight, _changes.record)
+    .where(_changes.view_id == sa.bindparam("view_id"), _changes.seq > sa.bindparam("after"))
+    .order_by(_changes.seq)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_SNAPSHOT_PAGE = _Page(
+    sa.select(_records.key, _records.record, _records.weight)
+    .where(_records.view_id == sa.bindparam("view_id"), _records.key > sa.bindparam("after"))
+    .order_by(_records.key)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_LOG_END = sa.select(_logs.last_seq).where(_logs.view_id == sa.bindparam("view_id"))
+_SIZE = sa.select(sa.func.coalesce(sa.func.sum(_records.weight), 0)).where(
+    _records.view_id == sa.bindparam("view_id")
+)
+
+
+def _fitting(texts: Sequence[str], room: int, budget: int) -> tuple[int, int]:
+    """How many of ``texts``, from the first, go into a batch, and their length.
+
+    At most ``room`` of them; if their length reaches ``budget``, they end with
+    the text that reaches it (so at least one goes in).
+    """
+    head = texts[:room]
+    size = sum(map(len, head))
+    if size < budget:
+        return len(head), size
+    size = 0
+    count = 0
+    for count, length in enumerate(map(len, head), 1):  # noqa: B007 (count is the answer)
+        size += length
+        if size >= budget:
+            break
+    return count, size
+
+
+def read_log(
+    view_id: int, after_seq: int, max_records: int, max_bytes: int | None = None
+) -> list[tuple[int, int, str]]:
+    """Return the changes after ``after_seq``, in order, as ``(seq, weight, canonical JSON)``.
+
+    At most ``max_records`` of them; with ``max_bytes``, the batch also ends
+    with the change that brings its texts' length to ``max_bytes`` (it holds
+    at least one change). Read in the caller's transaction (``db.session``).
+    """
+    conn = db.session.connection()
+    budget = UNBOUNDED if max_bytes is None else max_bytes
+    batch: list[tuple[int, int, str]] = []
+    size = 0
+    params = {"view_id": view_id, "after": after_seq, "limit": PAGE_ROWS}
+    while len(batch) < max_records and size < budget:
+        params["limit"] = limit = min(PAGE_ROWS, max_records - len(batch))
+        rows = _LOG_PAGE.all(conn, params)
+        count, length = _fitting([text for _seq, _weight, text in rows], limit, budget - size)
+        batch.extend(rows[:count] if count < len(rows) else rows)
+        size += length
+        if len(rows) < limit:
+            break
+        params["after"] = rows[-1][0]
+    return batch
+
+
+@dataclass
+class Snapshot:
+    """A view's contents as of one moment: after change ``seq`` of its log.
+
+    ``records`` counts a record of weight n n times, as the replay sends it.
+    """
+
+    connection: sa.Connection
+    view_id: int
+    seq: int
+    records: int
+
+    def _texts(self) -> Iterator[Sequence[str]]:
+        """Yield the records' texts page by page, in key order, a record of weight n n times."""
+        params = {"view_id": self.view_id, "after": "", "limit": PAGE_ROWS}
+        while True:
+            rows = _SNAPSHOT_PAGE.all(self.connection, params)
+            if not rows:
+                return
+            keys, texts, weights = zip(*rows, strict=True)
+            if sum(weights) != len(weights):
+                texts = tuple(t for t, w in zip(texts, weights, strict=True) for _ in range(w))
+            yield texts
+            if len(rows) < PAGE_ROWS:
+                return
+            params["after"] = keys[-1]
+
+    def batches(self, max_records: int, max_bytes: int | None = None) -> Iterator[list[str]]:
+        """Yield the snapshot's records as canonical JSON texts, in batches.
+
+        A record of weight n comes n times. A batch holds at most
+        ``max_records`` texts and ends, with ``max_bytes``, at the text that
+        brings its length to ``max_bytes``. Pages through the Z-set by key
+        (keyset pagination) within the snapshot's read transaction, so memory
+        holds one page and one batch.
+        """
+        budget = UNBOUNDED if max_bytes is None else max_bytes
+        batch: list[str] = []
+        size = 0
+        for texts in self._texts():
+            while texts:
+                count, length = _fitting(texts, max_records - len(batch), budget - size)
+                batch.extend(texts[:count])
+                size += length
+                texts = texts[count:]
+                if len(batch) >= max_records or size >= budget:
+                    yield batch
+                    batch, size = [], 0
+        if batch:
+            yield batch
+
+
+@contextmanager
+def open_snapshot(view_id: int) -> Iterator[Snapshot]:
+    """Open a consistent snapshot of a view: its log position and the Z-set at it.
+
+    Both are read in one read transaction of a connection of its own
+    (:func:`app.database.snapshot_connection`), kept open while the caller
+    replays: changes committed meanwhile are not in it; they follow it in the
+    log, after ``Snapshot.seq``.
+    """
+    with snapshot_connection() as conn:
+        params = {"view_id": view_id}
+        seq = conn.execute(_LOG_END, params).scalar_one_or_none()
+        records = conn.execute(_SIZE, params).scalar_one()
+        yield Snapshot(conn, view_id, seq or 0, int(records))
+
+
+def change_texts(rows: Sequence[tuple[int, int, str]]) -> list[str]:
+    """The changes of log rows as JSON texts: ``{"insert":record}`` or ``{"delete":record}``."""
+    return [
+        '{"insert":' + text + "}" if weight > 0 else '{"delete":' + text + "}"
+        for _seq, weight, text in rows
+    ]
+
+
+def insert_texts(texts: Sequence[str]) -> list[str]:
+    """Snapshot records as JSON texts of their inserts: ``{"insert":record}``."""
+    return ['{"insert":' + text + "}" for text in texts]
