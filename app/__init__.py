@@ -24,11 +24,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_or_create_secret_key(app.instance_path)
 
-    from app import database, errors, extensions
+    from app import database, errors, extensions, logs, metrics
 
     extensions.init_app(app)
     database.init_app(app)
     errors.init_app(app)
+    logs.init_app(app)
+    metrics.init_app(app)
 
     from app import (
         auth,

@@ -62,6 +62,16 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "BACKGROUND_WORKER": True,
         # Seconds a client is told to wait when the database is busy.
         "RETRY_AFTER_SECONDS": 1,
+        # GET /metrics without credentials (True), or with a read credential that sees
+        # its own tenant's series (False; see app/metrics.py and the README).
+        "METRICS_PUBLIC": False,
+        # Credentials of this tenant see every tenant's series on /metrics (None: none do).
+        "METRICS_OPERATOR_TENANT": None,
+        # The most connectors, and views, one scrape lists.
+        "METRICS_MAX_ROWS": 10_000,
+        # Log lines as "text" or "json" (one object per line), from this level up.
+        "LOG_FORMAT": "text",
+        "LOG_LEVEL": "INFO",
         # Where http sinks may connect (CIDRs, addresses, host names; "*.x" for
         # subdomains), checked on the resolved addresses at every connect: denied
         # wins; a non-empty allowed list admits only what it names. The default

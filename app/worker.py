@@ -26,6 +26,8 @@ _started_in_pid: int | None = None
 # When this process's worker loop last came round (time.monotonic()); see heartbeat_age.
 _heartbeat: float | None = None
 _start_lock = threading.Lock()
+# This process's background worker: its loop thread and the event that stops it.
+_background: tuple[threading.Thread, threading.Event] | None = None
 
 
 def run_once(executor: object | None = None, delivery: object | None = None) -> bool:
@@ -109,18 +111,36 @@ def heartbeat_age() -> float | None:
 
 def start_background(app: Flask) -> threading.Thread | None:
     """Start this process's background worker thread once (per process, so after a fork too)."""
-    global _started_in_pid
+    global _started_in_pid, _background
     if not background_expected(app):
         return None
     with _start_lock:
         if _started_in_pid == os.getpid():
             return None
         _started_in_pid = os.getpid()
+    stop = threading.Event()
     thread = threading.Thread(
-        target=run_loop, args=(app, threading.Event()), name="pipeline-worker", daemon=True
+        target=run_loop, args=(app, stop), name="pipeline-worker", daemon=True
     )
+    _background = (thread, stop)
     thread.start()
     return thread
+
+
+def stop_background(timeout: float = 0.0) -> bool:
+    """Ask this process's background worker to stop; wait up to ``timeout`` s; return if it did.
+
+    Its threads finish the claim they are on and give their leases back (see
+    :func:`run_loop`). gunicorn's hooks call it on SIGTERM, then as the worker
+    process exits (``gunicorn.conf.py``). Safe in a signal handler with 0.
+    """
+    if _background is None or _started_in_pid != os.getpid():
+        return True
+    thread, stop = _background
+    stop.set()
+    if timeout > 0:
+        thread.join(timeout)
+    return not thread.is_alive()
 
 
 def _start_on_first_request() -> None:

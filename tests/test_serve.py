@@ -9,6 +9,10 @@ delivery and a reset done by the served processes alone.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -90,3 +94,82 @@ def test_gunicorn_workers_are_ready_once_their_background_worker_runs(served) ->
 
     body = _wait_for(ready, timeout=30)
     assert body["checks"] == {"database": "ok", "schema": "ok", "worker": "ok"}
+
+
+def _is_gone(pid: int) -> bool:
+    """Whether the process has exited (gone, or a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def _connector_row(database: Path) -> tuple:
+    """(lease_owner, committed_length, delivered_seq) of the only connector."""
+    with sqlite3.connect(database) as conn:
+        return conn.execute(
+            "SELECT lease_owner, committed_length, delivered_seq FROM connectors"
+        ).fetchone()
+
+
+def test_sigterm_lets_requests_finish_and_the_background_worker_give_its_lease_back(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to gunicorn: a request half sent goes on to a 200, and the worker
+    thread that was delivering finishes its claim and releases the connector,
+    instead of dying with the process and leaving the lease to expire."""
+    settings = {"WORKER_POLL_INTERVAL": 0.05, "DELIVERY_CONCURRENCY": 1,
+                "DELIVERY_BATCH_SIZE": 5, "WORKER_LEASE_SECONDS": 30}  # fmt: skip
+    pidfile = tmp_path / "gunicorn.pid"
+    with faults.served(tmp_path, settings, "--pid", str(pidfile)) as (base, env):
+        key = subprocess.run(
+            [str(BIN / "flask"), "--app", "wsgi", "api-keys", "create", "k", "--role", "write"],
+            cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer {key}"
+        assert s.post(f"{base}/v0/pipelines", json={"name": "orders", "views": ["totals"]}).ok
+        connector = {"name": "sink1", "transport": {"name": "file", "config": {"path": "t.jsonl"}}}
+        assert s.post(f"{base}/v0/pipelines/orders/views/totals/connectors", json=connector).ok
+        assert s.post(f"{base}/v0/pipelines/orders/start").ok
+        changes = f"{base}/v0/pipelines/orders/views/totals/changes"
+        # A backlog of thousands of small batches: delivery is still under way below.
+        for start in range(0, 10_000, 1000):
+            batch = [{"insert": {"id": i, "pad": "z" * 30}} for i in range(start, start + 1000)]
+            assert s.post(changes, json=batch).ok
+        # The background worker is in the middle of a claim (it holds the lease).
+        _wait_for(lambda: _connector_row(tmp_path / "serve.db")[0] is not None, timeout=30)
+
+        # A request in flight: headers and half its body sent.
+        body = json.dumps([{"insert": {"id": -1}}, {"insert": {"id": -2}}]).encode()
+        port = int(base.rsplit(":", 1)[1])
+        slow = socket.create_connection(("127.0.0.1", port), timeout=30)
+        slow.sendall(
+            f"POST /v0/pipelines/orders/views/totals/changes HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body[:10]
+        )
+        time.sleep(0.5)  # the request is read and waiting for the rest of its body
+
+        master = int(pidfile.read_text())
+        os.kill(master, signal.SIGTERM)
+        stopped_at = time.monotonic()
+        time.sleep(0.5)
+        slow.sendall(body[10:])
+        answer = b""
+        while chunk := slow.recv(65536):
+            answer += chunk
+        slow.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+        _wait_for(lambda: _is_gone(master), timeout=25)
+        assert time.monotonic() - stopped_at < 20  # gunicorn's graceful_timeout
+
+    owner, committed, delivered = _connector_row(tmp_path / "serve.db")
+    assert 0 < delivered < 10_002, "delivery was not under way at SIGTERM"
+    assert owner is None, "the lease was left to expire"
+    sink = tmp_path / "sinks" / "default" / "t.jsonl"
+    assert sink.stat().st_size == committed  # stopped between batches, nothing half-written
+    assert len(faults.sink_lines(sink)) == delivered
