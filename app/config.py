@@ -56,6 +56,11 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # The most changes and bytes one pushed batch may carry (413 PayloadTooLarge above).
         "VIEW_CHANGES_MAX_RECORDS": 100_000,
         "VIEW_CHANGES_MAX_BYTES": 16 * 1024 * 1024,
+        # Change-log compaction (app/view_data/compaction.py): the worker removes log
+        # rows every connector of the view has delivered, this many per statement,
+        # once a whole batch can go; a pass every this many seconds (0: never).
+        "COMPACTION_BATCH_SIZE": 10_000,
+        "COMPACTION_INTERVAL_SECONDS": 1.0,
         # Seconds an Idempotency-Key is remembered after its first request (24 h).
         "IDEMPOTENCY_RETENTION_SECONDS": 24 * 3600,
         # Run the worker loop in a background thread of each serving process.

@@ -42,9 +42,10 @@ def run_once(executor: object | None = None, delivery: object | None = None) -> 
 
 
 def _work(app: Flask, stop: threading.Event) -> None:
-    """One worker thread: resets and delivery, until ``stop`` is set."""
+    """One worker thread: resets, delivery and change-log compaction, until ``stop`` is set."""
     from app.delivery.worker import DeliveryWorker
     from app.resets.executor import ResetExecutor
+    from app.view_data import compaction
 
     interval = float(app.config["WORKER_POLL_INTERVAL"])
     with app.app_context():
@@ -67,6 +68,9 @@ def _work(app: Flask, stop: threading.Event) -> None:
                     stop.wait(interval)
                     continue
                 busy = run_once(executor, delivery)
+                # Drops change-log rows every connector has delivered (one
+                # thread per process, every COMPACTION_INTERVAL_SECONDS).
+                compaction.run_due()
             except Exception:
                 log.exception("worker iteration failed; retrying")
                 db.session.rollback()

@@ -1,4 +1,4 @@
-"""``flask views push``: push a file of view changes, as the engine would."""
+"""``flask views push`` (changes from a file, as the engine would) and ``flask views compact``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import click
 
 from app.cli import OperatorGroup, echo_json, json_option, tenant_option
 from app.pipelines.service import get_pipeline
-from app.view_data import service
+from app.view_data import compaction, service
 
-views = OperatorGroup("views", help="Push view changes.")
+views = OperatorGroup("views", help="Push view changes; compact change logs.")
 
 FORMATS = ("auto", "json", "ndjson")
 
@@ -89,3 +89,25 @@ def push_command(
             f"to {pipeline}/{view} in {len(results)} batch(es); the log ends at "
             f"{results[-1].log_end}"
         )
+
+
+@views.command("compact")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Rows removed per statement. Default: COMPACTION_BATCH_SIZE.",
+)
+@json_option
+def compact_command(batch_size: int | None, as_json: bool) -> None:
+    """Remove every change-log row that all connectors of its view have delivered.
+
+    What the worker does in the background a whole batch at a time, done now
+    down to the last row: a view with no connector keeps only its contents.
+    """
+    removed = 0
+    while count := compaction.compact(batch_size=batch_size, min_rows=1):
+        removed += count
+    if as_json:
+        echo_json({"removed_rows": removed})
+    else:
+        click.echo(f"Removed {removed} change-log rows")

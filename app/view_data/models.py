@@ -16,7 +16,7 @@ class ViewLog(db.Model):
     Writers bump ``last_seq`` first thing in their transaction; the row lock
     (PostgreSQL) or the write lock (SQLite) this takes serializes the writers
     of one view, so sequence ranges never overlap and the Z-set is updated by
-    one writer at a time.
+    one writer at a time. Compaction takes the same lock.
     """
 
     __tablename__ = "view_logs"
@@ -25,6 +25,9 @@ class ViewLog(db.Model):
         sa.ForeignKey(_VIEW_FK, ondelete="CASCADE"), primary_key=True
     )
     last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    # The log holds the changes after this seq only: compaction removed the ones
+    # before (see app.view_data.compaction).
+    compacted_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
 
 class ViewChange(db.Model):

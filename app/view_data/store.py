@@ -217,13 +217,22 @@ def _fold_deletes(
 
 
 def read_changes(view_id: int, after_seq: int, limit: int) -> list[tuple[int, int, str]]:
-    """Return up to ``limit`` changes after ``after_seq``, in order, as (seq, weight, JSON)."""
+    """Return up to ``limit`` changes after ``after_seq``, in order, as (seq, weight, JSON).
+
+    Returns nothing when change ``after_seq + 1`` has been compacted away:
+    whoever reads from there needs a snapshot of the view instead (see
+    :mod:`app.view_data.compaction`), never a log with a hole in it. Seqs are
+    handed out in order and a batch commits whole, so the committed log has no
+    other holes: a first row past ``after_seq + 1`` is the sign.
+    """
     rows = db.session.execute(
         sa.select(ViewChange.seq, ViewChange.weight, ViewChange.record)
         .where(ViewChange.view_id == view_id, ViewChange.seq > after_seq)
         .order_by(ViewChange.seq)
         .limit(limit)
-    )
+    ).all()
+    if rows and rows[0][0] != after_seq + 1:
+        return []
     return [tuple(row) for row in rows]
 
 
