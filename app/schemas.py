@@ -69,7 +69,8 @@ class PageQuery(ma.Schema):
     """Query of a paged list: ``limit`` items after the cursor ``after``."""
 
     class Meta:
-        unknown = ma.EXCLUDE
+        # A misspelt parameter (?limt=5) is refused, not silently ignored.
+        unknown = ma.RAISE
 
     limit = ma.fields.Integer(
         load_default=DEFAULT_PAGE_SIZE,

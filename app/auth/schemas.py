@@ -62,7 +62,11 @@ class ApiKeyOut(ma.Schema):
 class ApiKeyCreated(ApiKeyOut):
     """A new API key, with the key itself: it is shown this once."""
 
+    # Not required: a replay of the request (same Idempotency-Key) answers
+    # without it, since the key itself is never stored.
     key = ma.fields.String(
-        required=True,
-        metadata={"description": "The key; send it as 'Authorization: Bearer <key>'."},
+        metadata={
+            "description": "The key; send it as 'Authorization: Bearer <key>'. Shown once: "
+            "absent from the replayed answer of a retry with the same Idempotency-Key."
+        },
     )

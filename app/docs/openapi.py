@@ -99,6 +99,11 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
         "error_code": "PayloadTooLarge",
         "details": {"max_content_length": 16777216},
     },
+    "UriTooLong": {
+        "message": "The URL is longer than the 8000 bytes accepted",
+        "error_code": "UriTooLong",
+        "details": {"max_url_bytes": 8000, "url_bytes": 8123},
+    },
     "UnsupportedMediaType": {
         "message": "Send the body as JSON, with 'Content-Type: application/json'",
         "error_code": "UnsupportedMediaType",
@@ -137,6 +142,7 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
 COMMON_ERRORS = {
     401: "AuthenticationFailed: no, malformed, unknown, revoked or expired credentials "
     "(with a `WWW-Authenticate: Bearer` header)",
+    414: "UriTooLong: the URL is longer than the 8000 bytes the service accepts",
     500: "InternalError: a bug; `details.request_id` identifies it in the logs",
     503: "ServiceUnavailable: the database is busy or unreachable; retry after `Retry-After`",
 }
@@ -408,6 +414,7 @@ def _error_codes(
         403: "InsufficientPermissions",
         410: "PipelineRestarted",
         413: "PayloadTooLarge",
+        414: "UriTooLong",
         415: "UnsupportedMediaType",
         500: "InternalError",
     }

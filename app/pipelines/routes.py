@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 from flask.views import MethodView
 
 from app import idempotency
@@ -36,7 +37,7 @@ def load_pipeline(pipeline_name: str) -> Pipeline:
 class Pipelines(MethodView):
     """The caller's pipelines."""
 
-    @blp.arguments(PipelineListQuery, location="query", as_kwargs=True)
+    @blp.arguments(PipelineListQuery, location="query", as_kwargs=True, unknown=ma.RAISE)
     @blp.response(200, PipelineOut(many=True), headers=LINK_HEADER_DOC)
     def get(self, limit, after=None, status=None):
         """List pipelines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import marshmallow as ma
 from flask import current_app, request
 
 from app import idempotency
@@ -59,7 +60,7 @@ def issue_reset(pipeline_name, view_name, connector_name):
 
 
 @blp.route("/views/<view_name>/connectors/<connector_name>/resets", methods=["GET"])
-@blp.arguments(ResetHistoryQuery, location="query", as_kwargs=True)
+@blp.arguments(ResetHistoryQuery, location="query", as_kwargs=True, unknown=ma.RAISE)
 @blp.response(200, ResetHistoryItem(many=True), headers=LINK_HEADER_DOC)
 @documents_errors(blp, {404: "Unknown pipeline, view or connector"})
 def list_resets(pipeline_name, view_name, connector_name, limit, after=None):
