@@ -51,6 +51,31 @@ def compare(targets: dict[str, Callable[[], Any]], seconds: float, rounds: int) 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def paired_ratio(
+    base: Callable[[], Any], other: Callable[[], Any], seconds: float, rounds: int
+) -> tuple[float, float, float]:
+    """Time two calls in alternating short rounds; return both medians and the median ratio.
+
+    The ratio is ``other``'s time over ``base``'s, taken round by round (each
+    pair measured back to back, in alternating order) and then the median: a
+    busy moment of the machine hits both halves of a pair alike.
+    """
+    for call in (base, other):
+        for _ in range(50):
+            call()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for index in range(rounds):
+        pair = ((0, base), (1, other)) if index % 2 == 0 else ((1, other), (0, base))
+        for slot, call in pair:
+            samples[slot].append(seconds_per_call(call, seconds / rounds))
+    ratios = [o / b for b, o in zip(*samples, strict=True)]
+    return (
+        statistics.median(samples[0]),
+        statistics.median(samples[1]),
+        statistics.median(ratios),
+    )
+
+
 def direct_statement_listeners() -> list[Callable[[str, Any], None]]:
     """The app's listeners of statements run straight on DB-API cursors (empty list if none).
 
