@@ -58,6 +58,16 @@ from bench.service import (
     log_note,
 )
 
+# The targets of issue 10, shown beside the measured figure.
+TARGETS = {
+    "reset_status": " (target <= 2.5x)",
+    "wrk GET /healthz": " (target >= 0.80x)",
+    "wrk reset_status": " (target >= 0.60x; p99 <= 2x the baseline's)",
+    "ingestion": " (target >= 60,000 records/s)",
+    "delivery": " (target >= 250,000 records/s)",
+    "replay": " (target >= 250,000 records/s)",
+}
+
 
 def section_reset_status(
     service: Service, seconds: float, rounds: int
@@ -94,7 +104,7 @@ def section_reset_status(
                 label,
                 1 / medians[name],
                 "req/s",
-                f"{medians[name] / base:.2f}x the baseline's time",
+                f"{medians[name] / base:.2f}x the baseline's time" + TARGETS.get(name, ""),
             )
         )
     count, statements = statements_per_request(service, path)
@@ -176,7 +186,8 @@ def section_view_data(service: Service, records: int, batch: int) -> list[Row] |
             f"ingestion, POST .../changes ({batch}/batch)",
             records / ingest,
             "records/s",
-            f"{records} records, {mb:.1f} MB, {ingest:.2f}s; {versus(ingest, 'ingest')}",
+            f"{records} records, {mb:.1f} MB, {ingest:.2f}s; {versus(ingest, 'ingest')}"
+            + TARGETS["ingestion"],
         ),
         Row(
             "b",
@@ -190,7 +201,7 @@ def section_view_data(service: Service, records: int, batch: int) -> list[Row] |
             "stream delivery to a file sink (worker)",
             records / deliver,
             "records/s",
-            f"{deliver:.2f}s; {versus(deliver, 'deliver')}",
+            f"{deliver:.2f}s; {versus(deliver, 'deliver')}" + TARGETS["delivery"],
         ),
         Row(
             "b",
@@ -204,7 +215,7 @@ def section_view_data(service: Service, records: int, batch: int) -> list[Row] |
             "reset: snapshot replay to a file sink",
             records / replay,
             "records/s",
-            f"{replay:.2f}s; {replay_note}; {versus(replay, 'replay')}",
+            f"{replay:.2f}s; {replay_note}; {versus(replay, 'replay')}" + TARGETS["replay"],
         ),
         Row(
             "b",
@@ -243,7 +254,7 @@ def section_wrk(service: Service, args: argparse.Namespace) -> list[Row] | str:
         note = (
             f"{result.requests_per_second / base:.2f}x the baseline's req/s; "
             f"p50 {p.get('50', 0):.1f} ms, p99 {p.get('99', 0):.1f} ms"
-        )
+        ) + TARGETS.get(f"wrk {name}", "")
         if result.non_2xx or result.socket_errors:
             note += f"; {result.non_2xx} non-2xx, socket errors: {result.socket_errors or 'none'}"
         rows.append(
