@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 
 from app.docs.openapi import ERROR_EXAMPLES, ERROR_REF
+from tests.conftest import assert_error
 
 CONTRACT_404 = {
     "message": "Unknown pipeline name 'non-existent-pipeline'",
@@ -196,3 +197,24 @@ def test_every_published_schema_is_used(document):
     text = json.dumps(document)
     for name in document["components"]["schemas"]:
         assert f'"#/components/schemas/{name}"' in text, name
+
+
+def test_a_transport_is_one_shape_per_transport_told_apart_by_name(document):
+    schemas = document["components"]["schemas"]
+    transport = schemas["TransportIn"]
+    assert transport["discriminator"]["propertyName"] == "name"
+    assert set(transport["discriminator"]["mapping"]) == {"file", "http"}
+    file_config = schemas["FileTransportIn"]["properties"]["config"]
+    assert file_config["required"] == ["path"] and not file_config["additionalProperties"]
+    assert schemas["HttpTransportIn"]["properties"]["config"]["required"] == ["url"]
+    assert schemas["FileTransportIn"]["required"] == ["name", "config"]
+
+
+def test_a_transport_without_its_settings_is_400(api):
+    api.create_pipeline()
+    r = api.client.post(
+        "/v0/pipelines/orders/views/totals/connectors",
+        json={"name": "sink1", "transport": {"name": "file"}},
+    )
+    body = assert_error(r, 400, "InvalidRequest")
+    assert "transport" in json.dumps(body["details"])

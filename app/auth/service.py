@@ -25,6 +25,8 @@ import hashlib
 import re
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -211,10 +213,14 @@ class KeyCache:
     against the row on every request.
     """
 
-    def __init__(self, ttl: float, maxsize: int = 4096) -> None:
+    def __init__(
+        self, ttl: float, maxsize: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._rows: TTLCache[str, KeyRow] | None = TTLCache(maxsize, ttl) if ttl > 0 else None
+        self._rows: TTLCache[str, KeyRow] | None = (
+            TTLCache(maxsize, ttl, timer=clock) if ttl > 0 else None
+        )
 
     def get(self, key_hash: str) -> KeyRow | None:
         """Return the remembered row of a hash, or None."""

@@ -24,7 +24,7 @@ class TransportIn(ma.Schema):
     )
     config = ma.fields.Dict(
         keys=ma.fields.String(),
-        load_default=dict,
+        required=True,
         metadata={
             "description": 'file: {"path": "out/totals.jsonl"}; '
             'http: {"url": "http://127.0.0.1:9000/in", "timeout": 10}',

@@ -15,16 +15,18 @@ class ResetsStats(ma.Schema):
 
     count = ma.fields.Integer(required=True, metadata={"description": "Resets ever requested."})
     completed = ma.fields.Integer(required=True, metadata={"description": "Resets completed."})
+    # null is one of the values (never reset): an enum without it makes strict
+    # clients refuse the answer.
     last_status = ma.fields.String(
-        required=True, allow_none=True, metadata={"enum": list(ResetStatus.ALL)}
+        required=True, allow_none=True, metadata={"enum": [*ResetStatus.ALL, None]}
     )
     last_phase = ma.fields.String(
-        required=True, allow_none=True, metadata={"enum": list(ResetPhase.ALL)}
+        required=True, allow_none=True, metadata={"enum": [*ResetPhase.ALL, None]}
     )
     last_requested_at = ma.fields.AwareDateTime(required=True, allow_none=True)
     last_completed_at = ma.fields.AwareDateTime(required=True, allow_none=True)
     last_origin = ma.fields.String(
-        required=True, allow_none=True, metadata={"enum": list(ResetOrigin.ALL)}
+        required=True, allow_none=True, metadata={"enum": [*ResetOrigin.ALL, None]}
     )
     last_attempts = ma.fields.Integer(required=True, allow_none=True)
     last_error = ma.fields.String(required=True, allow_none=True)

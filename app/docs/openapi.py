@@ -248,8 +248,96 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
             if secured:
                 operation.setdefault("security", [{scheme: []}])
             _complete_responses(path, method, operation, secured)
+    _model_transports(spec)
     _drop_unused_schemas(spec)
     return spec
+
+
+def _transport_schemas() -> dict[str, dict[str, Any]]:
+    """The request shape of each transport: its name, and its settings' schema."""
+    from app.transports import http
+
+    seconds = {"type": "number", "minimum": 0, "maximum": http.MAX_TIMEOUT}
+    backoff = {"type": "number", "minimum": 0, "maximum": http.MAX_BACKOFF}
+    return {
+        "file": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["path"],
+            "properties": {
+                "path": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "The sink file, relative to the tenant's sink folder.",
+                    "example": "out/totals.jsonl",
+                }
+            },
+        },
+        "http": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["url"],
+            "properties": {
+                "url": {
+                    "type": "string",
+                    "description": "http:// or https:// URL the batches are POSTed to.",
+                    "example": "http://127.0.0.1:9000/in",
+                },
+                "timeout": {
+                    "description": "Seconds to connect and to read the answer "
+                    f"(default {http.DEFAULT_CONNECT_TIMEOUT:g} and "
+                    f"{http.DEFAULT_READ_TIMEOUT:g}): one number for both, or each.",
+                    "oneOf": [
+                        seconds,
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"connect": seconds, "read": seconds},
+                        },
+                    ],
+                },
+                "max_retries": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": http.MAX_RETRIES,
+                    "description": f"Retries of a batch (default {http.DEFAULT_MAX_RETRIES}).",
+                },
+                "backoff": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "description": "Seconds between retries: doubled from base up to cap.",
+                    "properties": {"base": backoff, "cap": backoff},
+                },
+            },
+        },
+    }
+
+
+def _model_transports(spec: dict[str, Any]) -> None:
+    """Describe a connector's transport as one shape per transport, told apart by ``name``.
+
+    The request schema is a ``oneOf`` with a discriminator, so a generated
+    client builds a file or an http transport with its own settings, never
+    a bare ``{"name": "file"}`` that the service would refuse.
+    """
+    schemas = spec.get("components", {}).get("schemas", {})
+    if "TransportIn" not in schemas:
+        return
+    variants = {}
+    for name, config in _transport_schemas().items():
+        component = f"{name.capitalize()}TransportIn"
+        schemas[component] = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name", "config"],
+            "properties": {"name": {"type": "string", "enum": [name]}, "config": config},
+        }
+        variants[name] = f"#/components/schemas/{component}"
+    schemas["TransportIn"] = {
+        "description": "Which transport a connector uses, and its settings.",
+        "oneOf": [{"$ref": ref} for ref in variants.values()],
+        "discriminator": {"propertyName": "name", "mapping": variants},
+    }
 
 
 def _drop_unused_schemas(spec: dict[str, Any]) -> None:
