@@ -14,6 +14,7 @@ from time import perf_counter
 
 import pytest
 import requests
+import sqlalchemy as sa
 from flask import Flask, Response
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -197,6 +198,22 @@ def test_a_scrape_lists_at_most_metrics_max_rows_connectors(
     assert len(lags) == 1
     assert value(parsed, "pipeline_manager_metrics_truncated") == 1
     assert value(parsed, "pipeline_manager_connector_state", **connector(), state="stopped") == 1
+
+
+def test_a_database_that_does_not_answer_leaves_the_request_series_and_database_up_0(
+    app: Flask, client
+) -> None:
+    with app.app_context():
+        db.session.execute(sa.text("DROP TABLE view_records"))
+        db.session.execute(sa.text("DROP TABLE view_changes"))
+        db.session.execute(sa.text("DROP TABLE view_logs"))
+        db.session.commit()
+    app.config["METRICS_PUBLIC"] = True  # no key look-up: the scrape itself meets the error
+    assert client.get("/healthz").status_code == 200
+    parsed = scrape(client)
+    assert value(parsed, "pipeline_manager_database_up") == 0
+    assert [key for key in parsed if key[0] == f"{HISTOGRAM}_count"]
+    assert not [key for key in parsed if key[0].startswith("pipeline_manager_connector_")]
 
 
 # -- under gunicorn ---------------------------------------------------------------------------
