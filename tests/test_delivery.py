@@ -114,7 +114,10 @@ def test_stats_show_what_was_transmitted_and_what_waits(running_pipeline, client
     push(client, inserts(0, 4))
     body = stats(client)
     assert body["queued_records"] == 4 and body["transmitted_records"] == 0
-    assert body["health"] == "healthy" and body["transport"] == "file"
+    assert body["health"] == "healthy" and body["transport"]["name"] == "file"
+    assert body["transport"] == running_pipeline.client.get(
+        "/v0/pipelines/orders/views/totals/connectors/sink1"
+    ).get_json()["transport"]
     deliver(app)
     body = stats(client)
     size = (tmp_path / "sinks" / "default" / "out" / "totals.jsonl").stat().st_size

@@ -125,7 +125,14 @@ def stats_command(pipeline: str, view: str, connector: str, tenant: str, as_json
         echo_json(data)
         return
     resets = data.pop("resets")
-    echo_fields({**data, **{f"resets.{k}": v for k, v in resets.items()}})
+    transport = data.pop("transport")
+    echo_fields(
+        {
+            **data,
+            "transport": transport["name"],
+            **{f"resets.{k}": v for k, v in resets.items()},
+        }
+    )
 
 
 @connectors.command("remove")

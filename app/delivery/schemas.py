@@ -6,6 +6,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from app.connectors.models import SyncState
+from app.connectors.schemas import TransportOut
 from app.delivery.service import Health
 from app.resets.models import ResetOrigin, ResetPhase, ResetStatus
 
@@ -38,7 +39,8 @@ class ConnectorStats(ma.Schema):
     pipeline_name = ma.fields.String(required=True)
     view_name = ma.fields.String(required=True)
     connector_name = ma.fields.String(required=True)
-    transport = ma.fields.String(required=True)
+    # The same shape as in connector answers (settings' secrets shown as ***).
+    transport = ma.fields.Nested(TransportOut, required=True)
     health = ma.fields.String(
         required=True,
         validate=validate.OneOf(Health.ALL),

@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app.connectors.models import Connector, SyncState
+from app.connectors.schemas import shown_transport
 from app.connectors.service import get_connector
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus
@@ -60,7 +61,7 @@ def connector_stats(pipeline: Pipeline, view_name: str, connector_name: str) -> 
         "pipeline_name": pipeline.name,
         "view_name": view_name,
         "connector_name": connector.name,
-        "transport": connector.transport,
+        "transport": shown_transport(connector),
         "health": health(pipeline, connector),
         "sync_state": connector.sync_state,
         "sync_reason": connector.sync_reason,
