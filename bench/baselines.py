@@ -31,13 +31,24 @@ def keyed(texts: list[str]) -> list[tuple[str, str]]:
     return [(text, hashlib.sha256(text.encode()).hexdigest()) for text in texts]
 
 
-def sqlite_executemany(path: Path, rows: list[tuple[str, str]], batch: int) -> float:
-    """Insert the rows of every batch into a fresh SQLite file; return the seconds taken."""
+# The connection settings copied from the app's own SQLite connections.
+PRAGMAS = ("journal_mode", "synchronous", "wal_autocheckpoint", "cache_size", "mmap_size")
+DEFAULT_PRAGMAS = {"journal_mode": "wal", "synchronous": "1"}
+
+
+def sqlite_executemany(
+    path: Path, rows: list[tuple[str, str]], batch: int, pragmas: dict[str, str] | None = None
+) -> float:
+    """Insert the rows of every batch into a fresh SQLite file; return the seconds taken.
+
+    ``pragmas`` are the app's connection settings (:data:`PRAGMAS`), so that the
+    baseline runs with the same journal, sync and checkpoint settings.
+    """
     path.unlink(missing_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        for name, value in (pragmas or DEFAULT_PRAGMAS).items():
+            conn.execute(f"PRAGMA {name}={value}")
         conn.executescript(SCHEMA)
         started = time.perf_counter()
         for start in range(0, len(rows), batch):
@@ -56,6 +67,15 @@ def sqlite_executemany(path: Path, rows: list[tuple[str, str]], batch: int) -> f
         conn.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def app_pragmas(conn: object) -> dict[str, str]:
+    """Read :data:`PRAGMAS` off one of the app's SQLite DB-API connections."""
+    cursor = conn.cursor()  # type: ignore[attr-defined]
+    try:
+        return {name: str(cursor.execute(f"PRAGMA {name}").fetchone()[0]) for name in PRAGMAS}
+    finally:
+        cursor.close()
 
 
 def file_writes(path: Path, texts: list[str], batch: int) -> float:

@@ -41,6 +41,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from app.extensions import db
 from app.view_data import store
 from bench import baselines, wrk
 from bench.measure import Row, compare, statements_per_request
@@ -115,6 +116,19 @@ def section_reset_status(
     return rows, statements
 
 
+def sqlite_settings(service: Service) -> dict[str, str] | None:
+    """The app's SQLite connection settings, for the raw baseline (None on PostgreSQL)."""
+    with service.app.app_context():
+        engine = db.engine
+    if engine.dialect.name != "sqlite":
+        return None
+    conn = engine.raw_connection()
+    try:
+        return baselines.app_pragmas(conn.driver_connection)
+    finally:
+        conn.close()
+
+
 def canonical_texts(bodies: list[bytes]) -> list[str]:
     """The canonical JSON text of every record the bodies insert, as the view stores it."""
     return [store.canonical(change["insert"]) for body in bodies for change in json.loads(body)]
@@ -141,12 +155,15 @@ def section_view_data(service: Service, records: int, batch: int) -> list[Row] |
     delivery_batch = int(config["DELIVERY_BATCH_SIZE"])
     replay_batch = int(config["REPLAY_BATCH_SIZE"])
 
-    raw_ingest = [baselines.sqlite_executemany(scratch.with_suffix(".db"), rows, batch)]
+    pragmas = sqlite_settings(service)
+    raw_ingest = [baselines.sqlite_executemany(scratch.with_suffix(".db"), rows, batch, pragmas)]
     started = time.perf_counter()
     for body in bodies:
         service.call("POST", path, (200, 202), data=body, content_type="application/json")
     ingest = time.perf_counter() - started
-    raw_ingest.append(baselines.sqlite_executemany(scratch.with_suffix(".db"), rows, batch))
+    raw_ingest.append(
+        baselines.sqlite_executemany(scratch.with_suffix(".db"), rows, batch, pragmas)
+    )
 
     raw_deliver = [baselines.file_writes(scratch.with_suffix(".jsonl"), texts, delivery_batch)]
     started = time.perf_counter()
