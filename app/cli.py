@@ -181,3 +181,23 @@ def init_app(app: Flask) -> None:
     # One OperatorGroup per resource package; a new resource's group is added here.
     for group in (pipelines, connectors, resets, api_keys, views):
         app.cli.add_command(group)
+
+
+def main() -> None:
+    """The ``pipeline-manager`` command: the ``flask`` commands of this app, by their own name.
+
+    Installed with the project (``[project.scripts]``), so the command is the
+    same wherever the venv's ``bin`` is on the path, and no other program
+    called ``flask`` can answer instead. It needs no ``--app``.
+    """
+    from flask.cli import FlaskGroup
+
+    from app import create_app
+
+    group = FlaskGroup(
+        name="pipeline-manager",
+        create_app=lambda: create_app(),
+        help="Manage the pipeline-manager service: pipelines, connectors, resets, "
+        "API keys, the worker and the database.",
+    )
+    group.main(prog_name="pipeline-manager")

@@ -256,7 +256,7 @@ def init_app(app: Flask) -> None:
     app.before_request(require_schema)
 
 
-MIGRATE_HINT = "run `make migrate` (or `flask --app wsgi db upgrade`)"
+MIGRATE_HINT = "run `make migrate` (or `pipeline-manager db upgrade`)"
 # Engines whose schema was seen at the migration head: checked once per process,
 # then a set lookup on every /v0 request (the hot path; see bench/README.md).
 _schema_ready: weakref.WeakSet[sa.Engine] = weakref.WeakSet()

@@ -100,8 +100,7 @@ def page_headers(cursor: str | None, limit: int) -> dict[str, str]:
 
 LINK_HEADER_DOC = {
     "Link": {
-        "description": 'The next page, as <URL>; rel="next" (RFC 8288); absent on the '
-        "last page.",
+        "description": 'The next page, as <URL>; rel="next" (RFC 8288); absent on the last page.',
         "schema": {"type": "string"},
     }
 }

@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.extensions import db
 from app.resets.executor import ResetExecutor
+from tests import openapi_check
 
 # pytest-flask's live_server follows the app fixture's scope.
 live_server_scope = "function"
@@ -220,3 +221,21 @@ def assert_error(response: Any, status: int, error_code: str) -> dict:
     assert body["error_code"] == error_code, body
     assert isinstance(body["details"], dict) and isinstance(body["message"], str)
     return body
+
+
+@pytest.fixture(autouse=True)
+def answers_match_the_openapi_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check every answer a test client gets against the served OpenAPI document.
+
+    A strict OAS 3.0 validator (tests/openapi_check.py): an undocumented
+    status, a body off its schema (a null where the enum has none, a missing
+    required field) fails the test that saw it.
+    """
+    sent = FlaskClient.open
+
+    def open_and_check(self: FlaskClient, *args: Any, **kwargs: Any) -> Any:
+        response = sent(self, *args, **kwargs)
+        openapi_check.check(self.application, response)
+        return response
+
+    monkeypatch.setattr(FlaskClient, "open", open_and_check)

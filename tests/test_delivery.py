@@ -115,9 +115,8 @@ def test_stats_show_what_was_transmitted_and_what_waits(running_pipeline, client
     body = stats(client)
     assert body["queued_records"] == 4 and body["transmitted_records"] == 0
     assert body["health"] == "healthy" and body["transport"]["name"] == "file"
-    assert body["transport"] == running_pipeline.client.get(
-        "/v0/pipelines/orders/views/totals/connectors/sink1"
-    ).get_json()["transport"]
+    connector = running_pipeline.client.get("/v0/pipelines/orders/views/totals/connectors/sink1")
+    assert body["transport"] == connector.get_json()["transport"]
     deliver(app)
     body = stats(client)
     size = (tmp_path / "sinks" / "default" / "out" / "totals.jsonl").stat().st_size

@@ -61,7 +61,7 @@ def test_commands_on_an_empty_database_say_what_to_run_in_one_line(bare_config, 
     first, *rest = result.stderr.strip().splitlines()
     assert first == (
         "Error: The database has no schema yet: run `make migrate` "
-        "(or `flask --app wsgi db upgrade`) (ServiceUnavailable)"
+        "(or `pipeline-manager db upgrade`) (ServiceUnavailable)"
     )
     assert rest == ['{"reason": "schema_not_ready"}']
 

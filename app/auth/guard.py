@@ -23,7 +23,9 @@ from app.errors import AuthenticationFailed, InsufficientPermissions
 
 REALM = "pipeline-manager"
 READ_METHODS = frozenset({"GET", "HEAD"})
-HOW_TO_GET_A_KEY = "create an API key with 'flask api-keys create NAME --role read|write|admin'"
+HOW_TO_GET_A_KEY = (
+    "create an API key with 'pipeline-manager api-keys create NAME --role read|write|admin'"
+)
 
 _READ, _WRITE, _ADMIN = Role.READ, Role.WRITE, Role.ADMIN
 # The role each /v0 endpoint needs, by method (HEAD needs what GET does). A new

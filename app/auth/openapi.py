@@ -21,7 +21,7 @@ SCHEME_NAME = "bearerAuth"
 SCHEME = {
     "type": "http",
     "scheme": "bearer",
-    "description": "An API key ('apikey:...', from 'flask api-keys create') or a JWT.",
+    "description": "An API key ('apikey:...', from 'pipeline-manager api-keys create') or a JWT.",
 }
 _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 UNAUTHORIZED = {

@@ -34,7 +34,7 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "AuthenticationFailed": {
         "message": "The API key is not valid (it may have been revoked); create an API key "
-        "with 'flask api-keys create NAME --role read|write|admin'",
+        "with 'pipeline-manager api-keys create NAME --role read|write|admin'",
         "error_code": "AuthenticationFailed",
         "details": {"reason": "invalid_key"},
     },
