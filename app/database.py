@@ -305,3 +305,21 @@ def require_schema() -> None:
             details={"reason": "schema_not_ready", "retry_after_seconds": seconds},
             headers={"Retry-After": str(seconds)},
         )
+
+
+def read_outside_transaction(dialect: Dialect, dbapi_connection: Any, on: bool) -> bool:
+    """Put a pooled DB-API connection in (``on``) or out of autocommit for one lone read.
+
+    Returns whether anything changed. Only psycopg opens a transaction for a
+    ``SELECT``: there a lone read in autocommit saves the ``BEGIN`` and the
+    pool's ``ROLLBACK``. pysqlite reads outside a transaction already.
+    """
+    if dialect.name != "postgresql":
+        return False
+    if on:
+        if dbapi_connection.autocommit:
+            return False
+        dbapi_connection.autocommit = True
+        return True
+    dbapi_connection.autocommit = False
+    return True

@@ -31,6 +31,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
+from app.database import read_outside_transaction
+
 # Called with (SQL, parameters) before each statement runs. These statements
 # bypass SQLAlchemy's engine events, so tools that count statements (the tests,
 # the benchmark) listen here as well.
@@ -87,8 +89,13 @@ class PreparedSelect:
         for listener in statement_listeners:
             listener(plan.sql, args)
         connection = cursor = None
+        outside = False
         try:
             connection = engine.raw_connection()
+            # A lone read needs no transaction: where the driver would open one
+            # (psycopg), it is read in autocommit, saving the BEGIN and the
+            # pool's ROLLBACK, two round trips to the server.
+            outside = read_outside_transaction(dialect, connection.dbapi_connection, True)
             cursor = connection.cursor()
             cursor.execute(plan.sql, args)
             row = cursor.fetchone()
@@ -110,6 +117,12 @@ class PreparedSelect:
             if cursor is not None:
                 with contextlib.suppress(dialect.loaded_dbapi.Error):
                     cursor.close()
+            if outside and connection.dbapi_connection is not None:
+                try:
+                    read_outside_transaction(dialect, connection.dbapi_connection, False)
+                except Exception as exc:
+                    # Never give the pool back a connection left in autocommit.
+                    connection.invalidate(exc)
             if connection is not None:
                 connection.close()
         if row is None:

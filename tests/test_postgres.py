@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 
 import pytest
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from flask_migrate import upgrade
 
 from app import create_app
+from app.database import utcnow
 from app.extensions import db
 from app.pipelines import service as pipelines
 from app.resets.executor import ResetExecutor
@@ -249,3 +251,35 @@ def test_a_host_whose_clock_runs_45s_fast_cannot_take_a_live_lease(app, app_conf
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
         log.close()
+
+
+def test_a_hot_read_leaves_its_pooled_connection_in_transactions(app) -> None:
+    """Hot reads run in autocommit (no BEGIN/ROLLBACK round trips), then give the
+    connection back as the pool lent it: later work on it is transactional again."""
+    from app.health import _PING
+    from app.pipelines.models import Pipeline
+
+    with app.app_context():
+        engine = db.engine
+        engine.dispose()  # one pooled connection: the read's is the next user's
+        assert _PING.first(engine, {}) == (1,)
+        raw = engine.raw_connection()
+        try:
+            assert raw.dbapi_connection.autocommit is False
+        finally:
+            raw.close()
+        with engine.connect() as conn:
+            conn.execute(
+                sa.insert(Pipeline.__table__).values(
+                    id=uuid.uuid4(),
+                    tenant="t",
+                    name="p",
+                    description="",
+                    status="stopped",
+                    incarnation=0,
+                    created_at=utcnow(),
+                    status_since=utcnow(),
+                )
+            )
+            conn.rollback()
+            assert conn.execute(sa.select(sa.func.count()).select_from(Pipeline)).scalar() == 0
