@@ -171,23 +171,32 @@ def fill_view(service: Service, view_id: int, records: int) -> float:
             records,
             view=view_id,
         )
-        set_log_end(conn, view_id, records)
+        set_log_end(conn, view_id, records, added=records)
         conn.commit()
     finally:
         conn.close()
     return time.perf_counter() - started
 
 
-def set_log_end(conn: sa.Connection, view_id: int, last_seq: int) -> None:
-    """Set a view's log head (``view_logs.last_seq``), creating its row if needed."""
+def set_log_end(conn: sa.Connection, view_id: int, last_seq: int, added: int = 0) -> None:
+    """Set a view's log head (``view_logs.last_seq``), creating its row if needed.
+
+    ``added`` records were put in the view's Z-set: its size (``view_logs.records``,
+    which a snapshot reports) grows by as many.
+    """
+    params = {"seq": last_seq, "view": view_id, "added": added}
     updated = conn.execute(
-        sa.text("UPDATE view_logs SET last_seq = :seq WHERE view_id = :view"),
-        {"seq": last_seq, "view": view_id},
+        sa.text(
+            "UPDATE view_logs SET last_seq = :seq, records = records + :added WHERE view_id = :view"
+        ),
+        params,
     )
     if updated.rowcount == 0:
         conn.execute(
-            sa.text("INSERT INTO view_logs (view_id, last_seq) VALUES (:view, :seq)"),
-            {"seq": last_seq, "view": view_id},
+            sa.text(
+                "INSERT INTO view_logs (view_id, last_seq, records) VALUES (:view, :seq, :added)"
+            ),
+            params,
         )
 
 

@@ -66,3 +66,40 @@ def test_records_stored_with_other_number_forms_become_one_record(app_config):
         found = {record["total"]: weight for record, weight in store.contents(1)}
         db.session.remove()
     assert found == {10: 4, 1.5: 1}
+
+
+def test_each_view_log_learns_the_size_of_its_view(app_config):
+    """view_logs.records is filled from what the views hold when it is added."""
+    import sqlalchemy as sa
+
+    app = create_app(app_config)
+    with app.app_context():
+        upgrade(revision="8e1a5b7c9d20")
+        db.session.execute(
+            sa.text(
+                "INSERT INTO pipelines (id, tenant, name, description, status, incarnation, "
+                "created_at, status_since) VALUES (:id, 'default', 'orders', '', 'stopped', 0, "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            ),
+            {"id": "0" * 32},
+        )
+        for view in (1, 2):
+            db.session.execute(
+                sa.text(
+                    "INSERT INTO views (id, pipeline_id, name, position) VALUES (:v, :p, :n, 0)"
+                ),
+                {"v": view, "p": "0" * 32, "n": f"t{view}"},
+            )
+            db.session.execute(
+                sa.text("INSERT INTO view_logs (view_id, last_seq) VALUES (:v, 9)"), {"v": view}
+            )
+        for key, weight in (("a", 2), ("b", 1)):
+            db.session.execute(
+                sa.text("INSERT INTO view_records VALUES (1, :k, '{}', :w)"),
+                {"k": key * 64, "w": weight},
+            )
+        db.session.commit()
+        upgrade()
+        counts = dict(db.session.execute(sa.text("SELECT view_id, records FROM view_logs")).all())
+        db.session.remove()
+    assert counts == {1: 3, 2: 0}

@@ -270,3 +270,23 @@ def test_views_push_command_reports_errors_like_the_api(running_pipeline, app, t
     assert view_contents(app) == Counter()
     result = runner.invoke(args=["views", "push", "orders", "nope", str(bad)])
     assert result.exit_code == 1 and "(UnknownView)" in result.stderr
+
+
+def test_the_view_log_keeps_the_view_s_size_through_every_batch(running_pipeline, client, app):
+    """view_logs.records (what a snapshot reports) always equals the Z-set's weight sum."""
+
+    def stored_size() -> tuple[int, int]:
+        with app.app_context():
+            kept = db.session.execute(sa.text("SELECT records FROM view_logs")).scalar_one()
+            db.session.remove()
+        return kept, sum(view_contents(app).values())
+
+    a, b = {"id": 1}, {"id": 2}
+    assert push(client, [{"insert": a}, {"insert": a}, {"insert": b}]).status_code == 200
+    assert stored_size() == (3, 3)
+    assert push(client, [{"delete": a}, {"insert": {"id": 3}}, {"delete": b}]).status_code == 200
+    assert stored_size() == (2, 2)
+    # A refused batch (its third change deletes what is gone) changes nothing.
+    refused = push(client, [{"insert": {"id": 4}}, {"delete": a}, {"delete": a}])
+    assert_error(refused, 400, "InvalidRequest")
+    assert stored_size() == (2, 2)

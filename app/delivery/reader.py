@@ -118,9 +118,9 @@ _SNAPSHOT_PAGE = _Page(
     .order_by(_records.key)
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
-_LOG_END = sa.select(_logs.last_seq).where(_logs.view_id == sa.bindparam("view_id"))
-_SIZE = sa.select(sa.func.coalesce(sa.func.sum(_records.weight), 0)).where(
-    _records.view_id == sa.bindparam("view_id")
+# The log's end and the Z-set's size at it, both kept by every batch (one row).
+_LOG_HEAD = sa.select(_logs.last_seq, _logs.records).where(
+    _logs.view_id == sa.bindparam("view_id")
 )
 
 
@@ -232,9 +232,9 @@ def open_snapshot(view_id: int) -> Iterator[Snapshot]:
     """
     with snapshot_connection() as conn:
         params = {"view_id": view_id}
-        seq = conn.execute(_LOG_END, params).scalar_one_or_none()
-        records = conn.execute(_SIZE, params).scalar_one()
-        yield Snapshot(conn, view_id, seq or 0, int(records))
+        head = conn.execute(_LOG_HEAD, params).one_or_none()
+        seq, records = head if head is not None else (0, 0)
+        yield Snapshot(conn, view_id, seq, int(records))
 
 
 def change_texts(rows: Sequence[tuple[int, int, str]]) -> list[str]:

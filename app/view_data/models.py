@@ -28,6 +28,10 @@ class ViewLog(db.Model):
     # The log holds the changes after this seq only: compaction removed the ones
     # before (see app.view_data.compaction).
     compacted_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    # The Z-set's size as of last_seq: the sum of its weights (a record of weight n
+    # counts n times), kept by every batch in the transaction that stores it, so a
+    # snapshot knows its size without a pass over the records.
+    records: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
 
 class ViewChange(db.Model):

@@ -1,16 +1,14 @@
-"""The stored contents of views: the Z-set, the change log and snapshots of them.
+"""The stored contents of views: the Z-set and the change log.
 
-Every function here works inside the caller's transaction (``db.session``) except
-:func:`open_snapshot`, which reads on a connection of its own so that a long
-replay sees one moment of the view while writers carry on.
+Every function here works inside the caller's transaction (``db.session``).
+Snapshots and log ranges for delivery are read by :mod:`app.delivery.reader`,
+on connections of their own.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
@@ -20,7 +18,6 @@ from app.database import (
     executemany,
     insert_adding,
     insert_ignoring_duplicates,
-    snapshot_connection,
 )
 from app.extensions import db
 from app.strict_json import dumps_canonical, normalize
@@ -78,7 +75,10 @@ _RECORDS = ViewRecord.__table__
 _BUMP = (
     sa.update(_LOGS)
     .where(_LOGS.c.view_id == sa.bindparam("view"))
-    .values(last_seq=_LOGS.c.last_seq + sa.bindparam("count"))
+    .values(
+        last_seq=_LOGS.c.last_seq + sa.bindparam("count"),
+        records=_LOGS.c.records + sa.bindparam("net"),
+    )
     .returning(_LOGS.c.last_seq)
 )
 _APPEND = sa.insert(_CHANGES)
@@ -102,13 +102,17 @@ def _add_weight_statement() -> sa.Insert:
     return statement
 
 
-def _allocate(view_id: int, count: int) -> int:
+def _allocate(view_id: int, count: int, net: int) -> int:
     """Reserve ``count`` sequence numbers for the view; return the last one.
+
+    ``net`` (inserts minus deletes) is added to the view's record count in the
+    same statement: the batch is stored whole or not at all, so the count
+    always matches the Z-set.
 
     The ``UPDATE`` is the transaction's first write to the view, so it takes
     the lock that serializes the view's writers before anything is read.
     """
-    params = {"view": view_id, "count": count}
+    params = {"view": view_id, "count": count, "net": net}
     last = db.session.execute(_BUMP, params).scalar_one_or_none()
     if last is None:  # the view's first batch
         db.session.execute(
@@ -146,7 +150,7 @@ def apply_changes(view_id: int, changes: Sequence[tuple[int, str]]) -> tuple[int
     (``INSERT ... ON CONFLICT DO UPDATE``). Only records the batch deletes are
     read first: a batch that only inserts cannot make a weight negative.
     """
-    last = _allocate(view_id, len(changes))
+    last = _allocate(view_id, len(changes), sum(weight for weight, _text in changes))
     first = last - len(changes) + 1
     keys = [sha256(text.encode()).hexdigest() for _weight, text in changes]
     executemany(
@@ -251,62 +255,3 @@ def contents(view_id: int) -> Iterator[tuple[dict[str, Any], int]]:
         for _key, text, weight in rows:
             yield json.loads(text), weight
         last_key = rows[-1].key
-
-
-@dataclass
-class Snapshot:
-    """A view's contents as of one moment: after change ``seq`` of its log."""
-
-    connection: sa.Connection
-    view_id: int
-    seq: int
-    records: int
-
-    def batches(self, batch_size: int) -> Iterator[list[dict[str, Any]]]:
-        """Yield the snapshot as ``{"insert": record}`` batches of at most ``batch_size``.
-
-        Pages through the Z-set by key (keyset pagination), so memory holds one
-        page and one batch whatever the view's size. A record of weight ``n``
-        is inserted ``n`` times.
-        """
-        batch: list[dict[str, Any]] = []
-        last_key = ""
-        while True:
-            rows = self.connection.execute(
-                sa.select(ViewRecord.key, ViewRecord.record, ViewRecord.weight)
-                .where(ViewRecord.view_id == self.view_id, ViewRecord.key > last_key)
-                .order_by(ViewRecord.key)
-                .limit(batch_size)
-            ).all()
-            if not rows:
-                break
-            for _key, text, weight in rows:
-                change = {"insert": json.loads(text)}
-                for _copy in range(weight):
-                    batch.append(change)
-                    if len(batch) >= batch_size:
-                        yield batch
-                        batch = []
-            last_key = rows[-1].key
-        if batch:
-            yield batch
-
-
-@contextmanager
-def open_snapshot(view_id: int) -> Iterator[Snapshot]:
-    """Open a consistent snapshot of a view: its log position and the Z-set at it.
-
-    Both are read in one read transaction of a connection of its own, so
-    changes committed while the snapshot is replayed are not in it; they
-    follow it in the log, after ``Snapshot.seq``.
-    """
-    with snapshot_connection() as conn:
-        seq = conn.execute(
-            sa.select(ViewLog.last_seq).where(ViewLog.view_id == view_id)
-        ).scalar_one_or_none()
-        records = conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(ViewRecord.weight), 0)).where(
-                ViewRecord.view_id == view_id
-            )
-        ).scalar_one()
-        yield Snapshot(conn, view_id, seq or 0, int(records))
