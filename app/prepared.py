@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,6 +47,12 @@ class _Plan:
     positional: tuple[str, ...] | None  # parameter names in order, for positional paramstyles
     binds: dict[str, Callable[[Any], Any] | None]
     results: tuple[Callable[[Any], Any] | None, ...]
+    # The columns that have a result processor, with it (most have none).
+    processed: tuple[tuple[int, Callable[[Any], Any]], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        processed = tuple((i, p) for i, p in enumerate(self.results) if p is not None)
+        object.__setattr__(self, "processed", processed)
 
 
 class PreparedSelect:
@@ -127,7 +133,7 @@ class PreparedSelect:
                 connection.close()
         if row is None:
             return None
-        return tuple(
-            process(value) if process is not None else value
-            for process, value in zip(plan.results, row, strict=True)
-        )
+        values = list(row)
+        for index, process in plan.processed:
+            values[index] = process(values[index])
+        return tuple(values)
