@@ -119,9 +119,7 @@ _SNAPSHOT_PAGE = _Page(
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
 # The log's end and the Z-set's size at it, both kept by every batch (one row).
-_LOG_HEAD = sa.select(_logs.last_seq, _logs.records).where(
-    _logs.view_id == sa.bindparam("view_id")
-)
+_LOG_HEAD = sa.select(_logs.last_seq, _logs.records).where(_logs.view_id == sa.bindparam("view_id"))
 
 
 def _fitting(texts: Sequence[str], room: int, budget: int) -> tuple[int, int]:
