@@ -104,10 +104,10 @@ def _write_json_error(sock, status_int, reason, mesg):
     """Write gunicorn's own error answers (bad request line, 414, 431...) as the error body."""
     from gunicorn import util
 
-    from app.errors import _HTTP_ERROR_CODES
+    from app.errors import _HTTP_ERROR_CODES, HTTP_ERROR_FALLBACK
 
     message = f"{reason}: {mesg}" if mesg else reason
-    error_code = _HTTP_ERROR_CODES.get(status_int, "HttpError")
+    error_code = _HTTP_ERROR_CODES.get(status_int, HTTP_ERROR_FALLBACK)
     body = json.dumps({"message": message, "error_code": error_code, "details": {}}).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"

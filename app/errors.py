@@ -207,6 +207,8 @@ class UnknownApiKey(NotFoundError):
         super().__init__(f"Unknown API key name '{name}'", details={"api_key_name": name})
 
 
+# The code of an HTTP error of a status not listed below.
+HTTP_ERROR_FALLBACK = "HttpError"
 # Werkzeug's HTTP errors, by status code, under stable names.
 _HTTP_ERROR_CODES = {
     400: "InvalidRequest",
@@ -227,6 +229,24 @@ _HTTP_ERROR_CODES = {
     501: "NotImplemented",
     503: "ServiceUnavailable",
 }
+
+
+def error_codes() -> list[str]:
+    """Every ``error_code`` the service answers with, from the error classes themselves.
+
+    The classes' codes (:class:`ApiError` and its subclasses, wherever they
+    are defined) and those of the HTTP errors answered outside them. The
+    OpenAPI document lists exactly these as the ``error_code`` enum.
+    """
+    import app.idempotency  # noqa: F401 (defines error classes of its own)
+
+    codes = {*_HTTP_ERROR_CODES.values(), HTTP_ERROR_FALLBACK}
+    pending: list[type[ApiError]] = [ApiError]
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.error_code)
+        pending.extend(cls.__subclasses__())
+    return sorted(codes)
 
 
 def request_id() -> str:
@@ -283,7 +303,7 @@ def handle_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     if status >= 500:
         return handle_unexpected(error)
-    error_code = _HTTP_ERROR_CODES.get(status, "HttpError")
+    error_code = _HTTP_ERROR_CODES.get(status, HTTP_ERROR_FALLBACK)
     headers: dict[str, str] = {}
     details: dict[str, Any] = {}
     message = error.description or error.name

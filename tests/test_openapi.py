@@ -218,3 +218,14 @@ def test_a_transport_without_its_settings_is_400(api):
     )
     body = assert_error(r, 400, "InvalidRequest")
     assert "transport" in json.dumps(body["details"])
+
+
+def test_error_code_is_the_enum_of_the_codes_the_service_answers_with(document):
+    """One list, from the error classes: every error answer the suite sees is checked
+    against it (tests/openapi_check.py), so a new code missing from it fails there."""
+    from app.errors import ApiError, error_codes
+
+    enum = document["components"]["schemas"]["Error"]["properties"]["error_code"]["enum"]
+    assert enum == error_codes()
+    assert {"UnknownPipelineName", "InvalidResetToken", "IdempotencyKeyReused"} <= set(enum)
+    assert all(cls.error_code in enum for cls in ApiError.__subclasses__())

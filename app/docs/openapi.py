@@ -249,8 +249,18 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
                 operation.setdefault("security", [{scheme: []}])
             _complete_responses(path, method, operation, secured)
     _model_transports(spec)
+    _enumerate_error_codes(spec)
     _drop_unused_schemas(spec)
     return spec
+
+
+def _enumerate_error_codes(spec: dict[str, Any]) -> None:
+    """Make the error body's ``error_code`` the enum of the codes the service answers with."""
+    from app.errors import error_codes
+
+    error = spec.get("components", {}).get("schemas", {}).get(ERROR_REF.rsplit("/", 1)[1])
+    if error is not None:
+        error["properties"]["error_code"]["enum"] = error_codes()
 
 
 def _transport_schemas() -> dict[str, dict[str, Any]]:
