@@ -44,8 +44,17 @@ CHANGES_BODY = {
                     "additionalProperties": False,
                 },
             },
-            "example": [{"insert": {"id": 1, "total": 10}}, {"delete": {"id": 0, "total": 4}}],
+            # Valid on a fresh view: a delete must name a record the view holds.
+            "example": [{"insert": {"id": 1, "total": 10}}, {"insert": {"id": 2, "total": 5}}],
         },
-        "application/x-ndjson": {"schema": {"type": "string"}},
+        # Newline-delimited JSON, one change per line (both names are accepted).
+        "application/x-ndjson": {
+            "schema": {"type": "string", "format": "binary"},
+            "example": '{"insert": {"id": 1, "total": 10}}\n{"insert": {"id": 2, "total": 5}}\n',
+        },
+        "application/jsonl": {
+            "schema": {"type": "string", "format": "binary"},
+            "example": '{"insert": {"id": 1, "total": 10}}\n{"insert": {"id": 2, "total": 5}}\n',
+        },
     },
 }
