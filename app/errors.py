@@ -149,6 +149,12 @@ class IllegalPipelineAction(ConflictError):
     error_code = "IllegalPipelineAction"
 
 
+class IllegalConnectorAction(ConflictError):
+    """The connector cannot do that now (``details.reason`` says why)."""
+
+    error_code = "IllegalConnectorAction"
+
+
 class PipelineRestarted(ApiError):
     """The token belongs to an incarnation that has ended."""
 

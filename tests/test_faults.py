@@ -834,3 +834,26 @@ def test_bytes_past_the_committed_length_are_cut_back_before_the_next_batch(clus
     assert seen[-1]["resets"]["count"] == 0  # cut back, not re-snapshotted
     c.assert_sink_is_view(sink)
     assert snapshot_position(sink_lines(sink), c.log()) == 0  # the log, line for line
+
+
+def test_a_connector_paused_mid_stream_by_the_api_loses_and_repeats_nothing(cluster):
+    """Paused while a real worker delivers: the batch under way ends, nothing more is
+    written until started, and the sink ends equal to the view, each change once."""
+    c = cluster
+    sink = c.file_pipeline()
+    work = Workload(7)
+    c.push(work.batch(1500))
+    c.worker(DELIVERY_BATCH_SIZE=5)
+    wait_for(lambda: c.stats()["delivered_seq"] >= 200, what="delivery to get under way")
+    url = f"{c.connectors_url('orders')}/sink1"
+    c.call("POST", f"{url}/pause", expect=200)
+    time.sleep(2)  # the worker's batch under way ends; then it claims nothing more
+    held = c.stats()
+    assert held["health"] == "paused" and held["delivered_seq"] < held["log_end"]
+    size = sink.stat().st_size
+    c.push(work.batch(200))
+    time.sleep(1.5)
+    assert sink.stat().st_size == size and c.stats()["delivered_seq"] == held["delivered_seq"]
+    c.call("POST", f"{url}/start", expect=200)
+    c.wait_caught_up()
+    c.assert_sink_is_view(sink)

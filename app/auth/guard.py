@@ -43,6 +43,8 @@ ROUTE_ROLES: dict[str, dict[str, str]] = {
     "pipelines.delete_view": {"DELETE": _WRITE},
     "connectors.Connectors": {"GET": _READ, "POST": _WRITE},
     "connectors.ConnectorItem": {"GET": _READ, "DELETE": _WRITE},
+    "connectors.pause": {"POST": _WRITE},
+    "connectors.start": {"POST": _WRITE},
     "delivery.connector_stats": {"GET": _READ},
     "resets.issue_reset": {"POST": _WRITE},
     "resets.get_reset_status": {"GET": _READ},

@@ -135,6 +135,35 @@ def stats_command(pipeline: str, view: str, connector: str, tenant: str, as_json
     )
 
 
+@connectors.command("pause")
+@click.argument("pipeline")
+@click.argument("view")
+@click.argument("connector")
+@tenant_option
+def pause_command(pipeline: str, view: str, connector: str, tenant: str) -> None:
+    """Pause CONNECTOR of VIEW of PIPELINE: it keeps its place and streams nothing."""
+    service.pause_connector(get_pipeline(tenant, pipeline), view, connector)
+    click.echo(f"Paused connector '{connector}' of {pipeline}/{view}")
+
+
+@connectors.command("start")
+@click.argument("pipeline")
+@click.argument("view")
+@click.argument("connector")
+@click.option(
+    "--skip",
+    is_flag=True,
+    help="Start at the change log's end, skipping what was produced while paused "
+    "(the sink never gets it; a reset brings it back in line).",
+)
+@tenant_option
+def start_command(pipeline: str, view: str, connector: str, skip: bool, tenant: str) -> None:
+    """Start paused CONNECTOR of VIEW of PIPELINE where it stopped (or, with --skip, now)."""
+    started = service.start_connector(get_pipeline(tenant, pipeline), view, connector, skip=skip)
+    where = f"at change {started.delivered_seq}" if skip else "where it stopped"
+    click.echo(f"Started connector '{connector}' of {pipeline}/{view} {where}")
+
+
 @connectors.command("remove")
 @click.argument("pipeline")
 @click.argument("view")

@@ -55,6 +55,9 @@ class Connector(db.Model):
         sa.String(16), default=SyncState.IN_SYNC, server_default=SyncState.IN_SYNC, index=True
     )
     sync_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # Paused by an operator: the connector keeps its place and streams nothing
+    # until started again (resets still run).
+    paused: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
 
     # Delivery state (see app.delivery). The last change-log seq the sink has,
     # and for a file sink the file's length at that point: recovery cuts the

@@ -6,7 +6,7 @@ from flask.views import MethodView
 
 from app import idempotency
 from app.connectors import service
-from app.connectors.schemas import ConnectorCreate, ConnectorOut
+from app.connectors.schemas import ConnectorCreate, ConnectorOut, ConnectorStart
 from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.pipelines.service import get_view
@@ -65,3 +65,38 @@ class ConnectorItem(MethodView):
     def delete(self, pipeline_name, view_name, connector_name):
         """Remove a connector from a stopped pipeline"""
         service.remove_connector(load_pipeline(pipeline_name), view_name, connector_name)
+
+
+@blp.route("/<connector_name>/pause", methods=["POST"])
+@blp.response(200, ConnectorOut)
+@documents_errors(blp, {404: UNKNOWN})
+def pause(pipeline_name, view_name, connector_name):
+    """Pause an output connector
+
+    It keeps its place and streams nothing until started; a batch under way
+    finishes. Resets still run. Pausing a paused connector changes nothing.
+    """
+    return service.pause_connector(load_pipeline(pipeline_name), view_name, connector_name)
+
+
+@blp.route("/<connector_name>/start", methods=["POST"])
+@blp.arguments(ConnectorStart, required=False)
+@blp.response(200, ConnectorOut)
+@documents_errors(
+    blp,
+    {
+        404: UNKNOWN,
+        409: "IllegalConnectorAction: skip asked while a worker finishes a batch "
+        "(details.reason busy; retry) or while the sink owes a snapshot (not_in_sync)",
+    },
+)
+def start(body, pipeline_name, view_name, connector_name):
+    """Start an output connector
+
+    A paused connector resumes exactly where it stopped: nothing produced while
+    it was paused is lost. With `{"skip": true}` it starts at the change log's
+    end instead. Starting a running connector changes nothing.
+    """
+    return service.start_connector(
+        load_pipeline(pipeline_name), view_name, connector_name, skip=body.get("skip", False)
+    )

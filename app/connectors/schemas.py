@@ -64,3 +64,26 @@ class ConnectorOut(ma.Schema):
     view_name = ma.fields.Function(lambda c: c.view.name, required=True)
     transport = ma.fields.Function(shown_transport, required=True)
     created_at = ma.fields.AwareDateTime(required=True)
+    paused = ma.fields.Boolean(
+        required=True,
+        metadata={
+            "description": "Paused by an operator: it keeps its place and streams nothing "
+            "until started (resets still run)."
+        },
+    )
+
+
+class ConnectorStart(ma.Schema):
+    """Body of ``POST .../connectors/{connector_name}/start`` (optional)."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    skip = ma.fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "Start at the change log's end now, skipping what was produced "
+            "while the connector was paused: the sink never gets those changes (a reset "
+            "brings it back in line). Default: resume exactly where it stopped."
+        },
+    )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from app.connectors.models import Connector
-from app.errors import DuplicateName, SinkInUse, UnknownConnector
+from app.errors import DuplicateName, IllegalConnectorAction, SinkInUse, UnknownConnector
 from app.extensions import db
 from app.pipelines.models import Pipeline, View, is_valid_name
 from app.pipelines.service import get_view, require_stopped
@@ -91,3 +93,82 @@ def remove_connector(pipeline: Pipeline, view_name: str, connector_name: str) ->
     require_stopped(pipeline, "remove a connector")
     db.session.delete(connector)
     db.session.commit()
+
+
+def pause_connector(pipeline: Pipeline, view_name: str, connector_name: str) -> Connector:
+    """Pause a connector: it keeps its place and streams nothing until started.
+
+    A batch under way finishes (the worker looks between batches); resets still
+    run. Pausing a paused connector changes nothing.
+    """
+    connector = get_connector(pipeline, view_name, connector_name)
+    db.session.execute(
+        sa.update(Connector)
+        .where(Connector.id == connector.id)
+        .values(paused=True)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    db.session.refresh(connector)
+    return connector
+
+
+def start_connector(
+    pipeline: Pipeline, view_name: str, connector_name: str, skip: bool = False
+) -> Connector:
+    """Start a paused connector where it stopped, or, with ``skip``, at the log's end now.
+
+    Skipping moves the connector's position past what was produced meanwhile:
+    the sink never gets those changes (a reset brings it back in line). The
+    move takes the connector's lease (bumping its fencing epoch, so a worker
+    still finishing a batch cannot write its older position back) and answers
+    409 ``IllegalConnectorAction`` while a worker holds it, or while the sink
+    owes a snapshot.
+    """
+    from app.connectors.models import SyncState
+    from app.delivery import leases
+    from app.view_data.models import ViewLog
+
+    connector = get_connector(pipeline, view_name, connector_name)
+    if not skip:
+        values: dict[str, Any] = {"paused": False}
+        db.session.execute(
+            sa.update(Connector)
+            .where(Connector.id == connector.id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        db.session.refresh(connector)
+        return connector
+    if connector.sync_state != SyncState.IN_SYNC:
+        raise IllegalConnectorAction(
+            f"Connector '{connector_name}' owes its sink a snapshot ({connector.sync_state}); "
+            "start it without skip",
+            details={"reason": "not_in_sync", "sync_state": connector.sync_state},
+        )
+    log_end = sa.func.coalesce(
+        sa.select(ViewLog.last_seq).where(ViewLog.view_id == Connector.view_id).scalar_subquery(),
+        0,
+    )
+    lease = leases.take(
+        connector.id,
+        f"api-start:{uuid.uuid4().hex[:12]}",
+        float(current_app.config["WORKER_LEASE_SECONDS"]),
+        paused=False,
+        delivered_seq=sa.case(
+            (log_end > Connector.delivered_seq, log_end), else_=Connector.delivered_seq
+        ),
+        inflight_first_seq=None,
+        inflight_last_seq=None,
+    )
+    if lease is None:
+        db.session.rollback()
+        raise IllegalConnectorAction(
+            f"Connector '{connector_name}' is finishing a batch; retry in a moment",
+            details={"reason": "busy"},
+            headers={"Retry-After": "1"},
+        )
+    leases.release(lease)
+    db.session.refresh(connector)
+    return connector

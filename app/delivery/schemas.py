@@ -46,10 +46,14 @@ class ConnectorStats(ma.Schema):
         validate=validate.OneOf(Health.ALL),
         metadata={
             "enum": list(Health.ALL),
-            "description": "stopped/paused with the pipeline; resetting while the sink "
-            "owes a snapshot; failed when delivery gave up (see sync_reason); failing while "
-            "the last delivery attempt failed; healthy otherwise.",
+            "description": "stopped with the pipeline; paused with it or on its own; "
+            "resetting while the sink owes a snapshot; failed when delivery gave up (see "
+            "sync_reason); failing while the last delivery attempt failed; healthy otherwise.",
         },
+    )
+    paused = ma.fields.Boolean(
+        required=True,
+        metadata={"description": "Paused by an operator (POST .../pause): it streams nothing."},
     )
     sync_state = ma.fields.String(
         required=True,

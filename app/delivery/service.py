@@ -35,7 +35,7 @@ def health(pipeline: Pipeline, connector: Connector) -> str:
     """
     if pipeline.status == PipelineStatus.STOPPED:
         return Health.STOPPED
-    if pipeline.status == PipelineStatus.PAUSED:
+    if pipeline.status == PipelineStatus.PAUSED or connector.paused:
         return Health.PAUSED
     if connector.sync_state == SyncState.FAILED:
         return Health.FAILED
@@ -65,6 +65,7 @@ def connector_stats(pipeline: Pipeline, view_name: str, connector_name: str) -> 
         "health": health(pipeline, connector),
         "sync_state": connector.sync_state,
         "sync_reason": connector.sync_reason,
+        "paused": connector.paused,
         "epoch": connector.lease_epoch,
         "transmitted_records": connector.transmitted_records,
         "transmitted_bytes": connector.transmitted_bytes,

@@ -106,7 +106,7 @@ class DeliveryWorker:
     # -- claiming -----------------------------------------------------------
 
     def _claimable(self) -> sa.Select:
-        """In-sync connectors of running pipelines with changes to deliver that nobody holds."""
+        """In-sync, unpaused connectors of running pipelines with changes to deliver, unheld."""
         return (
             sa.select(Connector.id)
             .join(View, View.id == Connector.view_id)
@@ -115,6 +115,7 @@ class DeliveryWorker:
             .where(
                 Pipeline.status == PipelineStatus.RUNNING,
                 Connector.sync_state == SyncState.IN_SYNC,
+                Connector.paused.is_(False),
                 ViewLog.last_seq > Connector.delivered_seq,
                 leases.lease_is_free(self.owner),
                 sa.or_(Connector.next_attempt_at.is_(None), Connector.next_attempt_at <= db_time()),
@@ -138,9 +139,11 @@ class DeliveryWorker:
         return None
 
     def _may_go_on(self, connector_id: int) -> bool:
-        """Whether the connector's pipeline still runs, it is in sync and no reset waits."""
+        """Whether the connector's pipeline still runs, it is in sync, unpaused, no reset waits."""
         row = db.session.execute(
-            sa.select(Pipeline.status, Connector.sync_state, reset_pending(Connector.id))
+            sa.select(
+                Pipeline.status, Connector.sync_state, reset_pending(Connector.id), Connector.paused
+            )
             .select_from(Connector)
             .join(View, View.id == Connector.view_id)
             .join(Pipeline, Pipeline.id == View.pipeline_id)
@@ -152,6 +155,7 @@ class DeliveryWorker:
             and row[0] == PipelineStatus.RUNNING
             and row[1] == SyncState.IN_SYNC
             and not row[2]
+            and not row[3]
         )
 
     # -- delivering ---------------------------------------------------------

@@ -88,6 +88,11 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
         "error_code": "IllegalPipelineAction",
         "details": {"pipeline_name": "orders", "status": "stopped", "action": "pause"},
     },
+    "IllegalConnectorAction": {
+        "message": "Connector 'sink1' is finishing a batch; retry in a moment",
+        "error_code": "IllegalConnectorAction",
+        "details": {"reason": "busy"},
+    },
     "PipelineRestarted": {
         "message": "Pipeline 'orders' was restarted after this reset was issued; "
         "issue the reset again",
@@ -223,6 +228,8 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     (_C, "get"): "get_connector",
     (_C, "delete"): "delete_connector",
     (_C + "/reset", "post"): "reset_connector",
+    (_C + "/pause", "post"): "pause_connector",
+    (_C + "/start", "post"): "start_connector",
     (_C + "/stats", "get"): "get_connector_stats",
     (_C + "/resets", "get"): "list_connector_resets",
 }
@@ -491,6 +498,8 @@ def _error_codes(
             # The operation has no 409 of its own.
             return ["IdempotencyKeyInProgress"]
         if _ACTION_RE.search(path):
+            if "{connector_name}" in path:
+                return ["IllegalConnectorAction"]
             return ["IllegalPipelineAction"]
         codes = []
         if "{pipeline_name}" in path:
