@@ -104,3 +104,16 @@ LINK_HEADER_DOC = {
         "schema": {"type": "string"},
     }
 }
+
+
+class StrictBoolean(ma.fields.Boolean):
+    """A JSON ``true`` or ``false``, nothing else: ``0``, ``1`` or ``"yes"`` are refused.
+
+    marshmallow's Boolean takes any of those (and ``0 in {False}`` holds in
+    Python), while the document says ``boolean``.
+    """
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value

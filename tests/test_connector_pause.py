@@ -102,7 +102,9 @@ def test_pause_and_start_are_idempotent_and_need_write(
     reader = app.test_client()
     headers = make_key("default", "read")
     assert_error(reader.post(f"{BASE}/pause", headers=headers), 403, "InsufficientPermissions")
-    assert_error(client.post(f"{BASE}/start", json={"skip": "maybe"}), 400, "InvalidRequest")
+    for wrong in ("maybe", 1, 0):
+        r = client.post(f"{BASE}/start", json={"skip": wrong})
+        assert_error(r, 400, "InvalidRequest")
     assert_error(client.post(f"{BASE}/start", json={"sikp": True}), 400, "InvalidRequest")
 
 

@@ -104,7 +104,7 @@ CONFIG = SchemathesisConfig.from_dict(
     }
 )
 # Newline-delimited changes are documented as a string: send it as text.
-schemathesis.serializer.alias("application/x-ndjson", "text/plain")
+schemathesis.serializer.alias(["application/x-ndjson", "application/jsonl"], "text/plain")
 schema = schemathesis.openapi.from_wsgi("/openapi.json", APP, config=CONFIG)
 
 

@@ -8,6 +8,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from app.pipelines.schemas import name_field
+from app.schemas import StrictBoolean
 from app.transports import TRANSPORTS, get_transport
 
 
@@ -79,7 +80,7 @@ class ConnectorStart(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
-    skip = ma.fields.Boolean(
+    skip = StrictBoolean(
         load_default=False,
         metadata={
             "description": "Start at the change log's end now, skipping what was produced "
