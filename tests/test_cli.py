@@ -298,7 +298,8 @@ def test_reset_end_to_end_empties_the_file_sink(cli, app, tmp_path: Path, run_re
     final = json.loads(result.stdout)
     assert (final["status"], final["phase"]) == ("complete", "done")
     assert final["completed_at"] is not None
-    assert "orders/totals/sink1: done" in result.stderr
+    last = json.loads(result.stderr.splitlines()[-1])
+    assert (last["connector"], last["phase"]) == ("orders/totals/sink1", "done")
     assert sink.read_bytes() == b""
 
 
@@ -312,7 +313,17 @@ def test_reset_replays_the_view_snapshot_into_the_file_sink(cli, running, tmp_pa
     assert result.exit_code == 0, (result.stdout, result.stderr)
     final = json.loads(result.stdout)
     assert (final["snapshot_records"], final["replayed_records"]) == (3, 3)
-    assert result.stderr == "orders/totals/sink1: done, 3/3 records replayed (complete)\n"
+    (line,) = [json.loads(text) for text in result.stderr.splitlines()]
+    assert line == {
+        "connector": "orders/totals/sink1",
+        "status": "complete",
+        "phase": "done",
+        "replayed_records": 3,
+        "snapshot_records": 3,
+        "records_per_second": 0.0,
+        "attempts": 1,
+        "error": None,
+    }
     sink = tmp_path / "sinks" / "default" / "out" / "totals.jsonl"
     lines = [json.loads(line) for line in sink.read_text().splitlines()]
     assert sorted(line["insert"]["id"] for line in lines) == [0, 1, 2]
@@ -337,10 +348,12 @@ def test_wait_sees_a_worker_that_runs_elsewhere(cli, running, run_resets):
     assert worker_done.is_set()
     assert result.exit_code == 0, (result.stdout, result.stderr)
     assert json.loads(result.stdout)["status"] == "complete"
-    progress = result.stderr.splitlines()
-    # Plain lines (stderr is not a terminal): the queued one, then the end.
-    assert progress[0] == "orders/totals/sink1: queued, 0/? records replayed (inprogress)"
-    assert progress[-1] == "orders/totals/sink1: done, 0/0 records replayed (complete)"
+    progress = [json.loads(line) for line in result.stderr.splitlines()]
+    # A JSON line per poll that moved (stderr is not a terminal): queued first, then the end.
+    assert (progress[0]["status"], progress[0]["phase"]) == ("inprogress", "queued")
+    assert progress[0]["snapshot_records"] is None  # not counted yet
+    assert (progress[-1]["status"], progress[-1]["phase"]) == ("complete", "done")
+    assert len(progress) == len({(p["status"], p["phase"]) for p in progress})
 
 
 def test_wait_notices_a_stop_made_elsewhere(cli, app, running):
@@ -365,7 +378,7 @@ def test_wait_notices_a_stop_made_elsewhere(cli, app, running):
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     # Progress first, then the error and its details.
-    assert lines[0] == "orders/totals/sink1: queued, 0/? records replayed (inprogress)"
+    assert json.loads(lines[0])["phase"] == "queued"
     assert ERROR_LINE.match(lines[-2])["code"] == "PipelineNotRunning"
     assert json.loads(lines[-1])["pipeline_name"] == "orders"
 

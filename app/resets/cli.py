@@ -7,6 +7,7 @@ serving process's background worker, ``flask worker`` elsewhere, or
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
@@ -111,11 +112,19 @@ def list_command(
 
 
 class Progress:
-    """Shows a reset's progress on stderr: a bar on a terminal, plain lines otherwise."""
+    """Shows a reset's progress on stderr as it is polled.
+
+    On a terminal, a bar of replayed / snapshot records with the rate and the
+    time left. Otherwise (a log, a pipe) one JSON object per line, for each
+    poll that moved: the connector, status, phase, the counts and the replay
+    rate, so scripts can follow it.
+    """
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.last: str | None = None
+        self.last: tuple[Any, ...] | None = None
+        self.started = time.monotonic()
+        self.first_replayed: int | None = None
         self.bar = None
         if stderr_is_tty():
             self.bar = click.progressbar(
@@ -124,27 +133,49 @@ class Progress:
                 length=1,
                 label=label,
                 file=sys.stderr,
-                show_percent=False,
-                show_eta=False,
+                show_percent=True,
+                show_eta=True,
                 item_show_func=lambda text: text,
                 # Redraw on every poll, even one that replayed nothing (a new phase).
                 update_min_steps=0,
             )
             self.bar.__enter__()
 
+    def _rate(self, replayed: int) -> float:
+        """Records replayed per second since this command first saw the replay."""
+        if self.first_replayed is None:
+            self.first_replayed = replayed
+            self.started = time.monotonic()
+        elapsed = time.monotonic() - self.started
+        return (replayed - self.first_replayed) / elapsed if elapsed > 0 else 0.0
+
     def show(self, data: dict[str, Any]) -> None:
         """Show one polled status."""
         phase, replayed = data["phase"], data["replayed_records"]
         known = phase in (ResetPhase.REPLAYING_SNAPSHOT, ResetPhase.DONE)
         total = data["snapshot_records"] if known else None
-        text = f"{phase}, {replayed}/{'?' if total is None else total} records replayed"
-        text += f" ({data['status']})"
+        rate = self._rate(replayed) if known else 0.0
         if self.bar is not None:
+            text = f"{phase}, {replayed}/{'?' if total is None else total} records replayed"
+            text += f" at {rate:,.0f}/s ({data['status']})" if rate else f" ({data['status']})"
             self.bar.length = 1 if total is None else total
             self.bar.update(max(replayed - self.bar.pos, 0), text)
-        elif text != self.last:
-            self.last = text
-            click.echo(f"{self.label}: {text}", err=True)
+            return
+        moved = (data["status"], phase, replayed, total)
+        if moved == self.last:
+            return
+        self.last = moved
+        line = {
+            "connector": self.label,
+            "status": data["status"],
+            "phase": phase,
+            "replayed_records": replayed,
+            "snapshot_records": total,
+            "records_per_second": round(rate, 1),
+            "attempts": data.get("attempts"),
+            "error": data.get("error"),
+        }
+        click.echo(json.dumps(line, separators=(",", ":")), err=True)
 
     def close(self) -> None:
         """End the bar's line."""
