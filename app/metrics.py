@@ -132,12 +132,14 @@ def _connectors_query(tenant: str | None, limit: int) -> sa.Select:
             View.name.label("view"),
             Connector.name.label("connector"),
             Connector.sync_state,
+            Connector.paused,
             Connector.consecutive_failures,
             Connector.transmitted_records,
             Connector.transmitted_bytes,
             Connector.transport_errors,
             Connector.delivered_seq,
             Connector.last_error_at,
+            Connector.last_delivered_at,
             sa.func.coalesce(ViewLog.last_seq, 0).label("log_end"),
             lease_expired,
         )
@@ -280,6 +282,13 @@ class DatabaseCollector:
             "When the last delivery or reset of the connector failed (Unix time); absent if never.",
             labels,
         )
+        last_success = _family(
+            GaugeMetricFamily,
+            "connector_last_success_timestamp_seconds",
+            "When the connector's last batch was delivered (Unix time, database clock); "
+            "absent if never.",
+            labels,
+        )
         state = _family(
             GaugeMetricFamily,
             "connector_state",
@@ -303,6 +312,8 @@ class DatabaseCollector:
             failures.add_metric(values, row.consecutive_failures)
             if row.last_error_at is not None:
                 last_error.add_metric(values, row.last_error_at.timestamp())
+            if row.last_delivered_at is not None:
+                last_success.add_metric(values, row.last_delivered_at.timestamp())
             current = health(row, row)
             for name in Health.ALL:
                 state.add_metric([*values, name], int(name == current))
@@ -311,7 +322,7 @@ class DatabaseCollector:
             )
         for tenant, count in sorted(expired_by_tenant.items()):
             expired.add_metric([tenant], count)
-        yield from (records, size, errors, lag, failures, last_error, state, expired)
+        yield from (records, size, errors, lag, failures, last_error, last_success, state, expired)
 
     @staticmethod
     def _view_families(rows: list[sa.Row]) -> Iterator[Metric]:

@@ -7,6 +7,7 @@ work; the request histogram adds up every gunicorn worker's samples.
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import timeit
 from pathlib import Path
@@ -157,6 +158,8 @@ def test_connector_series_follow_delivery_and_resets(
     before = scrape(client)
     assert value(before, "pipeline_manager_connector_lag_records", **connector()) == 7
     assert value(before, "pipeline_manager_connector_delivered_records_total", **connector()) == 0
+    last_success = "pipeline_manager_connector_last_success_timestamp_seconds"
+    assert value(before, last_success, **connector()) is None  # never delivered
 
     deliver(app)
     sink = tmp_path / "sinks" / "default" / "out" / "totals.jsonl"
@@ -169,6 +172,16 @@ def test_connector_series_follow_delivery_and_resets(
     assert value(after, "pipeline_manager_connector_state", **labels, state="healthy") == 1
     assert value(after, "pipeline_manager_connector_state", **labels, state="failed") == 0
     assert value(after, "pipeline_manager_connector_consecutive_failures", **labels) == 0
+    delivered_at = client.get(
+        "/v0/pipelines/orders/views/totals/connectors/sink1/stats"
+    ).get_json()["last_delivered_at"]
+    assert value(after, last_success, **labels) == pytest.approx(
+        dt.datetime.fromisoformat(delivered_at).timestamp()
+    )
+    client.post("/v0/pipelines/orders/views/totals/connectors/sink1/pause")
+    paused = scrape(client)
+    assert value(paused, "pipeline_manager_connector_state", **labels, state="paused") == 1
+    client.post("/v0/pipelines/orders/views/totals/connectors/sink1/start")
     view = {"tenant": "default", "pipeline": "orders", "view": "totals"}
     assert value(after, "pipeline_manager_view_changes_total", **view) == 7
     assert value(after, "pipeline_manager_view_change_log_records", **view) == 7

@@ -78,6 +78,8 @@ class Connector(db.Model):
     transport_errors: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     last_error_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # When the last batch was delivered (database clock): the last success.
+    last_delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # Failures in a row, and when delivery may be tried again (backoff).
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -95,6 +95,11 @@ class ConnectorStats(ma.Schema):
     consecutive_failures = ma.fields.Integer(required=True)
     last_error = ma.fields.String(required=True, allow_none=True)
     last_error_at = ma.fields.AwareDateTime(required=True, allow_none=True)
+    last_delivered_at = ma.fields.AwareDateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "When the last batch was delivered (the last success)."},
+    )
     next_attempt_at = ma.fields.AwareDateTime(
         required=True,
         allow_none=True,

@@ -75,6 +75,7 @@ def connector_stats(pipeline: Pipeline, view_name: str, connector_name: str) -> 
         "transport_errors": connector.transport_errors,
         "consecutive_failures": connector.consecutive_failures,
         "last_error": connector.last_error,
+        "last_delivered_at": connector.last_delivered_at,
         "last_error_at": connector.last_error_at,
         "next_attempt_at": connector.next_attempt_at,
         "resets": {

@@ -317,6 +317,7 @@ class DeliveryWorker:
             transmitted_bytes=Connector.transmitted_bytes + size,
             consecutive_failures=0,
             next_attempt_at=None,
+            last_delivered_at=db_time(),
         )
         position.delivered_seq, position.committed_length = last, committed
         position.inflight, position.failures = None, 0
