@@ -338,7 +338,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--wrk-rounds", type=int, default=3, help="interleaved wrk rounds")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        # The project's gunicorn.conf.py: min(4, 2 x CPUs) workers of 4 threads.
+        default=min(4, (os.cpu_count() or 1) * 2),
+        help="gunicorn worker processes (default: as gunicorn.conf.py, min(4, 2 x CPUs))",
+    )
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--no-wrk", action="store_true", help="skip section c")
     parser.add_argument(
