@@ -169,6 +169,20 @@ def worker_command() -> None:
         stop.set()
 
 
+def _name_the_migrations_folder() -> None:
+    """Make ``db ... --help`` name this project's migrations folder, not Flask-Migrate's default.
+
+    The app passes ``app/migrations`` to Flask-Migrate, whose options still say
+    the default is ``migrations``.
+    """
+    from flask_migrate.cli import db as db_group
+
+    for command in (db_group, *db_group.commands.values()):
+        for param in command.params:
+            if param.name == "directory" and isinstance(param, click.Option):
+                param.help = "Migration script directory (default: app/migrations)"
+
+
 def init_app(app: Flask) -> None:
     """Register the ``worker`` command and every resource's command group."""
     from app.auth.cli import api_keys
@@ -178,6 +192,7 @@ def init_app(app: Flask) -> None:
     from app.view_data.cli import views
 
     app.cli.add_command(worker_command)
+    _name_the_migrations_folder()
     # One OperatorGroup per resource package; a new resource's group is added here.
     for group in (pipelines, connectors, resets, api_keys, views):
         app.cli.add_command(group)

@@ -694,3 +694,12 @@ def test_every_command_help_reads_as_plain_text(app):
         result = runner.invoke(args=[*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
         assert "``" not in result.output, path
+
+
+def test_db_help_names_this_project_s_migrations_folder(app):
+    runner = app.test_cli_runner()
+    for args in (["db", "--help"], ["db", "upgrade", "--help"], ["db", "migrate", "--help"]):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 0, result.output
+        assert "(default: app/migrations)" in result.output, args
+        assert 'default is "migrations"' not in result.output, args
