@@ -65,7 +65,7 @@ def test_the_key_blocks_and_the_push_example_run_on_a_fresh_server(tmp_path: Pat
         [
             block_with("api-keys revoke alice"),  # Getting a key
             block_with("A read-only key for a dashboard"),  # Walk-through with a key
-            block_with("# -> 200 {\"deletes\""),  # Pushing view changes
+            block_with('# -> 200 {"deletes"'),  # Pushing view changes
         ]
     )
     script = script.replace(
