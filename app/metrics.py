@@ -140,6 +140,7 @@ def _connectors_query(tenant: str | None, limit: int) -> sa.Select:
             Connector.delivered_seq,
             Connector.last_error_at,
             Connector.last_delivered_at,
+            Connector.lease_takeovers,
             sa.func.coalesce(ViewLog.last_seq, 0).label("log_end"),
             lease_expired,
         )
@@ -282,6 +283,13 @@ class DatabaseCollector:
             "When the last delivery or reset of the connector failed (Unix time); absent if never.",
             labels,
         )
+        takeovers = _family(
+            CounterMetricFamily,
+            "connector_lease_takeovers",
+            "Times a worker took the connector's lease over from a holder that let it run out "
+            "(a process that died or stalled past its lease).",
+            labels,
+        )
         last_success = _family(
             GaugeMetricFamily,
             "connector_last_success_timestamp_seconds",
@@ -312,6 +320,7 @@ class DatabaseCollector:
             failures.add_metric(values, row.consecutive_failures)
             if row.last_error_at is not None:
                 last_error.add_metric(values, row.last_error_at.timestamp())
+            takeovers.add_metric(values, row.lease_takeovers)
             if row.last_delivered_at is not None:
                 last_success.add_metric(values, row.last_delivered_at.timestamp())
             current = health(row, row)
@@ -322,7 +331,18 @@ class DatabaseCollector:
             )
         for tenant, count in sorted(expired_by_tenant.items()):
             expired.add_metric([tenant], count)
-        yield from (records, size, errors, lag, failures, last_error, last_success, state, expired)
+        yield from (
+            records,
+            size,
+            errors,
+            lag,
+            failures,
+            last_error,
+            last_success,
+            takeovers,
+            state,
+            expired,
+        )
 
     @staticmethod
     def _view_families(rows: list[sa.Row]) -> Iterator[Metric]:

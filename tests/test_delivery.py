@@ -189,9 +189,11 @@ def test_a_batch_written_but_not_recorded_is_cut_back_and_written_once(
     assert len(sink_lines(tmp_path)) == 6  # written, but the offset still says 3
     monkeypatch.setattr(SinkFile, "write_at", real)
     assert deliver(app, owner="heir") == 0  # the dead worker's lease still holds
+    assert stats(client)["lease_takeovers"] == 0  # leases given back are not taken over
     expire_leases(app)
     deliver(app, owner="heir")
     assert sink_lines(tmp_path) == inserts(0, 6)
+    assert stats(client)["lease_takeovers"] == 1  # the heir took the dead worker's lease
 
 
 def test_two_workers_at_once_deliver_each_change_once(running_pipeline, client, app, tmp_path):

@@ -396,6 +396,7 @@ def test_worker_stopped_past_its_lease_is_fenced_out_of_delivery(cluster):
     c.wait_caught_up()
     taken = c.stats()
     assert taken["epoch"] > paused["epoch"]
+    assert taken["lease_takeovers"] > paused["lease_takeovers"]
     before = sink.read_bytes()
     resume_process(a)
     time.sleep(2 * LEASE)  # it goes on from where it stopped, and finds its epoch gone

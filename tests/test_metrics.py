@@ -172,6 +172,8 @@ def test_connector_series_follow_delivery_and_resets(
     assert value(after, "pipeline_manager_connector_state", **labels, state="healthy") == 1
     assert value(after, "pipeline_manager_connector_state", **labels, state="failed") == 0
     assert value(after, "pipeline_manager_connector_consecutive_failures", **labels) == 0
+    takeovers = "pipeline_manager_connector_lease_takeovers_total"
+    assert value(after, takeovers, **labels) == 0
     delivered_at = client.get(
         "/v0/pipelines/orders/views/totals/connectors/sink1/stats"
     ).get_json()["last_delivered_at"]

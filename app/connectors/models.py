@@ -72,6 +72,8 @@ class Connector(db.Model):
     lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     lease_epoch: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    # Leases taken over from a holder that let them run out (died or stalled).
+    lease_takeovers: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     # What the stats route shows.
     transmitted_records: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     transmitted_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")

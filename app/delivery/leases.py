@@ -67,6 +67,15 @@ def take(connector_id: int, owner: str, seconds: float, **values: Any) -> Lease 
             lease_owner=owner,
             lease_epoch=Connector.lease_epoch + 1,
             lease_expires_at=db_time(seconds),
+            # A takeover: another holder's lease ran out without being given back.
+            lease_takeovers=Connector.lease_takeovers
+            + sa.case(
+                (
+                    sa.and_(Connector.lease_owner.is_not(None), Connector.lease_owner != owner),
+                    1,
+                ),
+                else_=0,
+            ),
             **values,
         )
         .returning(Connector.lease_epoch)

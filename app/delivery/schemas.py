@@ -95,6 +95,13 @@ class ConnectorStats(ma.Schema):
     consecutive_failures = ma.fields.Integer(required=True)
     last_error = ma.fields.String(required=True, allow_none=True)
     last_error_at = ma.fields.AwareDateTime(required=True, allow_none=True)
+    lease_takeovers = ma.fields.Integer(
+        required=True,
+        metadata={
+            "description": "Times a worker took this connector over from one that let its "
+            "lease run out (died or stalled)."
+        },
+    )
     last_delivered_at = ma.fields.AwareDateTime(
         required=True,
         allow_none=True,

@@ -67,6 +67,7 @@ def connector_stats(pipeline: Pipeline, view_name: str, connector_name: str) -> 
         "sync_reason": connector.sync_reason,
         "paused": connector.paused,
         "epoch": connector.lease_epoch,
+        "lease_takeovers": connector.lease_takeovers,
         "transmitted_records": connector.transmitted_records,
         "transmitted_bytes": connector.transmitted_bytes,
         "queued_records": max(0, end - connector.delivered_seq),
