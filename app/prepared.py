@@ -15,15 +15,16 @@ engine's dialect) and runs the compiled text on the DB-API cursor itself:
   "database busy" answer (503) is the same, and a connection found dead is
   invalidated in the pool as SQLAlchemy would.
 
-The connection comes from the engine's pool and goes back to it at once
-(the pool rolls back what the read began). Use it for single-statement reads
-only; anything that writes, or needs the request's session, uses the session.
+:meth:`PreparedSelect.first` takes a connection from the engine's pool and
+gives it back at once, for single-statement reads; :meth:`PreparedSelect.all`
+runs in a connection's open transaction (a snapshot's pages). Anything that
+writes, or needs the request's session, uses the session.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,8 @@ class _Plan:
     sql: str
     positional: tuple[str, ...] | None  # parameter names in order, for positional paramstyles
     binds: dict[str, Callable[[Any], Any] | None]
+    # Values the compiler bound itself (SQLite's ``OFFSET ?`` after a ``LIMIT``).
+    defaults: dict[str, Any]
     results: tuple[Callable[[Any], Any] | None, ...]
     # The columns that have a result processor, with it (most have none).
     processed: tuple[tuple[int, Callable[[Any], Any]], ...] = field(init=False)
@@ -54,9 +57,30 @@ class _Plan:
         processed = tuple((i, p) for i, p in enumerate(self.results) if p is not None)
         object.__setattr__(self, "processed", processed)
 
+    def args(self, params: Mapping[str, Any]) -> Any:
+        """The driver's parameters: ``params`` (or the compiler's own values), processed."""
+        names = self.positional if self.positional is not None else self.binds
+        values = []
+        for name in names:
+            value = params[name] if name in params else self.defaults[name]
+            process = self.binds.get(name)
+            values.append(value if process is None else process(value))
+        if self.positional is not None:
+            return tuple(values)
+        return dict(zip(names, values, strict=True))
+
+    def row(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        """A driver row with its columns' result processors applied."""
+        if not self.processed:
+            return tuple(row)
+        values = list(row)
+        for index, process in self.processed:
+            values[index] = process(values[index])
+        return tuple(values)
+
 
 class PreparedSelect:
-    """A ``SELECT`` compiled once per dialect and run on a raw pooled connection."""
+    """A ``SELECT`` compiled once per dialect and run on a DB-API cursor."""
 
     def __init__(self, statement: sa.Select) -> None:
         self.statement = statement
@@ -75,42 +99,35 @@ class PreparedSelect:
                 for column in self.statement.selected_columns
             )
             positional = tuple(compiled.positiontup or ()) if compiled.positional else None
-            plan = _Plan(compiled.string, positional, binds, results)
+            plan = _Plan(compiled.string, positional, binds, dict(compiled.params), results)
             self._plans[dialect] = plan
         return plan
 
-    def first(self, engine: sa.Engine, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """Run the statement with ``params``; return its first row as a tuple, or None."""
-        dialect = engine.dialect
-        plan = self._plan(dialect)
-        values = {}
-        for name, process in plan.binds.items():
-            value = params[name]
-            values[name] = process(value) if process is not None else value
-        args: Any = (
-            tuple(values[name] for name in plan.positional)
-            if plan.positional is not None
-            else values
-        )
+    @staticmethod
+    def _run(
+        dialect: Dialect,
+        plan: _Plan,
+        args: Any,
+        dbapi_connection: Any,
+        invalidate: Callable[[BaseException], None],
+        fetch: Callable[[Any], Any],
+    ) -> Any:
+        """Execute on a cursor of ``dbapi_connection``; return ``fetch(cursor)``.
+
+        Driver errors are raised as SQLAlchemy's; a connection they show dead
+        is handed to ``invalidate`` first.
+        """
         for listener in statement_listeners:
             listener(plan.sql, args)
-        connection = cursor = None
-        outside = False
+        cursor = None
         try:
-            connection = engine.raw_connection()
-            # A lone read needs no transaction: where the driver would open one
-            # (psycopg), it is read in autocommit, saving the BEGIN and the
-            # pool's ROLLBACK, two round trips to the server.
-            outside = read_outside_transaction(dialect, connection.dbapi_connection, True)
-            cursor = connection.cursor()
+            cursor = dbapi_connection.cursor()
             cursor.execute(plan.sql, args)
-            row = cursor.fetchone()
+            return fetch(cursor)
         except dialect.loaded_dbapi.Error as exc:
-            dead = connection is not None and dialect.is_disconnect(
-                exc, connection.dbapi_connection, cursor
-            )
+            dead = dialect.is_disconnect(exc, dbapi_connection, cursor)
             if dead:
-                connection.invalidate(exc)
+                invalidate(exc)
             raise DBAPIError.instance(
                 plan.sql,
                 args,
@@ -123,17 +140,54 @@ class PreparedSelect:
             if cursor is not None:
                 with contextlib.suppress(dialect.loaded_dbapi.Error):
                     cursor.close()
+
+    def first(self, engine: sa.Engine, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run the statement on a pooled connection of its own; return its first row, or None."""
+        dialect = engine.dialect
+        plan = self._plan(dialect)
+        args = plan.args(params)
+        try:
+            connection = engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(
+                plan.sql, args, exc, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from exc
+        outside = False
+        try:
+            # A lone read needs no transaction: where the driver would open one
+            # (psycopg), it is read in autocommit, saving the BEGIN and the
+            # pool's ROLLBACK, two round trips to the server.
+            outside = read_outside_transaction(dialect, connection.dbapi_connection, True)
+            row = self._run(
+                dialect,
+                plan,
+                args,
+                connection.dbapi_connection,
+                connection.invalidate,
+                lambda cursor: cursor.fetchone(),
+            )
+        finally:
             if outside and connection.dbapi_connection is not None:
                 try:
                     read_outside_transaction(dialect, connection.dbapi_connection, False)
                 except Exception as exc:
                     # Never give the pool back a connection left in autocommit.
                     connection.invalidate(exc)
-            if connection is not None:
-                connection.close()
-        if row is None:
-            return None
-        values = list(row)
-        for index, process in plan.processed:
-            values[index] = process(values[index])
-        return tuple(values)
+            connection.close()
+        return None if row is None else plan.row(row)
+
+    def all(self, conn: sa.Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run the statement in ``conn``'s transaction; return all its rows as tuples."""
+        dialect = conn.dialect
+        plan = self._plan(dialect)
+        rows = self._run(
+            dialect,
+            plan,
+            plan.args(params),
+            conn.connection.dbapi_connection,
+            conn.invalidate,
+            lambda cursor: cursor.fetchall(),
+        )
+        if not plan.processed:
+            return rows
+        return [plan.row(row) for row in rows]

@@ -14,19 +14,16 @@ and snapshot replay to a file sink) measures this path.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError
 
 from app.database import snapshot_connection
 from app.extensions import db
-from app.prepared import PreparedSelect, statement_listeners
+from app.prepared import PreparedSelect
 from app.view_data.models import ViewChange, ViewLog, ViewRecord
 
 # Rows per statement: enough that a statement's own cost is small beside its
@@ -40,79 +37,13 @@ _records = ViewRecord.__table__.c
 _logs = ViewLog.__table__.c
 
 
-class _Page(PreparedSelect):
-    """A page query run on the driver's own cursor, in a connection's transaction.
-
-    Compiled once per dialect (:class:`app.prepared.PreparedSelect`); rows come
-    back as the driver's plain tuples: building SQLAlchemy's result rows cost
-    as much as the rest of the read path (``make bench`` section b). Driver
-    errors are raised as SQLAlchemy's, as from ``execute``.
-    """
-
-    def __init__(self, statement: sa.Select) -> None:
-        super().__init__(statement)
-        self._defaults: dict[sa.Dialect, dict[str, Any]] = {}
-
-    def _values(self, dialect: sa.Dialect, params: Mapping[str, Any]) -> Any:
-        """The driver's parameters: ``params``, and the values the dialect added itself.
-
-        (SQLite's compiler adds ``OFFSET ?``, bound to 0, after every ``LIMIT``.)
-        """
-        plan = self._plan(dialect)
-        defaults = self._defaults.get(dialect)
-        if defaults is None:
-            defaults = self._defaults[dialect] = self.statement.compile(dialect=dialect).params
-        values = {}
-        for name in plan.positional if plan.positional is not None else defaults:
-            value = params[name] if name in params else defaults[name]
-            process = plan.binds.get(name)
-            values[name] = value if process is None else process(value)
-        if plan.positional is not None:
-            return tuple(values[name] for name in plan.positional)
-        return values
-
-    def all(self, conn: sa.Connection, params: Mapping[str, Any]) -> list[Any]:
-        """Run the query in ``conn``'s transaction; return all its rows as tuples."""
-        dialect = conn.dialect
-        plan = self._plan(dialect)
-        args = self._values(dialect, params)
-        for listener in statement_listeners:
-            listener(plan.sql, args)
-        dbapi_connection = conn.connection.dbapi_connection
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(plan.sql, args)
-            rows = cursor.fetchall()
-        except dialect.loaded_dbapi.Error as exc:
-            dead = dialect.is_disconnect(exc, dbapi_connection, cursor)
-            if dead:
-                conn.invalidate(exc)
-            raise DBAPIError.instance(
-                plan.sql,
-                args,
-                exc,
-                dialect.loaded_dbapi.Error,
-                connection_invalidated=dead,
-                dialect=dialect,
-            ) from exc
-        finally:
-            with contextlib.suppress(dialect.loaded_dbapi.Error):
-                cursor.close()
-        if any(plan.results):
-            return [
-                tuple(p(v) if p is not None else v for p, v in zip(plan.results, row, strict=True))
-                for row in rows
-            ]
-        return rows
-
-
-_LOG_PAGE = _Page(
+_LOG_PAGE = PreparedSelect(
     sa.select(_changes.seq, _changes.weight, _changes.record)
     .where(_changes.view_id == sa.bindparam("view_id"), _changes.seq > sa.bindparam("after"))
     .order_by(_changes.seq)
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
-_SNAPSHOT_PAGE = _Page(
+_SNAPSHOT_PAGE = PreparedSelect(
     sa.select(_records.key, _records.record, _records.weight)
     .where(_records.view_id == sa.bindparam("view_id"), _records.key > sa.bindparam("after"))
     .order_by(_records.key)
