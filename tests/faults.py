@@ -73,12 +73,12 @@ def view_log(view_id: int) -> list[dict]:
 
     Inside an app context, like :func:`view_multiset`.
     """
-    from app.view_data import store
+    from app.delivery.reader import change_texts, read_log
 
     changes: list[dict] = []
     after = 0
-    while rows := store.read_changes(view_id, after, 5000):
-        changes.extend(store.as_change(weight, text) for _seq, weight, text in rows)
+    while rows := read_log(view_id, after, 5000):
+        changes.extend(json.loads(text) for text in change_texts(rows))
         after = rows[-1][0]
     return changes
 

@@ -38,8 +38,8 @@ the pipeline stopped, the connector added) starts before the log does.
 :func:`owe_snapshots` marks such in-sync connectors as owing a snapshot
 (``sync_state: resetting``); the worker queues a reset for them (origin
 ``redo``) as for a damaged sink, so they start from a snapshot of the view.
-Until then :func:`app.view_data.store.read_changes` gives them nothing: a
-log read from a hole is empty, never a log with a hole in it.
+Until then the delivery worker, finding the log start past its position,
+sends it to a snapshot too: it never streams a log with a hole in it.
 
 A view's log is compacted a whole batch at a time, once that many rows can
 go: a log holds the largest lag plus less than one batch.

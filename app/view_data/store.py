@@ -55,11 +55,6 @@ def record_key(text: str) -> str:
     return sha256(text.encode("utf-8")).hexdigest()
 
 
-def as_change(weight: int, text: str) -> dict[str, Any]:
-    """Return the change in Feldera's format: ``{"insert": record}`` or ``{"delete": record}``."""
-    return {"insert" if weight > 0 else "delete": json.loads(text)}
-
-
 def log_end(view_id: int) -> int:
     """Return the last sequence number of the view's change log (0 when empty)."""
     end = db.session.execute(
@@ -218,26 +213,6 @@ def _fold_deletes(
                 _RECORDS.c.view_id == view_id, _RECORDS.c.key.in_(gone[start : start + CHUNK])
             )
         )
-
-
-def read_changes(view_id: int, after_seq: int, limit: int) -> list[tuple[int, int, str]]:
-    """Return up to ``limit`` changes after ``after_seq``, in order, as (seq, weight, JSON).
-
-    Returns nothing when change ``after_seq + 1`` has been compacted away:
-    whoever reads from there needs a snapshot of the view instead (see
-    :mod:`app.view_data.compaction`), never a log with a hole in it. Seqs are
-    handed out in order and a batch commits whole, so the committed log has no
-    other holes: a first row past ``after_seq + 1`` is the sign.
-    """
-    rows = db.session.execute(
-        sa.select(ViewChange.seq, ViewChange.weight, ViewChange.record)
-        .where(ViewChange.view_id == view_id, ViewChange.seq > after_seq)
-        .order_by(ViewChange.seq)
-        .limit(limit)
-    ).all()
-    if rows and rows[0][0] != after_seq + 1:
-        return []
-    return [tuple(row) for row in rows]
 
 
 def contents(view_id: int) -> Iterator[tuple[dict[str, Any], int]]:
