@@ -69,10 +69,10 @@ def test_skip_waits_for_a_worker_finishing_a_batch(
         db.session.commit()
         assert held is not None
         db.session.remove()
-    body = assert_error(
-        client.post(f"{BASE}/start", json={"skip": True}), 409, "IllegalConnectorAction"
-    )
+    busy = client.post(f"{BASE}/start", json={"skip": True})
+    body = assert_error(busy, 409, "IllegalConnectorAction")
     assert body["details"]["reason"] == "busy"
+    assert busy.headers["Retry-After"] == str(app.config["RETRY_AFTER_SECONDS"])
     assert stats(client)["paused"] is True  # nothing moved
     # Without skip, starting needs no lease: the worker's batch goes on.
     assert client.post(f"{BASE}/start").status_code == 200

@@ -487,3 +487,15 @@ def test_the_list_filters_by_status_and_pages_keep_the_filter(api: Api) -> None:
 )
 def test_a_bad_list_query_is_400(api: Api, query: str) -> None:
     assert_error(api.client.get(f"/v0/pipelines?{query}"), 400, "InvalidRequest")
+
+
+def test_pipelines_added_between_pages_are_neither_skipped_nor_repeated(api: Api) -> None:
+    for name in ("b", "d", "f"):
+        api.create_pipeline(name)
+    first = api.client.get("/v0/pipelines?limit=2")
+    assert _names(first) == ["b", "d"]
+    api.create_pipeline("a")  # before the cut: on a page already read
+    api.create_pipeline("e")  # after it: on the next page
+    link = first.headers["Link"]
+    rest = api.client.get(link[1 : link.index(">")])
+    assert _names(rest) == ["e", "f"]

@@ -9,12 +9,14 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
-from app.connectors.models import Connector
+from app.connectors.models import Connector, SyncState
+from app.delivery import leases
 from app.errors import DuplicateName, IllegalConnectorAction, SinkInUse, UnknownConnector
 from app.extensions import db
 from app.pipelines.models import Pipeline, View, is_valid_name
 from app.pipelines.service import get_view, require_stopped
 from app.transports import get_transport
+from app.view_data.models import ViewLog
 
 
 def list_connectors(view: View) -> list[Connector]:
@@ -101,11 +103,15 @@ def pause_connector(pipeline: Pipeline, view_name: str, connector_name: str) -> 
     A batch under way finishes (the worker looks between batches); resets still
     run. Pausing a paused connector changes nothing.
     """
-    connector = get_connector(pipeline, view_name, connector_name)
+    return _set_paused(get_connector(pipeline, view_name, connector_name), True)
+
+
+def _set_paused(connector: Connector, paused: bool) -> Connector:
+    """Pause or unpause a connector (no lease needed: the worker reads it between batches)."""
     db.session.execute(
         sa.update(Connector)
         .where(Connector.id == connector.id)
-        .values(paused=True)
+        .values(paused=paused)
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
@@ -125,22 +131,9 @@ def start_connector(
     409 ``IllegalConnectorAction`` while a worker holds it, or while the sink
     owes a snapshot.
     """
-    from app.connectors.models import SyncState
-    from app.delivery import leases
-    from app.view_data.models import ViewLog
-
     connector = get_connector(pipeline, view_name, connector_name)
     if not skip:
-        values: dict[str, Any] = {"paused": False}
-        db.session.execute(
-            sa.update(Connector)
-            .where(Connector.id == connector.id)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        db.session.commit()
-        db.session.refresh(connector)
-        return connector
+        return _set_paused(connector, False)
     if connector.sync_state != SyncState.IN_SYNC:
         raise IllegalConnectorAction(
             f"Connector '{connector_name}' owes its sink a snapshot ({connector.sync_state}); "
@@ -167,7 +160,7 @@ def start_connector(
         raise IllegalConnectorAction(
             f"Connector '{connector_name}' is finishing a batch; retry in a moment",
             details={"reason": "busy"},
-            headers={"Retry-After": "1"},
+            headers={"Retry-After": str(current_app.config["RETRY_AFTER_SECONDS"])},
         )
     leases.release(lease)
     db.session.refresh(connector)
