@@ -483,7 +483,9 @@ def test_the_list_filters_by_status_and_pages_keep_the_filter(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", ["limit=0", "limit=1001", "limit=x", "status=gone", "after=", "limt=5"], ids=str
+    "query",
+    ["limit=0", "limit=1001", "limit=x", "status=gone", "after=", "after=a%00b", "limt=5"],
+    ids=str,
 )
 def test_a_bad_list_query_is_400(api: Api, query: str) -> None:
     assert_error(api.client.get(f"/v0/pipelines?{query}"), 400, "InvalidRequest")

@@ -59,8 +59,9 @@ class PipelineListQuery(PageQuery):
             "description": "Only pipelines in this status.",
         },
     )
-    after = ma.fields.String(
-        validate=validate.Length(min=1, max=200),
+    # A pipeline's name (the previous page's last): anything else, a NUL byte
+    # included, is refused (400) before it reaches the database.
+    after = name_field(
         metadata={
             "description": "List the pipelines named after this one (the previous page's last)."
         },
