@@ -20,4 +20,7 @@ su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='pipeline_mana
     || su postgres -c "psql -qc \"CREATE ROLE pipeline_manager LOGIN SUPERUSER PASSWORD 'pipeline_manager'\"" >&2
 su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='pipeline_manager_test'\"" | grep -q 1 \
     || su postgres -c "createdb -O pipeline_manager pipeline_manager_test" >&2
+# The postgres transport's tests write their sink tables into a database of their own.
+su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='pipeline_manager_sinks'\"" | grep -q 1 \
+    || su postgres -c "createdb -O pipeline_manager pipeline_manager_sinks" >&2
 echo "postgresql+psycopg://pipeline_manager:pipeline_manager@127.0.0.1:5432/pipeline_manager_test"

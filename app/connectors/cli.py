@@ -40,9 +40,27 @@ def _config_text(connector: Connector) -> str:
     required=True,
     help="How the connector reaches its sink.",
 )
-@click.option("--path", help="file: the sink file, relative to the sink directory.")
+@click.option(
+    "--path",
+    help="file: the sink file; delta: the table's folder; relative to the sink directory.",
+)
 @click.option("--url", help="http: the http(s) URL that change batches are POSTed to.")
 @click.option("--timeout", type=float, help="http: seconds to wait for the sink.")
+@click.option(
+    "--dsn-env",
+    help="postgres: the server's environment variable (SINK_DSN_...) that holds the DSN.",
+)
+@click.option("--table", help="postgres: the table, name or schema.name.")
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    help="postgres: a column that identifies a record (repeat for several).",
+)
+@click.option(
+    "--mode",
+    help="postgres: rows (one column per field, the default) or jsonb; delta: changes.",
+)
 @tenant_option
 @json_option
 def add_command(
@@ -53,11 +71,30 @@ def add_command(
     path: str | None,
     url: str | None,
     timeout: float | None,
+    dsn_env: str | None,
+    table: str | None,
+    keys: tuple[str, ...],
+    mode: str | None,
     tenant: str,
     as_json: bool,
 ) -> None:
-    """Add CONNECTOR to VIEW of stopped PIPELINE."""
-    given = {"path": path, "url": url, "timeout": timeout}
+    """Add CONNECTOR to VIEW of stopped PIPELINE.
+
+    \b
+    file:     --path out/totals.jsonl
+    http:     --url http://127.0.0.1:9000/in [--timeout 10]
+    postgres: --dsn-env SINK_DSN_WAREHOUSE --table analytics.totals [--key id]...
+    delta:    --path tables/totals
+    """
+    given = {
+        "path": path,
+        "url": url,
+        "timeout": timeout,
+        "dsn_env": dsn_env,
+        "table": table,
+        "key": list(keys) or None,
+        "mode": mode,
+    }
     # Only the options given become settings: the transport driver refuses the others.
     config = {k: v for k, v in given.items() if v is not None}
     body = load_input(

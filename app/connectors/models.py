@@ -86,5 +86,8 @@ class Connector(db.Model):
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     resets_completed: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    # A table sink's commit id after the last batch or reset applied: the Delta
+    # table's version, or the PostgreSQL transaction id. NULL for other sinks.
+    sink_version: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     view: Mapped[View] = relationship(lazy="joined", innerjoin=True)

@@ -112,4 +112,12 @@ class ConnectorStats(ma.Schema):
         allow_none=True,
         metadata={"description": "While failing: when delivery is tried again (backoff)."},
     )
+    sink_version = ma.fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Table sinks: the sink's commit after the last batch or reset "
+            "(the Delta table's version; the PostgreSQL transaction id). Null for other sinks."
+        },
+    )
     resets = ma.fields.Nested(ResetsStats, required=True)

@@ -79,6 +79,7 @@ def connector_stats(pipeline: Pipeline, view_name: str, connector_name: str) -> 
         "last_delivered_at": connector.last_delivered_at,
         "last_error_at": connector.last_error_at,
         "next_attempt_at": connector.next_attempt_at,
+        "sink_version": connector.sink_version,
         "resets": {
             "count": resets,
             "completed": connector.resets_completed,

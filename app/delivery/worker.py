@@ -12,6 +12,12 @@ epoch first.
   goes out of sync and is re-snapshotted, never silently extended). Each batch
   is written at the committed offset, and ``committed + bytes written`` is
   recorded with the offset: exactly once.
+- **postgres**, **delta** (table sinks, :mod:`app.transports.tables`): each
+  batch is applied in one commit of the sink that also records the connector's
+  position there; a batch the sink already holds is skipped. The worker reads
+  that position when it claims the connector: ahead of its own offset (a
+  batch committed in the sink but not recorded here), it catches up; behind
+  it, the sink lost what it was given and a snapshot is owed. Exactly once.
 - **http**: the batch's seq range is recorded as in flight before it is sent;
   until it is acknowledged, every retry, by this worker or the next, sends
   exactly that range again with the same ``batch_id``: at least once, and
@@ -39,6 +45,7 @@ from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.resets.models import Reset, ResetStatus
 from app.transports import TransportError, get_transport
 from app.transports.file import SinkFile, encode_texts
+from app.transports.tables import SinkDiverged, SinkMoved, TableSink, is_table_sink
 from app.view_data.models import ViewLog
 
 log = logging.getLogger(__name__)
@@ -207,20 +214,48 @@ class DeliveryWorker:
     def deliver(self, lease: Lease) -> None:
         """Deliver a claimed connector's next batches, then give the connector back."""
         target, position = self._load(lease)
+        driver = get_transport(target.transport)
         try:
             if sinks.is_file(target):
                 with get_transport("file").open(target) as sink:
                     self._recover_file(lease, sink, position)
                     self._stream(lease, target, position, sink)
+            elif is_table_sink(driver):
+                self._catch_up(lease, position, driver.position(target))
+                self._stream(lease, target, position, None, driver)
             else:
                 self._stream(lease, target, position, None)
-        except SinkFault as fault:
+        except (SinkFault, SinkDiverged) as fault:
             self._out_of_sync(lease, str(fault))
             return
         except TransportError as exc:
             self._failed(lease, position.failures, exc)
             return
         leases.release(lease)
+
+    def _catch_up(self, lease: Lease, position: Position, sink_position: int | None) -> None:
+        """Line the connector's offset up with the position a table sink recorded.
+
+        Ahead: the sink committed a batch whose record here was lost (a crash
+        or a stall between the two commits); the offset moves to it, so the
+        batch is not applied twice. Behind: the sink lost what it was given.
+        """
+        held = sink_position or 0
+        if held == position.delivered_seq:
+            return
+        if held < position.delivered_seq:
+            raise SinkFault(
+                f"The sink holds position {held}, behind the {position.delivered_seq} "
+                "delivered to it: it was changed or restored outside the service"
+            )
+        leases.commit(lease, delivered_seq=held, inflight_first_seq=None, inflight_last_seq=None)
+        log.info(
+            "connector %s caught up with its sink: position %d -> %d",
+            lease.connector_id,
+            position.delivered_seq,
+            held,
+        )
+        position.delivered_seq, position.inflight = held, None
 
     def _recover_file(self, lease: Lease, sink: SinkFile, position: Position) -> None:
         """Bring a file sink back to its committed length, or report it damaged.
@@ -250,7 +285,12 @@ class DeliveryWorker:
             )
 
     def _stream(
-        self, lease: Lease, target: sinks.SinkTarget, position: Position, sink: SinkFile | None
+        self,
+        lease: Lease,
+        target: sinks.SinkTarget,
+        position: Position,
+        sink: SinkFile | None,
+        table: TableSink | None = None,
     ) -> None:
         """Send batches until caught up, out of time, or told to stop.
 
@@ -279,6 +319,19 @@ class DeliveryWorker:
                     f"The change log no longer holds the changes after position "
                     f"{expected - 1} that the sink lacks (it starts at {rows[0][0]})"
                 )
+            if table is not None:
+                try:
+                    applied = table.apply(target, rows, epoch=lease.epoch)
+                except SinkMoved as moved:
+                    self._catch_up(lease, position, moved.position)
+                    continue
+                count = 0 if applied.skipped else len(rows)
+                self._delivered(
+                    lease, position, rows[-1][0], count, applied.size, False, applied.version
+                )
+                if time.monotonic() > deadline:
+                    return
+                continue
             changes = reader.change_texts(rows)
             first, last = rows[0][0], rows[-1][0]
             del rows
@@ -303,12 +356,21 @@ class DeliveryWorker:
                 return
 
     def _delivered(
-        self, lease: Lease, position: Position, last: int, count: int, size: int, is_file: bool
+        self,
+        lease: Lease,
+        position: Position,
+        last: int,
+        count: int,
+        size: int,
+        is_file: bool,
+        sink_version: int | None = None,
     ) -> None:
         """Record a delivered batch, if the lease (and so the offset) is still ours."""
         committed = position.committed_length + (size if is_file else 0)
+        extra = {} if sink_version is None else {"sink_version": sink_version}
         leases.commit(
             lease,
+            **extra,
             delivered_seq=last,
             committed_length=committed,
             inflight_first_seq=None,

@@ -21,14 +21,17 @@ The work of one attempt:
 
 1. open a snapshot of the view: its log position ``S`` and its Z-set at ``S``,
    read in one read transaction that stays open during the replay;
-2. ``resetting_sink``: a file sink gets a new staging file beside it; an http
-   sink gets a reset message carrying the new epoch and ``S``;
+2. ``resetting_sink``: a file sink gets a new staging file beside it, a table
+   sink (postgres, delta) a staging copy; an http sink gets a reset message
+   carrying the new epoch and ``S``;
 3. ``replaying_snapshot``: the snapshot in batches (keyset pages, bounded
    memory), recording ``replayed_records`` under the fence after each;
 4. ``done``: in one fenced transaction the connector's position becomes ``S``
    and it is in sync again, and a file's staging file is renamed over the sink
    while that transaction holds the connector's row: a stale executor can
-   never switch its file in.
+   never switch its file in. A table sink's staging copy is switched in by one
+   commit of the sink, made while that transaction holds the row, and records
+   ``S`` in the sink as the connector's position.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from app.resets.models import Reset, ResetOrigin, ResetPhase, ResetStatus
 from app.resets.tokens import reset_tokens
 from app.transports import TransportError, get_transport
 from app.transports.file import StagingFile, encode_texts
+from app.transports.tables import TableReset, is_table_sink
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +274,7 @@ class ResetExecutor:
         connector = db.session.get(Connector, lease.connector_id, populate_existing=True)
         target = sinks.target_of(connector)
         db.session.rollback()
-        staging: StagingFile | None = None
+        staging: StagingFile | TableReset | None = None
         try:
             with reader.open_snapshot(target.view_id) as snapshot:
                 self._advance(reset_id, lease, phase=ResetPhase.RESETTING_SINK)
@@ -320,11 +324,16 @@ class ResetExecutor:
             if staging is not None:
                 staging.discard()
 
-    def _reset_sink(self, target: sinks.SinkTarget, lease: Lease, seq: int) -> StagingFile | None:
-        """Ask the sink to reset: a new staging file, or a reset message to an http sink."""
+    def _reset_sink(
+        self, target: sinks.SinkTarget, lease: Lease, seq: int
+    ) -> StagingFile | TableReset | None:
+        """Ask the sink to reset: a staging file or copy, or a reset message to an http sink."""
         if sinks.is_file(target):
             return get_transport("file").staging(target, lease.epoch)
-        get_transport(target.transport).reset(
+        driver = get_transport(target.transport)
+        if is_table_sink(driver):
+            return driver.begin_reset(target, lease.epoch)
+        driver.reset(
             target, epoch=lease.epoch, snapshot_seq=seq, keep_alive=leases.keep_alive(lease)
         )
         return None
@@ -333,12 +342,14 @@ class ResetExecutor:
         self,
         target: sinks.SinkTarget,
         lease: Lease,
-        staging: StagingFile | None,
+        staging: StagingFile | TableReset | None,
         batch: list[str],
         replayed: int,
         seq: int,
     ) -> int:
         """Send one snapshot batch (stored records' JSON texts, not decoded); return its bytes."""
+        if staging is not None and not isinstance(staging, StagingFile):
+            return staging.append(batch)
         changes = reader.insert_texts(batch)
         if staging is not None:
             return staging.append(encode_texts(changes))
@@ -354,10 +365,14 @@ class ResetExecutor:
         )
 
     def _complete(
-        self, reset_id: uuid.UUID, lease: Lease, staging: StagingFile | None, seq: int
+        self,
+        reset_id: uuid.UUID,
+        lease: Lease,
+        staging: StagingFile | TableReset | None,
+        seq: int,
     ) -> None:
         """Put the connector back in sync at ``seq`` and give it back, in one fenced commit."""
-        if staging is not None:
+        if isinstance(staging, StagingFile):
             staging.sync()
         connector: dict[str, Any] = {
             "sync_state": SyncState.IN_SYNC,
@@ -371,18 +386,35 @@ class ResetExecutor:
             "lease_owner": None,
             "lease_expires_at": db_time(),
         }
-        if staging is not None:
+        if isinstance(staging, StagingFile):
             connector["committed_length"] = staging.length
-        self._advance(
-            reset_id,
-            lease,
-            connector=connector,
-            phase=ResetPhase.DONE,
-            status=ResetStatus.COMPLETE,
-            completed_at=db_time(),
-            error=None,
-            lease_owner=None,
-        )
+
+        def fence() -> None:
+            self._advance(
+                reset_id,
+                lease,
+                connector=connector,
+                phase=ResetPhase.DONE,
+                status=ResetStatus.COMPLETE,
+                completed_at=db_time(),
+                error=None,
+                lease_owner=None,
+            )
+
+        if staging is not None and not isinstance(staging, StagingFile):
+            # The sink commits while the update in fence() holds the connector's
+            # row (until the commit below): only the lease holder switches in.
+            version = staging.switch_in(seq, fence)
+            if version is not None:
+                db.session.execute(
+                    sa.update(Connector)
+                    .where(Connector.id == lease.connector_id)
+                    .values(sink_version=version)
+                    .execution_options(synchronize_session=False)
+                )
+            db.session.commit()
+            return
+        fence()
         if staging is not None:
             # The row is locked by the update above until the commit: the switch
             # happens only while this executor holds the lease.

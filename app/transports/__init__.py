@@ -9,8 +9,11 @@ from __future__ import annotations
 from app.transports.base import Transport, TransportError
 from app.transports.file import FileTransport
 from app.transports.http import HttpTransport
+from app.transports.postgres import PostgresTransport
 
-TRANSPORTS: dict[str, Transport] = {t.name: t for t in (FileTransport(), HttpTransport())}
+TRANSPORTS: dict[str, Transport] = {
+    t.name: t for t in (FileTransport(), HttpTransport(), PostgresTransport())
+}
 
 
 def get_transport(name: str) -> Transport:

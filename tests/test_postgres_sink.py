@@ -1,0 +1,398 @@
+"""The ``postgres`` transport against a real PostgreSQL server: batches, positions, resets.
+
+The sink tables live in a database of their own (``.ci/postgres.sh`` creates
+``pipeline_manager_sinks``), each test in a schema of its own. The DSN comes
+from ``PIPELINE_MANAGER_TEST_SINK_DSN``, or from the server of
+``PIPELINE_MANAGER_TEST_POSTGRES_URL``. Without either these tests skip,
+except under CI, where they fail.
+"""
+
+# ruff: noqa: S608 (the statements name a schema the fixture made, never input)
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from app.delivery.sinks import PipelineRef, SinkTarget, ViewRef
+from app.errors import InvalidRequest
+from app.transports import TransportError, get_transport
+from app.transports.tables import SinkDiverged, SinkMoved, is_table_sink
+
+
+def sink_dsn() -> str | None:
+    """The sink database's DSN (libpq form), or None when no server is configured."""
+    if os.environ.get("PIPELINE_MANAGER_TEST_SINK_DSN"):
+        return os.environ["PIPELINE_MANAGER_TEST_SINK_DSN"]
+    url = os.environ.get("PIPELINE_MANAGER_TEST_POSTGRES_URL")
+    if not url:
+        return None
+    base = url.replace("postgresql+psycopg://", "postgresql://", 1).rsplit("/", 1)[0]
+    return f"{base}/pipeline_manager_sinks"
+
+
+SINK_DSN = sink_dsn()
+if not SINK_DSN and os.environ.get("CI"):
+    pytest.fail("CI must set PIPELINE_MANAGER_TEST_POSTGRES_URL", pytrace=False)
+
+pytestmark = pytest.mark.skipif(not SINK_DSN, reason="no PostgreSQL server for sink tables")
+
+DRIVER = get_transport("postgres")
+
+
+@pytest.fixture
+def schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh schema in the sink database; ``SINK_DSN_TEST`` names the database."""
+    assert SINK_DSN is not None
+    monkeypatch.setenv("SINK_DSN_TEST", SINK_DSN)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(SINK_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    yield name
+    with psycopg.connect(SINK_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+def sql(statement: str, *params: Any) -> list[tuple]:
+    """Run one statement on the sink database; return its rows (if any)."""
+    assert SINK_DSN is not None
+    with psycopg.connect(SINK_DSN, autocommit=True) as conn:
+        cursor = conn.execute(statement, params or None)
+        return cursor.fetchall() if cursor.description else []
+
+
+def target(schema: str, **config: Any) -> SinkTarget:
+    settings = {"dsn_env": "SINK_DSN_TEST", "table": f"{schema}.orders", **config}
+    return SinkTarget(
+        id=1,
+        uid=str(uuid.uuid4()),
+        name="warehouse",
+        transport="postgres",
+        config=settings,
+        view_id=1,
+        view=ViewRef("totals", PipelineRef("orders", "default")),
+    )
+
+
+def text(record: dict) -> str:
+    from app.view_data.store import canonical
+
+    return canonical(record)
+
+
+def rows(first: int, *changes: tuple[str, dict]) -> list[tuple[int, int, str]]:
+    """Log rows from ``first`` on: ``("insert", r)`` / ``("delete", r)``."""
+    return [
+        (first + i, 1 if op == "insert" else -1, text(record))
+        for i, (op, record) in enumerate(changes)
+    ]
+
+
+def contents(schema: str, columns: str = "id, note") -> Counter:
+    return Counter(sql(f'SELECT {columns} FROM "{schema}".orders'))
+
+
+def position(schema: str, sink: SinkTarget) -> tuple[int, int] | None:
+    found = sql(
+        f'SELECT seq, epoch FROM "{schema}".pipeline_manager_progress WHERE connector_uid = %s',
+        sink.uid,
+    )
+    return found[0] if found else None
+
+
+def orders_table(schema: str, key: bool = False) -> None:
+    primary = " PRIMARY KEY" if key else ""
+    sql(
+        f'CREATE TABLE "{schema}".orders (id integer{primary}, note text, price numeric, '
+        "tags jsonb, loaded_at timestamptz DEFAULT now())"
+    )
+
+
+# -- settings ------------------------------------------------------------------
+
+
+def test_settings_are_checked_and_completed(app, schema):
+    with app.app_context():
+        assert is_table_sink(DRIVER)
+        good = DRIVER.validate_config(
+            {"dsn_env": "SINK_DSN_TEST", "table": "a.b", "key": ["id"]}, tenant="default"
+        )
+        assert good == {"dsn_env": "SINK_DSN_TEST", "table": "a.b", "mode": "rows", "key": ["id"]}
+        assert DRIVER.sink_key(good, "default") == "postgres:SINK_DSN_TEST:a.b"
+        assert DRIVER.sink_key({**good, "table": "b"}, "x") == "postgres:SINK_DSN_TEST:public.b"
+        refused = {
+            "dsn_env": [
+                {"dsn_env": "DATABASE_URL", "table": "t"},  # not a sink variable
+                {"dsn_env": "SINK_DSN_UNSET_X", "table": "t"},
+                {"dsn_env": "SINK_DSN_", "table": "t"},
+                {"dsn_env": 3, "table": "t"},
+                {"table": "t"},
+            ],
+            "table": [
+                {"dsn_env": "SINK_DSN_TEST", "table": 'a"; drop'},
+                {"dsn_env": "SINK_DSN_TEST", "table": "a.b.c"},
+                {"dsn_env": "SINK_DSN_TEST", "table": ""},
+                {"dsn_env": "SINK_DSN_TEST", "table": "x" * 64},
+                {"dsn_env": "SINK_DSN_TEST", "table": "pipeline_manager_progress"},
+            ],
+            "key": [
+                {"dsn_env": "SINK_DSN_TEST", "table": "t", "key": []},
+                {"dsn_env": "SINK_DSN_TEST", "table": "t", "key": ["a", "a"]},
+                {"dsn_env": "SINK_DSN_TEST", "table": "t", "key": "id"},
+                {"dsn_env": "SINK_DSN_TEST", "table": "t", "key": ["id"], "mode": "jsonb"},
+            ],
+            "mode": [{"dsn_env": "SINK_DSN_TEST", "table": "t", "mode": "upsert"}],
+        }
+        for field, configs in refused.items():
+            for config in configs:
+                with pytest.raises(InvalidRequest) as caught:
+                    DRIVER.validate_config(config, tenant="default")
+                assert f"transport.config.{field}" in caught.value.details, config
+        with pytest.raises(InvalidRequest) as caught:
+            DRIVER.validate_config({"dsn_env": "SINK_DSN_TEST", "table": "t", "x": 1}, tenant="d")
+        assert "transport.config" in caught.value.details
+
+
+# -- streaming -------------------------------------------------------------------
+
+
+def test_a_batch_and_its_position_land_together_and_a_repeat_is_skipped(app, schema):
+    orders_table(schema)
+    sink = target(schema)
+    a, b = {"id": 1, "note": "a", "price": 9.5, "tags": ["x"]}, {"id": 2, "note": "b"}
+    with app.app_context():
+        assert DRIVER.position(sink) is None
+        applied = DRIVER.apply(sink, rows(1, ("insert", a), ("insert", b), ("insert", b)), epoch=3)
+        assert not applied.skipped and applied.version is not None
+        assert applied.size == len(text(a)) + 2 * len(text(b))
+        assert contents(schema) == Counter({(1, "a"): 1, (2, "b"): 2})
+        assert position(schema, sink) == (3, 3)
+        assert DRIVER.position(sink) == 3
+        # Typed columns; a column the record lacks gets its default.
+        price, tags, loaded = sql(
+            f'SELECT price, tags, loaded_at FROM "{schema}".orders WHERE id=1'
+        )[0]
+        assert (str(price), tags, loaded is not None) == ("9.5", ["x"], True)
+
+        again = DRIVER.apply(sink, rows(1, ("insert", a), ("insert", b), ("insert", b)), epoch=4)
+        assert again.skipped and again.size == 0
+        assert contents(schema) == Counter({(1, "a"): 1, (2, "b"): 2})
+
+        with pytest.raises(SinkMoved) as moved:
+            DRIVER.apply(sink, rows(5, ("insert", a)), epoch=4)
+        assert moved.value.position == 3
+        assert contents(schema) == Counter({(1, "a"): 1, (2, "b"): 2})
+
+        DRIVER.apply(sink, rows(4, ("delete", b), ("insert", {"id": 3}), ("delete", a)), epoch=4)
+        assert contents(schema) == Counter({(2, "b"): 1, (3, None): 1})
+        assert position(schema, sink) == (6, 4)
+
+
+def test_a_delete_the_table_cannot_match_means_the_sink_diverged(app, schema):
+    orders_table(schema)
+    sink = target(schema)
+    with app.app_context():
+        DRIVER.apply(sink, rows(1, ("insert", {"id": 1, "note": "a"})), epoch=1)
+        sql(f'DELETE FROM "{schema}".orders')  # changed outside the service
+        with pytest.raises(SinkDiverged):
+            DRIVER.apply(
+                sink, rows(2, ("insert", {"id": 2}), ("delete", {"id": 1, "note": "a"})), epoch=1
+            )
+        assert position(schema, sink) == (1, 1)  # nothing of the batch landed
+        assert contents(schema) == Counter()
+
+
+def test_a_key_makes_an_insert_replace_its_row_even_split_from_its_delete(app, schema):
+    orders_table(schema, key=True)
+    sink = target(schema, key=["id"])
+    old, new = {"id": 1, "note": "old"}, {"id": 1, "note": "new"}
+    with app.app_context():
+        DRIVER.apply(sink, rows(1, ("insert", old), ("insert", {"id": 2, "note": "x"})), epoch=1)
+        # An update split across two batches: the new version first, then the old one's delete.
+        DRIVER.apply(sink, rows(3, ("insert", new)), epoch=1)
+        assert contents(schema) == Counter({(1, "new"): 1, (2, "x"): 1})
+        DRIVER.apply(sink, rows(4, ("delete", old)), epoch=1)
+        assert contents(schema) == Counter({(1, "new"): 1, (2, "x"): 1})
+        # In one batch, in either order.
+        newer = {"id": 1, "note": "newer"}
+        DRIVER.apply(sink, rows(5, ("insert", newer), ("delete", new)), epoch=1)
+        DRIVER.apply(
+            sink,
+            rows(7, ("delete", {"id": 2, "note": "x"}), ("insert", {"id": 2, "note": "y"})),
+            epoch=1,
+        )
+        assert contents(schema) == Counter({(1, "newer"): 1, (2, "y"): 1})
+
+
+def test_records_the_table_cannot_hold_are_refused_as_poison_and_nothing_lands(app, schema):
+    orders_table(schema)
+    sink = target(schema)
+    with app.app_context():
+        for bad in ({"id": 1, "colour": "red"}, {"id": "one"}, {"id": 1, "price": "cheap"}):
+            with pytest.raises(TransportError) as caught:
+                DRIVER.apply(sink, rows(1, ("insert", {"id": 7}), ("insert", bad)), epoch=1)
+            assert caught.value.poison, bad
+        assert contents(schema) == Counter()
+        assert DRIVER.position(sink) in (None, 0)
+        missing = target(schema, table=f"{schema}.nothing")
+        with pytest.raises(TransportError) as caught:
+            DRIVER.apply(missing, rows(1, ("insert", {"id": 1})), epoch=1)
+        assert caught.value.poison and "does not exist" in str(caught.value)
+
+
+def test_the_variable_unset_in_the_worker_is_a_plain_failure(app, schema, monkeypatch):
+    sink = target(schema)
+    monkeypatch.delenv("SINK_DSN_TEST")
+    with app.app_context(), pytest.raises(TransportError) as caught:
+        DRIVER.apply(sink, rows(1, ("insert", {"id": 1})), epoch=1)
+    assert not caught.value.poison and "SINK_DSN_TEST" in str(caught.value)
+    assert SINK_DSN not in str(caught.value)
+
+
+def test_mode_jsonb_creates_its_table_and_deletes_one_equal_record(app, schema):
+    sink = target(schema, mode="jsonb")
+    r = {"id": 1, "nested": {"b": [1, 2.5], "a": None}}
+    with app.app_context():
+        DRIVER.apply(sink, rows(1, ("insert", r), ("insert", r), ("insert", {"id": 2})), epoch=1)
+        DRIVER.apply(sink, rows(4, ("delete", r)), epoch=1)
+        found = Counter(
+            json.dumps(x, sort_keys=True) for (x,) in sql(f'SELECT record FROM "{schema}".orders')
+        )
+        assert found == Counter({json.dumps(r, sort_keys=True): 1, '{"id": 2}': 1})
+
+
+def test_two_writers_of_one_batch_land_it_once(app, schema):
+    orders_table(schema)
+    sink = target(schema)
+    batch = rows(1, *[("insert", {"id": i, "note": "n"}) for i in range(500)])
+    results: list[Any] = []
+    with app.app_context():
+
+        def write() -> None:
+            with app.app_context():
+                results.append(DRIVER.apply(sink, batch, epoch=1))
+
+        threads = [threading.Thread(target=write) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert sorted(r.skipped for r in results) == [False, True, True, True]
+    assert sum(contents(schema).values()) == 500
+
+
+# -- resets ----------------------------------------------------------------------
+
+
+def test_a_reset_switches_the_whole_snapshot_in_with_its_position(app, schema):
+    orders_table(schema)
+    sink = target(schema)
+    with app.app_context():
+        DRIVER.apply(sink, rows(1, ("insert", {"id": 1, "note": "stale"})), epoch=1)
+        reset = DRIVER.begin_reset(sink, epoch=2)
+        staged = [text({"id": i, "note": f"n{i}"}) for i in range(10)] + [
+            text({"id": 3, "note": "n3"})
+        ]
+        assert reset.append(staged[:6]) > 0
+        reset.append(staged[6:])
+        assert contents(schema) == Counter({(1, "stale"): 1})  # not yet
+        fenced: list[bool] = []
+        version = reset.switch_in(40, lambda: fenced.append(True))
+        assert fenced == [True] and version is not None
+        expected = Counter((i, f"n{i}") for i in range(10)) + Counter({(3, "n3"): 1})
+        assert contents(schema) == expected
+        assert position(schema, sink) == (40, 2)
+        assert sql(f"SELECT tablename FROM pg_tables WHERE schemaname = '{schema}' ORDER BY 1") == [
+            ("orders",),
+            ("pipeline_manager_progress",),
+        ]
+        # Streaming goes on from the snapshot's position.
+        DRIVER.apply(sink, rows(41, ("delete", {"id": 3, "note": "n3"})), epoch=3)
+        assert contents(schema)[(3, "n3")] == 1
+
+
+def test_a_fence_that_refuses_leaves_the_table_as_it_was(app, schema):
+    orders_table(schema)
+    sink = target(schema)
+
+    class LeaseGone(Exception):
+        pass
+
+    def refuse() -> None:
+        raise LeaseGone
+
+    with app.app_context():
+        DRIVER.apply(sink, rows(1, ("insert", {"id": 1, "note": "kept"})), epoch=1)
+        reset = DRIVER.begin_reset(sink, epoch=2)
+        reset.append([text({"id": 9})])
+        with pytest.raises(LeaseGone):
+            reset.switch_in(5, refuse)
+        reset.discard()
+        assert contents(schema) == Counter({(1, "kept"): 1})
+        assert position(schema, sink) == (1, 1)
+        assert len(sql(f"SELECT 1 FROM pg_tables WHERE schemaname = '{schema}'")) == 2
+
+
+def test_staging_tables_of_lower_epochs_are_dropped_higher_ones_kept(app, schema):
+    orders_table(schema)
+    sink = target(schema)
+    with app.app_context():
+        left = DRIVER.begin_reset(sink, epoch=3)
+        left.conn.close()  # its executor died: the staging table stays
+        newer = DRIVER.begin_reset(sink, epoch=9)
+        newer.conn.close()
+        reset = DRIVER.begin_reset(sink, epoch=5)
+        tables = [
+            t
+            for (t,) in sql(
+                f"SELECT tablename FROM pg_tables WHERE schemaname = '{schema}' ORDER BY 1"
+            )
+        ]
+        assert tables == [
+            "orders",
+            "orders__pm_reset_5",
+            "orders__pm_reset_9",
+            "pipeline_manager_progress",
+        ]
+        reset.discard()
+
+
+def test_readers_see_the_old_rows_or_the_whole_snapshot_never_part_of_it(app, schema):
+    """A reader polls the row count throughout a 200k-record reset."""
+    orders_table(schema)
+    sink = target(schema)
+    old_total, new_total = 1000, 200_000
+    seen: Counter = Counter()
+    stop = threading.Event()
+
+    def read() -> None:
+        assert SINK_DSN is not None
+        with psycopg.connect(SINK_DSN, autocommit=True) as conn:
+            while not stop.is_set():
+                seen[conn.execute(f'SELECT count(*) FROM "{schema}".orders').fetchone()[0]] += 1
+
+    with app.app_context():
+        old = [("insert", {"id": i, "note": "old"}) for i in range(old_total)]
+        DRIVER.apply(sink, rows(1, *old), epoch=1)
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            reset = DRIVER.begin_reset(sink, epoch=2)
+            for start in range(0, new_total, 10_000):
+                reset.append([text({"id": i, "note": "new"}) for i in range(start, start + 10_000)])
+            reset.switch_in(old_total, lambda: None)
+            while seen[new_total] < 3:
+                pass
+        finally:
+            stop.set()
+            reader.join()
+    assert set(seen) == {old_total, new_total}, seen
+    assert seen[old_total] > 3
