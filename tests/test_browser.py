@@ -2,7 +2,8 @@
 
 They drive Debian's ``chromium`` with Playwright (no browser download). Where
 ``/usr/bin/chromium`` is missing they skip, except under CI (``CI=true``),
-where they fail: CI installs the browser.
+where they fail: CI installs the browser. Screenshots are written to
+``tests/artifacts/`` (``PIPELINE_MANAGER_TEST_ARTIFACTS`` names another folder).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ CHROMIUM_ARGS = [
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 TIMEOUT_MS = 20_000
 RESET_STATUS_PATH = "/v0/pipelines/{pipeline_name}/reset_status"
+RESET_PATH = "/v0/pipelines/{pipeline_name}/views/{view_name}/connectors/{connector_name}/reset"
+# Where screenshots are kept (a folder .gitignore leaves out); CI may point it elsewhere.
+ARTIFACTS_DIR = Path(
+    os.environ.get("PIPELINE_MANAGER_TEST_ARTIFACTS", Path(__file__).parent / "artifacts")
+)
 
 pytestmark = pytest.mark.browser
 
@@ -200,23 +206,26 @@ def _authorize(page: Any, credential: str) -> None:
     dialog.locator("button.btn-done").click()
 
 
-def _reset_status_block(page: Any) -> Any:
-    """The expanded reset_status operation of the Swagger UI page."""
-    block = page.locator(".opblock-get").filter(
-        has=page.locator(f'[data-path="{RESET_STATUS_PATH}"]')
-    )
+def _operation_block(page: Any, method: str, path: str) -> Any:
+    """The expanded operation of the Swagger UI page."""
+    block = page.locator(f".opblock-{method}").filter(has=page.locator(f'[data-path="{path}"]'))
     if block.locator(".opblock-body").count() == 0:
         block.locator(".opblock-summary").first.click()
     return block
 
 
-def _execute(block: Any, pipeline: str, token: str) -> tuple[int, dict]:
+def _reset_status_block(page: Any) -> Any:
+    """The expanded reset_status operation of the Swagger UI page."""
+    return _operation_block(page, "get", RESET_STATUS_PATH)
+
+
+def _run(block: Any, parameters: dict[str, str]) -> tuple[int, dict]:
     """Fill the parameters, press Execute and read the answer shown in the page."""
     try_it = block.locator("button.try-out__btn")
     if try_it.count() and try_it.inner_text().strip() == "Try it out":
         try_it.click()
-    block.locator('tr[data-param-name="pipeline_name"] input').fill(pipeline)
-    block.locator('tr[data-param-name="token"] input').fill(token)
+    for name, value in parameters.items():
+        block.locator(f'tr[data-param-name="{name}"] input').fill(value)
     # A previous answer is cleared before the new one shows.
     clear = block.locator("button.btn-clear")
     if clear.count():
@@ -227,6 +236,11 @@ def _execute(block: Any, pipeline: str, token: str) -> tuple[int, dict]:
     status = int(live.locator(".response-col_status").first.inner_text().strip())
     body = live.locator(".response-col_description pre").first.inner_text()
     return status, json.loads(body)
+
+
+def _execute(block: Any, pipeline: str, token: str) -> tuple[int, dict]:
+    """Run reset_status for a pipeline and a token."""
+    return _run(block, {"pipeline_name": pipeline, "token": token})
 
 
 def test_docs_try_it_out_reads_reset_status_with_an_api_key(
@@ -262,6 +276,78 @@ def test_docs_try_it_out_reads_reset_status_with_an_api_key(
     status, body = _execute(_reset_status_block(page), "orders", token)
     assert status == 200, body
     assert sent[-1] == auth_headers["Authorization"]
+
+    assert page.outside_requests == []
+
+
+def _screenshot_down_to(page: Any, top: Any, bottom: Any, name: str) -> Path:
+    """Save ``ARTIFACTS_DIR/<name>.png``: the page from ``top``'s top to ``bottom``'s bottom."""
+    first, last = top.bounding_box(), bottom.bounding_box()
+    scroll_y = page.evaluate("window.scrollY")
+    path = ARTIFACTS_DIR / f"{name}.png"
+    page.screenshot(
+        path=str(path),
+        full_page=True,
+        clip={
+            "x": first["x"],
+            "y": first["y"] + scroll_y,
+            "width": first["width"],
+            "height": last["y"] + last["height"] - first["y"],
+        },
+    )
+    return path
+
+
+def test_docs_issue_a_reset_then_check_its_status_with_try_it_out(
+    page, server, running_pipeline, auth_headers
+):
+    """The reference as a reader meets it: the introduction, the sections, then a reset and
+    its status, both with "Try it out", the token pasted from one answer into the other."""
+    base, _ = server
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.goto(f"{base}/docs/")
+    page.locator(".swagger-ui .info .title").wait_for()
+    # Only this service's document: no top bar to explore another one.
+    assert page.locator(".topbar").count() == 0
+    assert page.get_by_text("Explore", exact=True).count() == 0
+    info = page.locator(".swagger-ui .info")
+    assert info.locator("h2", has_text="Authorization").is_visible()
+    assert "pipeline-manager api-keys create" in info.inner_text()
+    sections = page.locator(".opblock-tag-section .opblock-tag").all_inner_texts()
+    assert [s.split("\n")[0] for s in sections] == [
+        "Pipelines",
+        "Pipeline Lifecycle",
+        "View Data",
+        "Output Connectors",
+        "API Keys",
+        "Health",
+    ]
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS_DIR / "docs-introduction.png"))
+
+    _authorize(page, _credential(auth_headers))
+    reset = _operation_block(page, "post", RESET_PATH)
+    assert reset.locator(".opblock-summary-description").inner_text() == "Reset Output Connector"
+    status, issued = _run(
+        reset, {"pipeline_name": "orders", "view_name": "totals", "connector_name": "sink1"}
+    )
+    assert status == 202, issued
+    assert issued["connector_name"] == "sink1" and issued["phase"] == "queued"
+
+    block = _reset_status_block(page)
+    assert block.locator(".opblock-summary-description").inner_text() == "Check Reset Status"
+    status, body = _execute(block, "orders", issued["token"])
+    assert status == 200, body
+    assert body["reset_id"] == issued["reset_id"]
+    assert body["status"] == "inprogress" and body["phase"] == "queued"
+    assert (body["pipeline_name"], body["view_name"], body["connector_name"]) == (
+        "orders",
+        "totals",
+        "sink1",
+    )
+    # The 200 body as the page shows it, the documented answer's meaning beside it.
+    assert block.get_by_text("Reset token status has been retrieved").count() >= 1
+    _screenshot_down_to(page, block, block.locator(".live-responses-table"), "docs-reset-status")
 
     assert page.outside_requests == []
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import pytest
 from flask import Flask
 
-from app.docs.openapi import ERROR_EXAMPLES, ERROR_REF
+from app.docs import SWAGGER_UI_CONFIG
+from app.docs.openapi import ERROR_EXAMPLES, ERROR_REF, OPERATIONS, TAGS
 from tests.conftest import assert_error
 
 CONTRACT_404 = {
@@ -58,7 +60,7 @@ def test_every_operation_has_a_short_stable_unique_operation_id(document):
     ids = {}
     for path, method, operation in operations(document, public=True):
         operation_id = operation.get("operationId")
-        assert operation_id, f"{method.upper()} {path} has no operationId (OPERATION_IDS)"
+        assert operation_id, f"{method.upper()} {path} has no operationId (OPERATIONS)"
         assert re.fullmatch(r"[a-z]+(_[a-z]+){0,3}", operation_id), operation_id
         ids.setdefault(operation_id, []).append((method, path))
     assert all(len(places) == 1 for places in ids.values()), ids
@@ -69,6 +71,123 @@ def test_every_operation_has_a_short_stable_unique_operation_id(document):
         )
     ]
     assert ids["get_reset_status"] == [("get", "/v0/pipelines/{pipeline_name}/reset_status")]
+
+
+SECTIONS = [
+    "Pipelines",
+    "Pipeline Lifecycle",
+    "View Data",
+    "Output Connectors",
+    "API Keys",
+    "Health",
+]
+RESET_STATUS = "/v0/pipelines/{pipeline_name}/reset_status"
+RESET = "/v0/pipelines/{pipeline_name}/views/{view_name}/connectors/{connector_name}/reset"
+# Words that name an answer's status without saying what it means.
+PLACEHOLDERS = {"", "OK", "Created", "Accepted", "No Content", "Bad Request"}
+
+
+def test_operations_are_filed_under_human_section_names(document):
+    assert [tag["name"] for tag in document["tags"]] == SECTIONS == list(TAGS)
+    assert all(tag["description"] for tag in document["tags"])
+    filed = {}
+    for path, method, operation in operations(document, public=True):
+        assert len(operation["tags"]) == 1, (path, method)
+        filed.setdefault(operation["tags"][0], set()).add((path, method))
+    assert list(filed) != [] and set(filed) == set(SECTIONS)
+    connectors = filed["Output Connectors"]
+    assert {(RESET, "post"), (RESET_STATUS, "get")} <= connectors
+    assert all("/connectors" in path or path == RESET_STATUS for path, _ in connectors)
+    lifecycle = {path.rsplit("/", 1)[1] for path, _ in filed["Pipeline Lifecycle"]}
+    assert lifecycle == {"start", "stop", "pause", "resume", "restart"}
+    assert filed["View Data"] == {
+        ("/v0/pipelines/{pipeline_name}/views/{view_name}/changes", "post")
+    }
+    assert all(path.startswith("/v0/api_keys") for path, _ in filed["API Keys"])
+    assert filed["Health"] == {("/healthz", "get"), ("/readyz", "get")}
+
+
+def test_every_operation_has_a_title_and_every_answer_a_description(document):
+    """A reader sees what an operation does and what each of its answers means."""
+    documented = set()
+    for path, method, operation in operations(document, public=True):
+        documented.add((path, method))
+        where = f"{method.upper()} {path}"
+        title = operation.get("summary", "")
+        assert title, f"{where} has no title (OPERATIONS)"
+        assert len(title.split()) <= 5 and not title.endswith("."), (where, title)
+        assert all(word[0].isupper() for word in title.split()), (where, title)
+        assert operation["responses"], where
+        for code, response in operation["responses"].items():
+            assert "$ref" not in response, (where, code)
+            description = response.get("description", "")
+            assert description not in PLACEHOLDERS, f"{where} {code} has no description"
+            assert not description.startswith(";"), (where, code, description)
+            # More than an error code's name: words a reader can act on.
+            assert len(description.split()) >= 3, (where, code, description)
+    # Every row of the table is an operation the service has.
+    assert set(OPERATIONS) == documented
+    titles = [entry.title for entry in OPERATIONS.values()]
+    assert len(titles) == len(set(titles))
+
+
+def test_reset_and_reset_status_read_as_the_reference_does(document):
+    reset = document["paths"][RESET]["post"]
+    assert reset["summary"] == "Reset Output Connector"
+    assert reset["tags"] == ["Output Connectors"]
+    operation = document["paths"][RESET_STATUS]["get"]
+    assert operation["summary"] == "Check Reset Status"
+    assert operation["tags"] == ["Output Connectors"]
+    answers = {code: r["description"] for code, r in operation["responses"].items()}
+    assert answers["200"] == "Reset token status has been retrieved"
+    assert answers["400"].startswith("An invalid reset token was provided")
+    assert answers["404"] == "Pipeline with that name does not exist"
+    assert "previous incarnation" in answers["410"]
+    assert "cannot be validated across incarnations" in answers["410"]
+    assert answers["410"].endswith("reissue the reset")
+    (token,) = [p for p in operation["parameters"] if p["name"] == "token"]
+    assert token["description"].startswith(
+        "The reset token returned by the output connector reset endpoint"
+    )
+    assert token["required"] is True
+
+
+def test_the_introduction_says_what_the_service_is_how_to_authorize_and_what_a_reset_does(
+    document,
+):
+    from app.resets.models import ResetPhase
+
+    intro = document["info"]["description"]
+    assert intro.startswith("The pipeline manager owns the output side of streaming pipelines")
+    assert "Bearer" in intro and "JWT" in intro and "API key" in intro
+    assert "Authorization: Bearer <credential>" in intro
+    assert "pipeline-manager api-keys create NAME --role write" in intro
+    # Every phase, in the order a reset goes through them.
+    rows = [line for line in intro.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == list(ResetPhase.ALL)
+    for section in SECTIONS:
+        assert f"**{section}**" in intro, section
+
+
+def test_the_introduction_s_key_command_makes_a_key_that_authorizes(app: Flask, document):
+    intro = document["info"]["description"]
+    (line,) = [line.strip() for line in intro.splitlines() if "api-keys create" in line]
+    program, *args = shlex.split(line.replace("NAME", "from-the-docs"))
+    assert program == "pipeline-manager"
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 0, result.output
+    key = result.stdout.strip()
+    r = app.test_client().get("/v0/pipelines", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200
+
+
+def test_swagger_ui_shows_this_document_only_without_the_explore_bar(anon_client):
+    assert SWAGGER_UI_CONFIG["layout"] == "BaseLayout"  # StandaloneLayout has the top bar
+    assert "urls" not in SWAGGER_UI_CONFIG
+    html = anon_client.get("/docs/").get_data(as_text=True)
+    assert '"layout": "BaseLayout"' in html
+    assert '"queryConfigEnabled": false' in html
+    assert '"url": "/openapi.json"' in html
 
 
 def test_every_operation_documents_the_shared_errors_with_the_error_body(document):

@@ -24,7 +24,12 @@ OPENAPI_ENDPOINT = "api-docs.openapi_json"
 
 SWAGGER_UI_CONFIG: dict[str, Any] = {
     "app_name": "Pipeline manager API",
-    # Keep the bearer credential across reloads (in the browser's localStorage).
+    # The page shows this service's document only: BaseLayout has no top bar (the
+    # "Explore" box that loads any URL), and a ?url= query is ignored.
+    "layout": "BaseLayout",
+    "queryConfigEnabled": False,
+    # Keep the bearer credential across reloads. Swagger UI keeps it in the
+    # browser's localStorage (the only store it offers), until Logout.
     "persistAuthorization": True,
     "tryItOutEnabled": True,
     "displayRequestDuration": True,

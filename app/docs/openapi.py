@@ -5,6 +5,10 @@ The routes document their own answers (``@blp.response`` and
 the credentials errors, a crash, a busy database, a body that fails validation,
 is added here once, so the document lists every status code a caller can meet
 without each route repeating it. Examples of the error body come from one table.
+
+How the reference reads is set here too, in one place: the introduction at the
+top, the section (tag) each operation is filed under, its short title, and what
+each of its answers means (``OPERATIONS``, ``ERROR_DESCRIPTIONS``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from typing import Any
+from http import HTTPStatus
+from typing import Any, NamedTuple
 
 API_PREFIX = "/v0"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -196,48 +201,306 @@ PATH_EXAMPLES = {"pipeline_name": "orders", "view_name": "totals", "connector_na
 
 _ACTION_RE = re.compile(r"/(start|stop|pause|resume|restart)$")
 
-_P = "/v0/pipelines/{pipeline_name}"
-_C = _P + "/views/{view_name}/connectors/{connector_name}"
-# Every operation's operationId: short and stable, so that generated clients get
-# functions named like these (reset_connector, get_reset_status...). A new
-# operation is added here; tests/test_openapi.py fails for one left out.
-OPERATION_IDS: dict[tuple[str, str], str] = {
-    ("/healthz", "get"): "check_health",
-    ("/readyz", "get"): "check_readiness",
-    ("/v0/api_keys", "get"): "list_api_keys",
-    ("/v0/api_keys", "post"): "create_api_key",
-    ("/v0/api_keys/{api_key_name}", "get"): "get_api_key",
-    ("/v0/api_keys/{api_key_name}", "delete"): "revoke_api_key",
-    ("/v0/pipelines", "get"): "list_pipelines",
-    ("/v0/pipelines", "post"): "create_pipeline",
-    (_P, "get"): "get_pipeline",
-    (_P, "patch"): "update_pipeline",
-    (_P, "delete"): "delete_pipeline",
-    (_P + "/start", "post"): "start_pipeline",
-    (_P + "/stop", "post"): "stop_pipeline",
-    (_P + "/pause", "post"): "pause_pipeline",
-    (_P + "/resume", "post"): "resume_pipeline",
-    (_P + "/restart", "post"): "restart_pipeline",
-    (_P + "/reset_status", "get"): "get_reset_status",
-    (_P + "/views", "get"): "list_views",
-    (_P + "/views", "post"): "add_view",
-    (_P + "/views/{view_name}", "delete"): "delete_view",
-    (_P + "/views/{view_name}/changes", "post"): "push_changes",
-    (_P + "/views/{view_name}/connectors", "get"): "list_connectors",
-    (_P + "/views/{view_name}/connectors", "post"): "add_connector",
-    (_C, "get"): "get_connector",
-    (_C, "delete"): "delete_connector",
-    (_C + "/reset", "post"): "reset_connector",
-    (_C + "/pause", "post"): "pause_connector",
-    (_C + "/start", "post"): "start_connector",
-    (_C + "/stats", "get"): "get_connector_stats",
-    (_C + "/resets", "get"): "list_connector_resets",
+# The sections of the reference, in the order it shows them, and what each holds.
+PIPELINES = "Pipelines"
+LIFECYCLE = "Pipeline Lifecycle"
+VIEW_DATA = "View Data"
+OUTPUT_CONNECTORS = "Output Connectors"
+API_KEYS = "API Keys"
+HEALTH = "Health"
+TAGS: dict[str, str] = {
+    PIPELINES: "Create, read, change and delete pipelines and declare their output views.",
+    LIFECYCLE: "Start, stop, pause, resume and restart a pipeline. Each start of a stopped "
+    "pipeline begins a new incarnation.",
+    VIEW_DATA: "The changes of a view, pushed by the pipeline's engine.",
+    OUTPUT_CONNECTORS: "Output connectors deliver a view's changes to a sink (a file or an "
+    "HTTP endpoint): add and remove them, pause and start them, read their delivery "
+    "statistics, and reset them (a full snapshot replayed to the sink) and follow the reset.",
+    API_KEYS: "API keys of the caller's tenant; 'admin' role only. A key is shown once, when "
+    "it is created, and never outranks or outlives the credential that created it.",
+    HEALTH: "Health of the service (no credentials needed).",
 }
+
+
+class Operation(NamedTuple):
+    """How the reference presents one operation."""
+
+    # Short and stable: generated clients name their functions after it.
+    operation_id: str
+    # The section it is filed under (a generated client's module, too).
+    tag: str
+    # Its short title (the summary).
+    title: str
+    # What its success answer means.
+    answer: str
+
+
+_P = "/v0/pipelines/{pipeline_name}"
+_V = _P + "/views/{view_name}"
+_C = _V + "/connectors/{connector_name}"
+# Every operation, by path and method. A new operation is added here;
+# tests/test_openapi.py fails for one left out.
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("/healthz", "get"): Operation(
+        "check_health", HEALTH, "Check Health", "The service and its database answer"
+    ),
+    ("/readyz", "get"): Operation(
+        "check_readiness",
+        HEALTH,
+        "Check Readiness",
+        "This process can serve: the database answers, its schema is at head and the "
+        "process's worker runs",
+    ),
+    ("/v0/api_keys", "get"): Operation(
+        "list_api_keys",
+        API_KEYS,
+        "List API Keys",
+        "The tenant's API keys have been listed (never the keys themselves)",
+    ),
+    ("/v0/api_keys", "post"): Operation(
+        "create_api_key",
+        API_KEYS,
+        "Create API Key",
+        "The API key has been created; `key` holds it, shown this once",
+    ),
+    ("/v0/api_keys/{api_key_name}", "get"): Operation(
+        "get_api_key",
+        API_KEYS,
+        "Get API Key",
+        "The API key has been retrieved (never the key itself)",
+    ),
+    ("/v0/api_keys/{api_key_name}", "delete"): Operation(
+        "revoke_api_key", API_KEYS, "Revoke API Key", "The API key has been revoked"
+    ),
+    ("/v0/pipelines", "get"): Operation(
+        "list_pipelines",
+        PIPELINES,
+        "List Pipelines",
+        "A page of the caller's pipelines, by name; `Link` points at the next one",
+    ),
+    ("/v0/pipelines", "post"): Operation(
+        "create_pipeline", PIPELINES, "Create Pipeline", "The pipeline has been created, stopped"
+    ),
+    (_P, "get"): Operation(
+        "get_pipeline", PIPELINES, "Get Pipeline", "The pipeline has been retrieved"
+    ),
+    (_P, "patch"): Operation(
+        "update_pipeline",
+        PIPELINES,
+        "Update Pipeline",
+        "The pipeline has been changed; the answer is the pipeline as it now is",
+    ),
+    (_P, "delete"): Operation(
+        "delete_pipeline", PIPELINES, "Delete Pipeline", "The pipeline has been deleted"
+    ),
+    (_P + "/start", "post"): Operation(
+        "start_pipeline",
+        LIFECYCLE,
+        "Start Pipeline",
+        "The pipeline runs: a new incarnation, or the paused one resumed",
+    ),
+    (_P + "/stop", "post"): Operation(
+        "stop_pipeline",
+        LIFECYCLE,
+        "Stop Pipeline",
+        "The pipeline has stopped; its incarnation has ended",
+    ),
+    (_P + "/pause", "post"): Operation(
+        "pause_pipeline", LIFECYCLE, "Pause Pipeline", "The pipeline has been paused"
+    ),
+    (_P + "/resume", "post"): Operation(
+        "resume_pipeline", LIFECYCLE, "Resume Pipeline", "The pipeline runs again"
+    ),
+    (_P + "/restart", "post"): Operation(
+        "restart_pipeline",
+        LIFECYCLE,
+        "Restart Pipeline",
+        "The pipeline runs as a new incarnation",
+    ),
+    (_P + "/reset_status", "get"): Operation(
+        "get_reset_status",
+        OUTPUT_CONNECTORS,
+        "Check Reset Status",
+        "Reset token status has been retrieved",
+    ),
+    (_P + "/views", "get"): Operation(
+        "list_views", PIPELINES, "List Views", "The pipeline's output views have been listed"
+    ),
+    (_P + "/views", "post"): Operation(
+        "add_view", PIPELINES, "Add View", "The view has been added to the pipeline"
+    ),
+    (_V, "delete"): Operation(
+        "delete_view", PIPELINES, "Delete View", "The view has been removed from the pipeline"
+    ),
+    (_V + "/changes", "post"): Operation(
+        "push_changes",
+        VIEW_DATA,
+        "Push View Changes",
+        "The batch has been stored at the end of the view's change log",
+    ),
+    (_V + "/connectors", "get"): Operation(
+        "list_connectors",
+        OUTPUT_CONNECTORS,
+        "List Output Connectors",
+        "The view's output connectors have been listed",
+    ),
+    (_V + "/connectors", "post"): Operation(
+        "add_connector",
+        OUTPUT_CONNECTORS,
+        "Add Output Connector",
+        "The output connector has been added to the view",
+    ),
+    (_C, "get"): Operation(
+        "get_connector",
+        OUTPUT_CONNECTORS,
+        "Get Output Connector",
+        "The output connector has been retrieved",
+    ),
+    (_C, "delete"): Operation(
+        "delete_connector",
+        OUTPUT_CONNECTORS,
+        "Delete Output Connector",
+        "The output connector has been removed",
+    ),
+    (_C + "/reset", "post"): Operation(
+        "reset_connector",
+        OUTPUT_CONNECTORS,
+        "Reset Output Connector",
+        "The reset has been accepted: `token` is the reset token that Check Reset Status "
+        "takes, and `Location` points at the reset's status",
+    ),
+    (_C + "/pause", "post"): Operation(
+        "pause_connector",
+        OUTPUT_CONNECTORS,
+        "Pause Output Connector",
+        "The output connector has been paused",
+    ),
+    (_C + "/start", "post"): Operation(
+        "start_connector",
+        OUTPUT_CONNECTORS,
+        "Start Output Connector",
+        "The output connector streams again",
+    ),
+    (_C + "/stats", "get"): Operation(
+        "get_connector_stats",
+        OUTPUT_CONNECTORS,
+        "Get Output Connector Statistics",
+        "The output connector's delivery statistics have been retrieved",
+    ),
+    (_C + "/resets", "get"): Operation(
+        "list_connector_resets",
+        OUTPUT_CONNECTORS,
+        "List Output Connector Resets",
+        "A page of the connector's resets, newest first; `Link` points at the next one",
+    ),
+}
+
+# What an operation's error answers mean where the route's own words (or the
+# shared ones) would say less; these replace them.
+_NOT_RUNNING_OR_BUSY = (
+    "PipelineNotRunning: the pipeline is stopped; or ServiceUnavailable: the database is "
+    "busy or unreachable; retry after `Retry-After`"
+)
+ERROR_DESCRIPTIONS: dict[tuple[str, str], dict[int, str]] = {
+    (_P + "/reset_status", "get"): {
+        400: "An invalid reset token was provided: InvalidResetToken, `details.reason` says "
+        "why (`missing`, `malformed`, `bad_signature`, `expired`, `wrong_pipeline`, "
+        "`unknown_incarnation` or `unknown_reset`)",
+        410: "PipelineRestarted: the token comes from a previous incarnation of the pipeline, "
+        "so the reset cannot be validated across incarnations; reissue the reset",
+        503: _NOT_RUNNING_OR_BUSY,
+    },
+    (_C + "/reset", "post"): {503: _NOT_RUNNING_OR_BUSY},
+    (_V + "/changes", "post"): {503: _NOT_RUNNING_OR_BUSY},
+}
+
+# The 404 of an operation, by the last name its path takes: what does not exist.
+NOT_FOUND_DESCRIPTIONS = {
+    "pipeline_name": "Pipeline with that name does not exist",
+    "view_name": "Pipeline or view with that name does not exist",
+    "connector_name": "Pipeline, view or connector with that name does not exist",
+    "api_key_name": "API key with that name does not exist",
+}
+
+# The words of a documented answer that say nothing of what it means.
+_PLACEHOLDERS = frozenset({status.phrase for status in HTTPStatus} | {"", "Default error response"})
+
+# The introduction at the top of the reference (Markdown).
+_INTRODUCTION = """\
+The pipeline manager owns the output side of streaming pipelines. A pipeline's
+engine, running elsewhere, pushes the changes of its output views here
+(**View Data**); each view's **Output Connectors** deliver those changes to a
+sink, a file or an HTTP endpoint. **Pipelines** declare the views,
+**Pipeline Lifecycle** starts and stops them (each start of a stopped pipeline
+begins a new *incarnation*), and **API Keys** manage who may call. **Health**
+needs no credentials.
+
+## Authorization
+
+Every `/v0` operation needs a credential, a JWT or an API key, sent as a
+Bearer token:
+
+    Authorization: Bearer <credential>
+
+An operator makes an API key on the server's command line; the key is printed
+once, and only its hash is kept:
+
+    pipeline-manager api-keys create NAME --role write
+
+`--role` is `read` (may only read), `write` (may also change pipelines and
+reset connectors) or `admin` (may also manage API keys); `--tenant` names the
+tenant (`default` unless given). A caller with an `admin` credential may also
+create keys with **Create API Key**. A JWT is accepted when the service is
+configured with the key that signs it; its claims name the tenant and the
+role. A caller sees only its tenant's pipelines.
+
+On this page, press **Authorize**, paste the API key (`apikey:...`) or the
+JWT, then **Try it out** on any operation. The credential stays authorized
+when the page is reloaded, until **Logout** in the same dialog.
+
+## Resets
+
+**Reset Output Connector** makes the connector drop what it had buffered, ask
+its sink to reset itself, replay a full snapshot of the view, then stream on.
+A reset is asynchronous: its 202 answer holds a reset token, and
+**Check Reset Status** (`GET /v0/pipelines/{pipeline_name}/reset_status?token=...`)
+reports its progress. A reset goes through these phases:
+
+{phases}
+
+The reset's `status` is `inprogress`, then `complete` or `failed`. An attempt
+that fails is retried (`attempts`, the last `error`, `next_attempt_at`) up to
+a configured number of attempts. Stopping the pipeline abandons an unfinished
+reset: after the next start, a new incarnation, its token answers 410, and the
+reset must be issued again (the service itself redoes the snapshot the sink
+still owes, as a reset of origin `redo`).
+"""
+
+
+# What happens in each phase of a reset, in order (the introduction's table).
+RESET_PHASES = {
+    "queued": "The reset waits for a worker. Asking for a reset of the connector again "
+    "returns this reset and its token.",
+    "resetting_sink": "Nothing streams to the connector any more. A file sink gets a new, "
+    "empty file beside the old one; an HTTP sink is sent a reset message.",
+    "replaying_snapshot": "The view as of one position of its change log is sent as batches "
+    "of inserts: `replayed_records` counts up to `snapshot_records`.",
+    "done": "The connector is back in sync at that position (a file sink's new file "
+    "replaces the old one) and streams the changes pushed since.",
+}
+INTRODUCTION = _INTRODUCTION.replace(
+    "{phases}",
+    "\n".join(
+        ["| Phase | What happens |", "|---|---|"]
+        + [f"| `{phase}` | {text} |" for phase, text in RESET_PHASES.items()]
+    ),
+)
 
 
 def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of the document with the shared responses, security and examples added."""
     spec = copy.deepcopy(spec)
+    spec.setdefault("info", {}).setdefault("description", INTRODUCTION)
     scheme = _ensure_bearer_scheme(spec)
     for path, item in spec.get("paths", {}).items():
         # Routes outside /v0 (health checks) are public: no credentials, no 401/403.
@@ -247,18 +510,80 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
             operation = item.get(method)
             if operation is None:
                 continue
-            operation_id = OPERATION_IDS.get((path, method))
-            if operation_id is not None:
-                operation["operationId"] = operation_id
+            entry = OPERATIONS.get((path, method))
+            if entry is not None:
+                _present(operation, entry)
             _add_path_examples(operation.get("parameters", []))
             _mark_required_inputs(spec, operation)
             if secured:
                 operation.setdefault("security", [{scheme: []}])
+            _inline_responses(spec, operation)
             _complete_responses(path, method, operation, secured)
+            _describe_answers(path, method, operation, entry)
+    _list_tags(spec)
     _model_transports(spec)
     _enumerate_error_codes(spec)
-    _drop_unused_schemas(spec)
+    _drop_unused_components(spec)
     return spec
+
+
+def _present(operation: dict[str, Any], entry: Operation) -> None:
+    """Give an operation its operationId, section and title.
+
+    The route's own one-line summary becomes the description when it has none.
+    """
+    operation["operationId"] = entry.operation_id
+    operation["tags"] = [entry.tag]
+    summary = operation.get("summary", "")
+    if _words(summary) != _words(entry.title) and not operation.get("description"):
+        operation["description"] = summary if summary.endswith(".") else summary + "."
+    operation["summary"] = entry.title
+
+
+def _words(text: str) -> list[str]:
+    """The words of a title that carry its meaning ("Get a pipeline": get, pipeline)."""
+    return [word for word in text.lower().split() if word not in ("a", "an", "the")]
+
+
+def _inline_responses(spec: dict[str, Any], operation: dict[str, Any]) -> None:
+    """Replace references to shared responses by a copy, so each can be described."""
+    shared = spec.get("components", {}).get("responses", {})
+    prefix = "#/components/responses/"
+    for code, response in operation.get("responses", {}).items():
+        ref = response.get("$ref", "")
+        if ref.startswith(prefix) and ref[len(prefix) :] in shared:
+            inlined = copy.deepcopy(shared[ref[len(prefix) :]])
+            inlined.update({k: v for k, v in response.items() if k != "$ref"})
+            operation["responses"][code] = inlined
+
+
+def _describe_answers(
+    path: str, method: str, operation: dict[str, Any], entry: Operation | None
+) -> None:
+    """Say in words what each answer of the operation means (the tables above)."""
+    responses = operation.get("responses", {})
+    named = [name for name in NOT_FOUND_DESCRIPTIONS if "{" + name + "}" in path]
+    for code, response in responses.items():
+        status = int(code)
+        if entry is not None and 200 <= status < 300:
+            response["description"] = entry.answer
+        elif status == 404 and named:
+            response["description"] = NOT_FOUND_DESCRIPTIONS[named[-1]]
+    for status, description in ERROR_DESCRIPTIONS.get((path, method), {}).items():
+        responses[str(status)]["description"] = description
+
+
+def _list_tags(spec: dict[str, Any]) -> None:
+    """List the sections the operations are filed under: those of ``TAGS`` first, in order."""
+    used = {
+        tag
+        for item in spec.get("paths", {}).values()
+        for method in HTTP_METHODS
+        for tag in item.get(method, {}).get("tags", [])
+    }
+    tags = [{"name": name, "description": text} for name, text in TAGS.items() if name in used]
+    tags += [tag for tag in spec.get("tags", []) if tag["name"] in used - set(TAGS)]
+    spec["tags"] = tags
 
 
 def _enumerate_error_codes(spec: dict[str, Any]) -> None:
@@ -357,16 +682,27 @@ def _model_transports(spec: dict[str, Any]) -> None:
     }
 
 
-def _drop_unused_schemas(spec: dict[str, Any]) -> None:
-    """Leave out component schemas nothing refers to (flask-smorest's PaginationMetadata)."""
-    schemas = spec.get("components", {}).get("schemas", {})
+def _drop_unused_components(spec: dict[str, Any]) -> None:
+    """Leave out component schemas and responses nothing refers to.
+
+    flask-smorest declares PaginationMetadata, and shared responses that
+    :func:`_inline_responses` copied into each operation.
+    """
+    components = spec.get("components", {})
     while True:
         text = json.dumps(spec)
-        unused = [name for name in schemas if text.count(f'"#/components/schemas/{name}"') == 0]
+        unused = [
+            (kind, name)
+            for kind in ("schemas", "responses")
+            for name in components.get(kind, {})
+            if f'"#/components/{kind}/{name}"' not in text
+        ]
         if not unused:
-            return
-        for name in unused:
-            del schemas[name]
+            break
+        for kind, name in unused:
+            del components[kind][name]
+    if "responses" in components and not components["responses"]:
+        del components["responses"]
 
 
 def _ensure_bearer_scheme(spec: dict[str, Any]) -> str:
@@ -452,7 +788,10 @@ def _is_idempotent(operation: dict[str, Any]) -> bool:
 
 
 def _merge(responses: dict[str, Any], code: int, description: str) -> None:
-    """Add a response with the error body, or extend the description of the route's own."""
+    """Add a response with the error body, or extend the description of the route's own.
+
+    A description that says nothing (flask-smorest's "Bad Request") is replaced.
+    """
     key = str(code)
     existing = responses.get(key)
     if existing is None:
@@ -460,8 +799,10 @@ def _merge(responses: dict[str, Any], code: int, description: str) -> None:
             "description": description,
             "content": {"application/json": {"schema": {"$ref": ERROR_REF}}},
         }
-    elif description.split(":")[0] not in existing.get("description", ""):
-        existing["description"] = f"{existing.get('description', '')}; or {description}"
+    elif existing.get("description", "") in _PLACEHOLDERS:
+        existing["description"] = description
+    elif description.split(":")[0] not in existing["description"]:
+        existing["description"] = f"{existing['description']}; or {description}"
 
 
 def _describe_error(

@@ -20,7 +20,10 @@ class ResetStatusQuery(ma.Schema):
     # Not marked required: a missing token answers InvalidResetToken, reason "missing".
     token = ma.fields.String(
         validate=validate.Length(min=1),
-        metadata={"description": "The token returned when the reset was issued."},
+        metadata={
+            "description": "The reset token returned by the output connector reset endpoint "
+            "(`token` in the answer of Reset Output Connector)."
+        },
     )
 
 
