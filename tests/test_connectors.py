@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,34 @@ def test_connectors_of_a_deleted_view_are_gone(orders: Api) -> None:
     orders.add_file_connector()
     assert orders.client.delete("/v0/pipelines/orders/views/totals").status_code == 204
     assert_error(orders.client.get(CONNECTORS), 404, "UnknownView")
+
+
+def test_a_postgres_connector_names_only_sink_variables_and_shows_no_dsn(api, monkeypatch):
+    """The DSN stays in the server's environment; a tenant cannot name any other variable."""
+    monkeypatch.setenv("SINK_DSN_WAREHOUSE", "postgresql://u:secret@db.invalid/warehouse")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@db.invalid/service")
+    api.create_pipeline()
+    url = "/v0/pipelines/orders/views/totals/connectors"
+    for dsn_env in ("DATABASE_URL", "SINK_DSN_MISSING", "SINK_DSN_"):
+        body = {
+            "name": "warehouse",
+            "transport": {"name": "postgres", "config": {"dsn_env": dsn_env, "table": "t"}},
+        }
+        answer = assert_error(api.client.post(url, json=body), 400, "InvalidRequest")
+        assert "transport.config.dsn_env" in answer["details"], answer
+        assert "secret" not in json.dumps(answer)
+    config = {"dsn_env": "SINK_DSN_WAREHOUSE", "table": "analytics.totals", "key": ["id"]}
+    created = api.client.post(
+        url, json={"name": "warehouse", "transport": {"name": "postgres", "config": config}}
+    )
+    assert created.status_code == 201, created.get_json()
+    assert created.get_json()["transport"] == {
+        "name": "postgres",
+        "config": {**config, "mode": "rows"},
+    }
+    assert "secret" not in created.get_data(as_text=True)
+    # One connector per table.
+    again = api.client.post(
+        url, json={"name": "twin", "transport": {"name": "postgres", "config": config}}
+    )
+    assert_error(again, 409, "SinkInUse")

@@ -322,7 +322,11 @@ def test_a_transport_is_one_shape_per_transport_told_apart_by_name(document):
     schemas = document["components"]["schemas"]
     transport = schemas["TransportIn"]
     assert transport["discriminator"]["propertyName"] == "name"
-    assert set(transport["discriminator"]["mapping"]) == {"file", "http"}
+    from app.transports import TRANSPORTS
+
+    assert set(transport["discriminator"]["mapping"]) == set(TRANSPORTS)
+    postgres = schemas["PostgresTransportIn"]["properties"]["config"]
+    assert postgres["required"] == ["dsn_env", "table"] and not postgres["additionalProperties"]
     file_config = schemas["FileTransportIn"]["properties"]["config"]
     assert file_config["required"] == ["path"] and not file_config["additionalProperties"]
     assert schemas["HttpTransportIn"]["properties"]["config"]["required"] == ["url"]

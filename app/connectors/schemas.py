@@ -28,7 +28,9 @@ class TransportIn(ma.Schema):
         required=True,
         metadata={
             "description": 'file: {"path": "out/totals.jsonl"}; '
-            'http: {"url": "http://127.0.0.1:9000/in", "timeout": 10}',
+            'http: {"url": "http://127.0.0.1:9000/in", "timeout": 10}; '
+            'postgres: {"dsn_env": "SINK_DSN_WAREHOUSE", "table": "analytics.totals"}; '
+            'delta: {"path": "tables/totals"}',
             "example": {"path": "out/totals.jsonl"},
         },
     )

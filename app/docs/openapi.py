@@ -601,7 +601,7 @@ def _transport_schemas() -> dict[str, dict[str, Any]]:
 
     seconds = {"type": "number", "minimum": 0, "maximum": http.MAX_TIMEOUT}
     backoff = {"type": "number", "minimum": 0, "maximum": http.MAX_BACKOFF}
-    return {
+    schemas: dict[str, dict[str, Any]] = {
         "file": {
             "type": "object",
             "additionalProperties": False,
@@ -653,6 +653,13 @@ def _transport_schemas() -> dict[str, dict[str, Any]]:
             },
         },
     }
+    from app.transports import TRANSPORTS
+
+    # Table sinks (postgres, delta) describe their own settings.
+    for name, driver in TRANSPORTS.items():
+        if hasattr(driver, "config_schema"):
+            schemas[name] = driver.config_schema()
+    return schemas
 
 
 def _model_transports(spec: dict[str, Any]) -> None:

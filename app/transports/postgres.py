@@ -145,7 +145,11 @@ class _Table:
                 dsn,
                 connect_timeout=max(1, timeout // 1000),
                 application_name="pipeline-manager",
-                options=f"-c statement_timeout={timeout} -c lock_timeout={timeout}",
+                # A writer stopped inside a transaction (a stall past its lease)
+                # holds the connector's progress row: the server ends its session
+                # after a lease, so the next holder is not kept waiting.
+                options=f"-c statement_timeout={timeout} -c lock_timeout={timeout} "
+                f"-c idle_in_transaction_session_timeout={3 * timeout}",
             )
         except psycopg.Error as exc:
             raise TransportError(
