@@ -1,0 +1,593 @@
+"""The ``delta`` transport: a Delta Lake table under the tenant's sink folder.
+
+A table sink (see ``app.transports.tables``): each batch of changes lands in
+one Delta commit that also records the connector's position, as the Delta
+*application transaction* of the connector's UUID (``txn`` action: app id
+``target.uid``, version = the last change-log seq the table holds).
+
+Settings: ``{"path": "tables/orders", "mode": "changes"}``. ``path`` names the
+table's folder inside the tenant's sink folder (a relative path is taken from
+it, as for the ``file`` transport; it may not exist yet, but must not be a
+file). ``mode`` is optional and ``changes`` is the only one. Two connectors
+cannot write one table: the sink key is the resolved folder.
+
+Table layout (mode ``changes``): an append-only table of changes, with the
+columns ``seq`` (long, not null: the change-log seq of the change; a snapshot
+row carries the snapshot's seq), ``op`` (string, not null: ``insert`` or
+``delete``) and ``record`` (string, not null: the record's canonical JSON text
+exactly as stored). Each change-log row is one table row: weight > 0 an
+``insert``, weight < 0 a ``delete``. Deletes are rows, never Delta deletes:
+the view is the fold of the table, +1 per ``insert`` row and -1 per
+``delete`` row of a record text. The table is created on its first write.
+
+Streaming (:meth:`DeltaTransport.apply`): the table is loaded, the position
+read from it, and the batch appended (``write_deltalake`` with the loaded
+table) only when that position is the batch's start; the commit is checked
+against the version read, so of two writers of one batch that both read
+position ``first - 1``, the second fails (``CommitFailedError``), reloads,
+finds the batch held and skips it. A missing table is first created empty
+(its own ``CREATE TABLE`` commit, with no rows and no position), then written
+like any other: ``deltalake`` checks a commit that creates a table against no
+version, so two writers that each created the table with their batch would
+both land, whereas racing creators of an empty table do no harm (at worst a
+second, empty ``CREATE TABLE`` commit).
+
+Reset (:class:`DeltaReset`): each snapshot batch is written as a parquet file
+(one column, ``record``) in a staging folder beside the table,
+``.<table folder name>.reset-<epoch>/``, so memory holds one batch at a time.
+Every row of the table carries the snapshot's seq, which is only given to
+:meth:`DeltaReset.switch_in`, so staged files cannot become table files as
+they are: ``switch_in`` streams them, one staged batch at a time, into the
+table's data files (``seq``, ``op``, ``record``, zstd; written into the
+table's folder, where no reader looks until a commit names them), then calls
+``fence()``, then makes one ``WRITE`` commit in ``Overwrite`` mode
+(``DeltaTable.create_write_transaction``: metadata only, the data files are
+written) that removes every file of the table, adds the new ones and records
+the snapshot's seq. Readers see the old version or the new one. A missing
+table is first created empty, as for streaming.
+
+``fence()`` runs in the caller's thread, between the data files and the
+commit: it needs the caller's database session, so it cannot run inside a
+streamed ``write_deltalake``, whose input is pulled from a thread of
+``deltalake``'s own. If it raises, nothing is committed, the new data files
+are deleted and its exception goes on unchanged. ``begin_reset`` deletes the
+staging folders of lower epochs (their writers lost their leases), never
+those of higher ones.
+
+Files no commit names (left by a process that died between writing data
+files and committing) and files of replaced versions stay on disk until the
+table is vacuumed, as Delta's time travel expects.
+
+Errors become ``TransportError`` with a one-line message that names the table
+by the path the connector gave and no server path outside the tenant's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import stat
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from deltalake import (
+    CommitProperties,
+    DeltaTable,
+    Schema,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction
+from flask import current_app
+
+from app.errors import InvalidRequest
+from app.transports.base import TransportError
+from app.transports.file import fsync_dir, resolve_sink_path, sink_dir
+from app.transports.tables import Applied, LogRow, SinkMoved
+
+MODES = ("changes",)
+SETTINGS = ("path", "mode")
+
+# The change table's columns (mode "changes").
+SCHEMA = pa.schema(
+    [
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("op", pa.string(), nullable=False),
+        pa.field("record", pa.string(), nullable=False),
+    ]
+)
+DELTA_SCHEMA = Schema.from_arrow(SCHEMA)
+# A staged snapshot batch: the records only (their seq is known at the switch).
+STAGED_SCHEMA = pa.schema([pa.field("record", pa.string(), nullable=False)])
+
+COMPRESSION = "zstd"
+WRITER_PROPERTIES = WriterProperties(compression="ZSTD")
+# A reset's data file is closed once it holds this many bytes of record text.
+DATA_FILE_TEXT_BYTES = 256 * 2**20
+# Writers of one batch that keep losing the commit race give up after this.
+COMMIT_ATTEMPTS = 5
+
+_FAILURES = (DeltaError, OSError, pa.ArrowException)
+
+
+def _refuse(field: str, message: str, detail: str) -> InvalidRequest:
+    return InvalidRequest(message, details={f"transport.config.{field}": [detail]})
+
+
+def _txn(uid: str, version: int) -> CommitProperties:
+    """A commit's properties recording ``version`` as the connector's position."""
+    return CommitProperties(app_transactions=[Transaction(uid, version)])
+
+
+def _text_bytes(texts: pa.Array | pa.ChunkedArray) -> int:
+    """The UTF-8 length of all the texts of a string array."""
+    if len(texts) == 0:
+        return 0
+    return int(pc.sum(pc.binary_length(texts)).as_py())
+
+
+def _constant(value: Any, type_: pa.DataType, length: int) -> pa.Array:
+    return pa.nulls(length, type_).fill_null(pa.scalar(value, type_))
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.])(?:file://)?/[^\s\"'`]+")
+
+
+class _Table:
+    """A connector's table: where it is, how messages name it, how errors are told."""
+
+    def __init__(self, path: Path, shown: str, tenant: str) -> None:
+        self.path = path
+        self.shown = shown
+        self.tenant_dir = sink_dir(tenant)
+
+    def error(self, action: str, exc: BaseException) -> TransportError:
+        """A ``TransportError`` for ``exc``: one line, no server path outside the tenant's."""
+        if isinstance(exc, OSError) and exc.strerror:
+            text = exc.strerror
+        else:
+            lines = str(exc).strip().splitlines()
+            text = lines[0] if lines else type(exc).__name__
+        for prefix in (f"file://{self.path}", str(self.path)):
+            text = text.replace(prefix, self.shown)
+        for prefix in (f"file://{self.tenant_dir}/", f"{self.tenant_dir}/"):
+            text = text.replace(prefix, "")
+        text = _ABSOLUTE.sub("<path>", text)[:300]
+        return TransportError(f"Cannot {action} Delta table '{self.shown}': {text}")
+
+    def load(self, action: str) -> DeltaTable | None:
+        """The table at its latest version, or None if there is none yet."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self.error(action, exc) from None
+        if not stat.S_ISDIR(mode):
+            raise TransportError(f"Cannot {action} Delta table '{self.shown}': it is not a folder")
+        try:
+            return DeltaTable(str(self.path))
+        except TableNotFoundError:
+            return None
+        except _FAILURES as exc:
+            raise self.error(action, exc) from None
+
+    def create(self, action: str) -> DeltaTable:
+        """Create the table, empty, if it is missing (racing creators do no harm); load it."""
+        try:
+            DeltaTable.create(str(self.path), schema=SCHEMA, mode="ignore")
+        except _FAILURES as exc:
+            if self.load(action) is None:  # not created meanwhile by another writer
+                raise self.error(action, exc) from None
+        table = self.load(action)
+        if table is None:
+            raise TransportError(f"Cannot {action} Delta table '{self.shown}': it was not created")
+        return table
+
+    def position(self, table: DeltaTable | None, uid: str, action: str) -> int | None:
+        """The position recorded in ``table`` for connector ``uid``."""
+        if table is None:
+            return None
+        try:
+            return table.transaction_version(uid)
+        except _FAILURES as exc:
+            raise self.error(action, exc) from None
+
+    def check_schema(self, table: DeltaTable, action: str) -> None:
+        """Refuse a table whose columns are not those of a change table."""
+        try:
+            fields = [(f.name, str(f.type)) for f in table.schema().fields]
+        except _FAILURES as exc:
+            raise self.error(action, exc) from None
+        if fields != [(f.name, str(f.type)) for f in DELTA_SCHEMA.fields]:
+            raise TransportError(
+                f"Cannot {action} Delta table '{self.shown}': its columns are not "
+                "seq (long), op (string), record (string)"
+            )
+
+
+def _change_table(rows: Sequence[LogRow]) -> pa.Table:
+    """Log rows as change-table rows: one per log row, an insert or a delete."""
+    kept = [row for row in rows if row[1] != 0]
+    return pa.Table.from_arrays(
+        [
+            pa.array([row[0] for row in kept], pa.int64()),
+            pa.array(["insert" if row[1] > 0 else "delete" for row in kept], pa.string()),
+            pa.array([row[2] for row in kept], pa.string()),
+        ],
+        schema=SCHEMA,
+    )
+
+
+class DeltaReset:
+    """A reset's staging copy: parquet files beside the table, switched in by one commit.
+
+    Named ``.<table folder name>.reset-<epoch>``: the executor's fencing epoch,
+    so a stale executor's leftover is told apart and removed by the next one.
+    """
+
+    def __init__(self, table: _Table, uid: str, epoch: int) -> None:
+        self.table = table
+        self.uid = uid
+        self.staging = table.path.with_name(f"{self.prefix(table.path)}{epoch}")
+        self.parts = 0
+        # Data files written into the table's folder that no commit names yet.
+        self.written: list[Path] = []
+        self.switched = False
+        try:
+            table.path.parent.mkdir(parents=True, exist_ok=True)
+            self.remove_leftovers(table.path, epoch)
+            _remove(self.staging)
+            self.staging.mkdir()
+        except OSError as exc:
+            raise table.error("reset", exc) from None
+
+    @staticmethod
+    def prefix(table: Path) -> str:
+        """The name that every staging folder of ``table`` starts with."""
+        return f".{table.name}.reset-"
+
+    @classmethod
+    def remove_leftovers(cls, table: Path, epoch: int) -> None:
+        """Delete staging folders of lower epochs only (a higher one is the lease holder's)."""
+        prefix = cls.prefix(table)
+        for entry in os.scandir(table.parent):
+            suffix = entry.name[len(prefix) :]
+            if (
+                entry.name.startswith(prefix)
+                and suffix.isdigit()
+                and int(suffix) < epoch
+                and entry.is_dir(follow_symlinks=False)
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+    def append(self, records: Sequence[str]) -> int:
+        """Stage snapshot records (canonical JSON texts) as one parquet file; return their bytes."""
+        if not records:
+            return 0
+        texts = pa.array(records, pa.string())
+        part = self.staging / f"part-{self.parts:06d}.parquet"
+        try:
+            pq.write_table(pa.Table.from_arrays([texts], schema=STAGED_SCHEMA), part)
+        except _FAILURES as exc:
+            raise self.table.error("stage the snapshot of", exc) from None
+        self.parts += 1
+        return _text_bytes(texts)
+
+    def switch_in(self, snapshot_seq: int, fence: Callable[[], None]) -> int | None:
+        """Replace the table's contents with the staged snapshot in one commit.
+
+        Writes the table's data files, then calls ``fence()``, then commits;
+        returns the table's version after it (None if it cannot be read back).
+        """
+        try:
+            try:
+                actions = self._write_data(snapshot_seq)
+                current = self.table.load("reset") or self.table.create("reset")
+                self.table.check_schema(current, "reset")
+            except _FAILURES as exc:
+                raise self.table.error("reset", exc) from None
+        except BaseException:
+            self._remove_written()
+            raise
+        try:
+            fence()
+        except BaseException:
+            self._remove_written()
+            raise
+        try:
+            current.create_write_transaction(
+                actions,
+                mode="overwrite",
+                schema=SCHEMA,
+                commit_properties=_txn(self.uid, snapshot_seq),
+            )
+        except CommitFailedError:
+            self._remove_written()
+            raise TransportError(
+                f"Cannot reset Delta table '{self.table.shown}': another writer committed "
+                "to it meanwhile; the reset can be tried again"
+            ) from None
+        except _FAILURES as exc:
+            # A commit that landed but failed after it (writing a checkpoint) is done;
+            # the files of one whose fate is unknown are kept (a vacuum removes them).
+            landed = self._landed(snapshot_seq, actions)
+            if landed is False:
+                self._remove_written()
+            elif landed is None:
+                self.written = []  # perhaps committed: never deleted here
+            if not landed:
+                raise self.table.error("reset", exc) from None
+        self.written = []
+        self.switched = True
+        shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            return DeltaTable(str(self.table.path)).version()
+        except _FAILURES:
+            return None
+
+    def discard(self) -> None:
+        """Delete the staging folder and any data file no commit names (never raises)."""
+        try:
+            if not self.switched:
+                self._remove_written()
+            shutil.rmtree(self.staging, ignore_errors=True)
+        except Exception:  # noqa: S110 (a leftover is removed by the next reset)
+            pass
+
+    def _write_data(self, snapshot_seq: int) -> list[AddAction]:
+        """Write the staged records as the table's data files; return their add actions."""
+        self.table.path.mkdir(parents=True, exist_ok=True)
+        actions: list[AddAction] = []
+        writer: pq.ParquetWriter | None = None
+        rows = text = 0
+        try:
+            for index in range(self.parts):
+                with pq.ParquetFile(self.staging / f"part-{index:06d}.parquet") as staged:
+                    records = staged.read(use_threads=False).column("record")
+                if writer is None:
+                    name = f"part-{len(actions):05d}-{uuid.uuid4()}-c000.{COMPRESSION}.parquet"
+                    self.written.append(self.table.path / name)
+                    writer = pq.ParquetWriter(self.written[-1], SCHEMA, compression=COMPRESSION)
+                length = len(records)
+                writer.write_table(
+                    pa.Table.from_arrays(
+                        [
+                            _constant(snapshot_seq, pa.int64(), length),
+                            _constant("insert", pa.string(), length),
+                            records,
+                        ],
+                        schema=SCHEMA,
+                    )
+                )
+                rows += length
+                text += _text_bytes(records)
+                if text >= DATA_FILE_TEXT_BYTES or index == self.parts - 1:
+                    writer.close()
+                    writer = None
+                    actions.append(self._added(self.written[-1], rows, snapshot_seq))
+                    rows = text = 0
+        finally:
+            if writer is not None:  # a failure: the caller deletes the file
+                with contextlib.suppress(Exception):
+                    writer.close()
+        if actions:
+            fsync_dir(self.table.path)
+        return actions
+
+    @staticmethod
+    def _added(path: Path, rows: int, snapshot_seq: int) -> AddAction:
+        """Flush a written data file to disk; return the add action that names it."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        bounds = {"seq": snapshot_seq, "op": "insert"}
+        stats = {
+            "numRecords": rows,
+            "minValues": bounds,
+            "maxValues": bounds,
+            "nullCount": {"seq": 0, "op": 0, "record": 0},
+        }
+        return AddAction(
+            path.name, info.st_size, {}, info.st_mtime_ns // 1_000_000, True, json.dumps(stats)
+        )
+
+    def _landed(self, snapshot_seq: int, actions: list[AddAction]) -> bool | None:
+        """Whether the switch's commit is in the table (None: the table cannot be read)."""
+        try:
+            table = DeltaTable(str(self.table.path))
+            if table.transaction_version(self.uid) != snapshot_seq:
+                return False
+            names = {os.path.basename(uri) for uri in table.file_uris()}
+        except TableNotFoundError:
+            return False
+        except _FAILURES:
+            return None
+        return all(action.path in names for action in actions)
+
+    def _remove_written(self) -> None:
+        for path in self.written:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.written = []
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder tree, a file or a link at ``path``, if any."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class DeltaTransport:
+    """Writes a view's changes to a Delta Lake change table, exactly once."""
+
+    name = "delta"
+
+    def validate_config(self, config: dict[str, Any], *, tenant: str) -> dict[str, Any]:
+        """Check the settings; return them with the mode filled in."""
+        return {"path": self.resolve(config, tenant)[0], "mode": "changes"}
+
+    def shown_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A path holds no secret: the settings are shown as they are."""
+        return dict(config)
+
+    def sink_key(self, config: dict[str, Any], tenant: str) -> str:
+        """The table's identity: ``delta:`` and its resolved folder, relative to ``SINK_DIR``."""
+        resolved = self.resolve(config, tenant)[1]
+        root = Path(current_app.config["SINK_DIR"]).resolve()
+        return f"delta:{resolved.relative_to(root)}"
+
+    def config_schema(self) -> dict[str, Any]:
+        """The settings' JSON schema (OpenAPI 3.0)."""
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["path"],
+            "properties": {
+                "path": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": (
+                        "The table's folder, inside the tenant's sink folder (a relative "
+                        "path is taken from it). Created on the first write if missing."
+                    ),
+                    "example": "tables/orders",
+                },
+                "mode": {
+                    "type": "string",
+                    "enum": list(MODES),
+                    "default": "changes",
+                    "description": (
+                        "changes: an append-only table of changes (seq, op, record); "
+                        "a delete is a row with op 'delete'."
+                    ),
+                },
+            },
+        }
+
+    def resolve(self, config: dict[str, Any], tenant: str) -> tuple[str, Path]:
+        """Validate the settings; return the path as given and as resolved."""
+        if not isinstance(config, dict):
+            raise InvalidRequest(
+                "The delta transport's settings must be an object",
+                details={"transport.config": ["An object is required."]},
+            )
+        unknown = sorted(set(config) - set(SETTINGS), key=str)
+        if unknown:
+            raise InvalidRequest(
+                "Unknown settings of the delta transport",
+                details={f"transport.config.{k}": ["Unknown setting."] for k in unknown},
+            )
+        if config.get("mode", "changes") not in MODES:
+            raise _refuse("mode", "The delta transport's mode is not valid", "One of: changes.")
+        path = config.get("path")
+        if not isinstance(path, str) or not path:
+            raise _refuse("path", "The delta transport needs a 'path'", "A string is required.")
+        try:
+            resolved = resolve_sink_path(path, tenant)
+        except ValueError:
+            raise _refuse(
+                "path",
+                "The sink path is not allowed",
+                "The path must name a folder inside the tenant's sink directory "
+                "(relative paths are taken from it), with no NUL character.",
+            ) from None
+        try:
+            mode = os.stat(resolved).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None  # created on the first write (or refused then)
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            raise _refuse(
+                "path", "The sink path is not allowed", f"The path cannot be used: {exc.strerror}"
+            ) from None
+        if mode is not None and not stat.S_ISDIR(mode):
+            raise _refuse(
+                "path",
+                "The sink path is not a folder",
+                "The path must name a folder (the table's), not a file.",
+            )
+        if resolved.name.startswith(".") and ".reset-" in resolved.name:
+            raise _refuse(
+                "path", "The sink path is not allowed", "Names like '.x.reset-N' are reserved."
+            )
+        return path, resolved
+
+    def table_of(self, target: Any) -> _Table:
+        """A connector's table, its path checked again (a link may have changed)."""
+        shown = target.config["path"]
+        try:
+            path = resolve_sink_path(shown, target.view.pipeline.tenant)
+        except ValueError:
+            raise TransportError(
+                f"Delta table '{shown}': the path must name a folder inside the tenant's "
+                "sink directory"
+            ) from None
+        return _Table(path, shown, target.view.pipeline.tenant)
+
+    def position(self, target: Any) -> int | None:
+        """The seq the table records for the connector; None if no table or none recorded."""
+        table = self.table_of(target)
+        return table.position(table.load("read"), target.uid, "read")
+
+    def apply(self, target: Any, rows: Sequence[LogRow], *, epoch: int) -> Applied:
+        """Append the changes and record ``rows[-1][0]``, in one commit (see the module's text).
+
+        ``epoch`` is not needed: the position check is what fences a stale writer.
+        """
+        if not rows:
+            return Applied(0, None, skipped=True)
+        table = self.table_of(target)
+        first, last = rows[0][0], rows[-1][0]
+        changes = _change_table(rows)
+        size = _text_bytes(changes.column("record"))
+        for _ in range(COMMIT_ATTEMPTS):
+            current = table.load("write")
+            held = table.position(current, target.uid, "write")
+            if (held or 0) >= last:
+                return Applied(0, None, skipped=True)
+            if (held or 0) != first - 1:
+                holds = "no position" if held is None else f"position {held}"
+                raise SinkMoved(
+                    f"Delta table '{table.shown}' holds {holds} for this connector; "
+                    f"the batch starts after {first - 1}",
+                    position=held,
+                )
+            if current is None:
+                table.create("write")
+                continue  # decide again on the table as loaded
+            try:
+                write_deltalake(
+                    current,
+                    changes,
+                    mode="append",
+                    writer_properties=WRITER_PROPERTIES,
+                    commit_properties=_txn(target.uid, last),
+                )
+                return Applied(size, current.version())
+            except CommitFailedError:
+                continue  # another writer committed since the load: decide again
+            except _FAILURES as exc:
+                raise table.error("write", exc) from None
+        raise TransportError(
+            f"Cannot write Delta table '{table.shown}': other writers kept committing to it"
+        )
+
+    def begin_reset(self, target: Any, epoch: int) -> DeltaReset:
+        """Start a reset's staging folder beside the table (lower epochs' ones are removed)."""
+        return DeltaReset(self.table_of(target), target.uid, epoch)
