@@ -15,6 +15,9 @@ b. View data: ingestion records/s (``POST .../changes``), delivery of the
 c. gunicorn + wrk over 127.0.0.1 (optional, bounded duration).
 d. ``--memory``: peak RSS of delivery and of replay at two view sizes, each in
    a process of its own (:mod:`bench.memory`).
+f. Table sinks: stream delivery and snapshot replay into a PostgreSQL table
+   (with ``--sink-dsn``) and a Delta table, against a file sink measured the
+   same way in the same run (:mod:`bench.tables`).
 e. ``--scale`` (alone): reset_status, ingestion, delivery and the change log's
    size on a big database built with bulk SQL, against a small one measured in
    the same run (:mod:`bench.scale`).
@@ -58,6 +61,7 @@ from bench.service import (
     change_bodies,
     log_note,
 )
+from bench.tables import section_tables
 
 # The targets of issue 10, shown beside the measured figure.
 TARGETS = {
@@ -383,6 +387,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a PostgreSQL URL to measure on instead of SQLite files; each database of the "
         "run is a schema there (bench_<name>), dropped and made again",
     )
+    tables = parser.add_argument_group("table sinks (section f)")
+    tables.add_argument(
+        "--table-records",
+        type=int,
+        default=100_000,
+        help="records delivered and replayed into each table sink in section f (0 skips it)",
+    )
+    tables.add_argument(
+        "--sink-dsn",
+        default=os.environ.get("BENCH_SINK_DSN"),
+        help="a PostgreSQL DSN for section f's postgres sink table (default: $BENCH_SINK_DSN)",
+    )
     parser.add_argument("--quick", action="store_true", help="a seconds-long run (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -398,6 +414,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             memory_records=[200, 2000],
             scale_factor=0.001,
             scale_records=500,
+            table_records=500,
             worker_seconds=60.0,
         )
         args = parser.parse_args(argv)
@@ -465,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                         section_memory(workdir / "memory", args.database_url, args.memory_records)
                         if args.memory
                         else "skipped (no --memory)"
+                    ),
+                    "f": lambda: section_tables(
+                        workdir, args.database_url, args.table_records, args.sink_dsn
                     ),
                 }
                 failed = run_sections(sections, rows, notes)
