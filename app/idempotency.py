@@ -159,8 +159,8 @@ def save_in_transaction(status: int, body: dict[str, Any]) -> None:
     claim: _Claim | None = g.get("idempotency_claim")
     if claim is None:
         return
-    # The bytes flask's jsonify would send.
-    data = (current_app.json.dumps(body) + "\n").encode("utf-8")
+    # The bytes the route's own answer carries (jsonify's), so that a retry gets them back.
+    data = current_app.json.response(body).get_data()
     _complete(claim, status, data, {"Content-Type": "application/json"})
     claim.saved = True
 
@@ -209,7 +209,7 @@ def _stored_body(response: Response, secret_fields: tuple[str, ...]) -> bytes:
     if not isinstance(body, dict) or not set(secret_fields) & body.keys():
         return data
     kept = {name: value for name, value in body.items() if name not in secret_fields}
-    return (current_app.json.dumps(kept) + "\n").encode("utf-8")
+    return current_app.json.response(kept).get_data()
 
 
 def _check_key(key: str) -> None:
