@@ -1,20 +1,23 @@
-"""Table sinks under faults: real ``flask worker`` processes writing a PostgreSQL table.
+"""Table sinks under faults: real ``flask worker`` processes writing PostgreSQL and Delta tables.
 
 The fault cases of ``tests/test_faults.py`` (SIGSTOP past the lease and SIGKILL,
 mid-batch and mid-reset, a stop mid-replay, a sink changed or locked behind
-the service's back), with the ``postgres`` transport. Each test ends the same
-way: the sink table holds exactly the view (as a multiset of records), the
-connector is in sync and healthy, and no staging table is left.
+the service's back), with the ``postgres`` and ``delta`` transports. Each test
+ends the same way: the sink table holds exactly the view (as a multiset of
+records; a Delta change table folded), the position the sink recorded is the
+connector's, the connector is in sync and healthy, and no staging copy is left.
 """
 
 # ruff: noqa: S608 (the statements name a schema the fixture made, never input)
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -25,17 +28,17 @@ from tests.test_faults import LEASE, Cluster, Workload
 from tests.test_faults import app_config as app_config
 from tests.test_postgres_sink import SINK_DSN
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not SINK_DSN, reason="no PostgreSQL server for sink tables"),
-]
+pytestmark = pytest.mark.slow
+
+DELTA_PATH = "tables/totals"
 
 
 class TableCluster(Cluster):
-    """The fault tests' cluster, with a sink table in a schema of its own."""
+    """The fault tests' cluster, with one table sink: ``postgres`` or ``delta``."""
 
-    def __init__(self, *args: Any, schema: str) -> None:
+    def __init__(self, *args: Any, kind: str, schema: str) -> None:
         super().__init__(*args)
+        self.kind = kind
         self.schema = schema
 
     def sql(self, statement: str, *params: Any) -> list[tuple]:
@@ -44,23 +47,53 @@ class TableCluster(Cluster):
             cursor = conn.execute(statement, params or None)
             return cursor.fetchall() if cursor.description else []
 
+    @property
+    def delta_path(self) -> Path:
+        return Path(self.settings["SINK_DIR"]).resolve() / "default" / DELTA_PATH
+
     def table_pipeline(self) -> None:
-        """A running pipeline ``orders`` whose connector ``sink1`` writes ``<schema>.totals``."""
-        self.sql(f'CREATE TABLE "{self.schema}".totals (id integer NOT NULL, note text)')
+        """A running pipeline ``orders`` whose connector ``sink1`` writes the table sink."""
+        if self.kind == "postgres":
+            self.sql(f'CREATE TABLE "{self.schema}".totals (id integer NOT NULL, note text)')
+            config = {"dsn_env": "SINK_DSN_FAULTS", "table": f"{self.schema}.totals"}
+        else:
+            config = {"path": DELTA_PATH}
         self.create()
-        transport = {
-            "name": "postgres",
-            "config": {"dsn_env": "SINK_DSN_FAULTS", "table": f"{self.schema}.totals"},
-        }
-        body = {"name": "sink1", "transport": transport}
+        body = {"name": "sink1", "transport": {"name": self.kind, "config": config}}
         self.call("POST", self.connectors_url("orders"), "default", 201, json=body)
         self.action("orders", "start")
 
     def table(self) -> Counter:
-        rows = self.sql(f'SELECT id, note FROM "{self.schema}".totals')
-        return Counter(canonical({"id": i, "note": n}) for i, n in rows)
+        """The sink's contents as a multiset of canonical records."""
+        if self.kind == "postgres":
+            rows = self.sql(f'SELECT id, note FROM "{self.schema}".totals')
+            return Counter(canonical({"id": i, "note": n}) for i, n in rows)
+        from deltalake import DeltaTable
+
+        if not self.delta_path.exists():
+            return Counter()
+        data = DeltaTable(str(self.delta_path)).to_pyarrow_dataset().to_table(use_threads=False)
+        # Files come in no set order: the change-log order is the seq (a snapshot's rows
+        # share one seq, and are all inserts).
+        changes = sorted(
+            zip(
+                data["seq"].to_pylist(),
+                data["op"].to_pylist(),
+                data["record"].to_pylist(),
+                strict=True,
+            ),
+            key=lambda change: (change[0], change[1] != "insert"),
+        )
+        folded: Counter = Counter()
+        for _seq, op, record in changes:
+            folded[record] += 1 if op == "insert" else -1
+            assert folded[record] >= 0, f"a delete before its insert: {record}"
+        return +folded
 
     def staging_tables(self) -> list[str]:
+        if self.kind == "delta":
+            parent = self.delta_path.parent
+            return sorted(p.name for p in parent.glob(f".{self.delta_path.name}.reset-*"))
         return [
             name
             for (name,) in self.sql(
@@ -72,11 +105,22 @@ class TableCluster(Cluster):
 
     def sink_position(self) -> int | None:
         uid = str(self.connector()["uid"])
+        if self.kind == "delta":
+            from deltalake import DeltaTable
+
+            return DeltaTable(str(self.delta_path)).transaction_version(uid)
         found = self.sql(
             f'SELECT seq FROM "{self.schema}".pipeline_manager_progress WHERE connector_uid = %s',
             uid,
         )
         return found[0][0] if found else None
+
+    def damage(self) -> None:
+        """Change the sink behind the service's back: its rows, or its whole table, gone."""
+        if self.kind == "postgres":
+            self.sql(f'DELETE FROM "{self.schema}".totals')
+        else:
+            shutil.rmtree(self.delta_path)
 
     def assert_table_is_view(self) -> None:
         stats = self.stats()
@@ -88,20 +132,32 @@ class TableCluster(Cluster):
         assert self.staging_tables() == []
 
 
-@pytest.fixture
-def cluster(app, app_config, make_key, tmp_path, monkeypatch) -> Iterator[TableCluster]:
-    assert SINK_DSN is not None
-    monkeypatch.setenv("SINK_DSN_FAULTS", SINK_DSN)  # the API and the workers read it
+KINDS = [
+    pytest.param(
+        "postgres",
+        marks=pytest.mark.skipif(not SINK_DSN, reason="no PostgreSQL server for sink tables"),
+    ),
+    "delta",
+]
+
+
+@pytest.fixture(params=KINDS)
+def cluster(request, app, app_config, make_key, tmp_path, monkeypatch) -> Iterator[TableCluster]:
+    kind = request.param
     schema = f"f_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(SINK_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    cluster = TableCluster(app, app_config, make_key, tmp_path, schema=schema)
+    if kind == "postgres":
+        assert SINK_DSN is not None
+        monkeypatch.setenv("SINK_DSN_FAULTS", SINK_DSN)  # the API and the workers read it
+        with psycopg.connect(SINK_DSN, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    cluster = TableCluster(app, app_config, make_key, tmp_path, kind=kind, schema=schema)
     try:
         yield cluster
     finally:
         cluster.close()
-        with psycopg.connect(SINK_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        if kind == "postgres":
+            with psycopg.connect(SINK_DSN, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def test_worker_stopped_past_its_lease_mid_batch_lands_nothing_twice(cluster):
@@ -153,7 +209,7 @@ def test_a_batch_the_sink_committed_but_the_service_did_not_record_is_not_applie
         target = sinks.target_of(connector)
         rows = reader.read_log(target.view_id, connector.delivered_seq, 60)
         db.session.rollback()
-        get_transport("postgres").apply(target, rows, epoch=connector.lease_epoch)
+        get_transport(c.kind).apply(target, rows, epoch=connector.lease_epoch)
         db.session.remove()
     assert c.sink_position() == c.stats()["delivered_seq"] + 60
 
@@ -239,26 +295,29 @@ def test_stop_mid_replay_then_start_redoes_the_reset(cluster):
     c.assert_table_is_view()
 
 
-def test_rows_removed_behind_the_service_are_reported_then_redone(cluster):
+def test_a_sink_changed_behind_the_service_is_reported_then_redone(cluster):
     c = cluster
     c.table_pipeline()
     work = Workload(16)
     c.push(work.batch(600))
     c.worker()
     c.wait_caught_up()
-    c.sql(f'DELETE FROM "{c.schema}".totals')
-    # Deletes that find no row: the sink no longer holds the view.
+    c.damage()
+    # postgres: deletes that find no row; delta: a table whose position is gone.
     c.push([{"delete": r} for r in work.live[:5]])
     work.live = work.live[5:]
-    wait_for(lambda: c.stats()["resets"]["completed"] >= 1, what="the redo")
+    seen = c.watch(lambda s: s["resets"]["completed"] >= 1 and s["sync_state"] == "in_sync")
+    assert any(s["sync_state"] == "resetting" for s in seen) or seen[0]["resets"]["count"] >= 1
     stats = c.stats()
     assert stats["resets"]["last_origin"] == "redo"
-    assert "lacks 5 row(s)" in stats["last_error"]
+    expected = "lacks 5 row(s)" if c.kind == "postgres" else "behind"
+    assert expected in stats["last_error"], stats["last_error"]
     c.push(work.batch(100))
     c.wait_caught_up()
     c.assert_table_is_view()
 
 
+@pytest.mark.parametrize("cluster", KINDS[:1], indirect=True)  # a Delta table has no locks
 def test_a_sink_table_locked_by_another_session_is_retried_then_catches_up(cluster):
     """A hung sink: the table is locked; each attempt gives up after a third of the lease."""
     c = cluster

@@ -7,12 +7,13 @@ acts on the sink for the reset executor and the delivery worker.
 from __future__ import annotations
 
 from app.transports.base import Transport, TransportError
+from app.transports.delta import DeltaTransport
 from app.transports.file import FileTransport
 from app.transports.http import HttpTransport
 from app.transports.postgres import PostgresTransport
 
 TRANSPORTS: dict[str, Transport] = {
-    t.name: t for t in (FileTransport(), HttpTransport(), PostgresTransport())
+    t.name: t for t in (FileTransport(), HttpTransport(), PostgresTransport(), DeltaTransport())
 }
 
 
