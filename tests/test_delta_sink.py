@@ -455,7 +455,7 @@ def test_an_empty_snapshot_empties_the_table_and_records_the_position(sinks: Pat
     assert read(sinks / "empty").num_rows == 0
 
 
-def test_readers_see_the_old_table_or_the_new_one_during_a_reset(sinks: Path) -> None:
+def test_readers_see_the_old_table_or_the_new_one_during_a_200k_record_reset(sinks: Path) -> None:
     t = target()
     path = sinks / "tables" / "orders"
     DRIVER.apply(t, inserts(1, range(1000)), epoch=1)
@@ -476,7 +476,7 @@ def test_readers_see_the_old_table_or_the_new_one_during_a_reset(sinks: Path) ->
     try:
         while sum(seen.values()) < 3:  # the reader runs before the reset...
             time.sleep(0.01)
-        snapshot(t, 2, 2000, [rec(i) for i in range(50_000)], batch=5000)
+        snapshot(t, 2, 2000, [rec(i) for i in range(200_000)], batch=10_000)
         polls = sum(seen.values())
         while sum(seen.values()) < polls + 3:  # ...and after it
             time.sleep(0.01)
@@ -484,8 +484,8 @@ def test_readers_see_the_old_table_or_the_new_one_during_a_reset(sinks: Path) ->
         stop.set()
         reader.join(60)
     assert not errors
-    assert set(seen) == {1000, 50_000}, seen
-    assert fold(path) == Counter(rec(i) for i in range(50_000))
+    assert set(seen) == {1000, 200_000}, seen
+    assert fold(path) == Counter(rec(i) for i in range(200_000))
 
 
 def test_reset_timing_of_200k_records(sinks: Path, capsys: pytest.CaptureFixture[str]) -> None:
