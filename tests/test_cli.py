@@ -217,6 +217,53 @@ def test_add_http_connector_with_timeout(cli):
     assert "5" in json.dumps(body["transport"]["config"]["timeout"])
 
 
+def test_add_table_sink_connectors(cli, monkeypatch):
+    """postgres: a variable's name, a table, key columns; delta: a folder. No DSN is shown."""
+    monkeypatch.setenv("SINK_DSN_WAREHOUSE", "postgresql://u:secret@db.invalid/w")
+    ok(cli("pipelines", "create", "orders", "--view", "totals"))
+    body = ok_json(
+        cli(
+            "connectors", "add", "orders", "totals", "warehouse", "--transport", "postgres",
+            "--dsn-env", "SINK_DSN_WAREHOUSE", "--table", "analytics.totals",
+            "--key", "id", "--key", "day", "--json",
+        )
+    )  # fmt: skip
+    assert body["transport"] == {
+        "name": "postgres",
+        "config": {
+            "dsn_env": "SINK_DSN_WAREHOUSE",
+            "table": "analytics.totals",
+            "mode": "rows",
+            "key": ["id", "day"],
+        },
+    }
+    out = ok(
+        cli(
+            "connectors", "add", "orders", "totals", "lake", "--transport", "delta",
+            "--path", "tables/totals",
+        )
+    )  # fmt: skip
+    assert "delta: path=tables/totals mode=changes" in out
+    listed = ok(cli("connectors", "list", "orders"))
+    assert "secret" not in listed and "dsn_env=SINK_DSN_WAREHOUSE" in listed
+    details = cli_error(
+        cli(
+            "connectors", "add", "orders", "totals", "bad", "--transport", "postgres",
+            "--dsn-env", "DATABASE_URL", "--table", "t",
+        ),
+        "InvalidRequest",
+    )  # fmt: skip
+    assert "transport.config.dsn_env" in details
+    details = cli_error(
+        cli(
+            "connectors", "add", "orders", "totals", "bad", "--transport", "delta",
+            "--path", "tables/x", "--key", "id",
+        ),
+        "InvalidRequest",
+    )  # fmt: skip
+    assert details == {"transport.config.key": ["Unknown setting."]}
+
+
 def test_connectors_list_covers_all_views_or_one(cli):
     ok(cli("pipelines", "create", "orders", "--view", "totals", "--view", "hist"))
     for view, name in (("totals", "a"), ("hist", "b"), ("totals", "c")):
