@@ -36,6 +36,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         auth,
         cli,
         connectors,
+        console,
         cors,
         delivery,
         docs,
@@ -47,6 +48,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
 
     modules = (cors, auth, health, pipelines, connectors, resets, view_data, delivery, docs, cli)
-    for module in (*modules, worker):
+    for module in (*modules, console, worker):
         module.init_app(app)
     return app

@@ -95,6 +95,14 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "JWT_LEEWAY": 30,
         "JWT_TENANT_CLAIM": "tenant",
         "JWT_ROLE_CLAIM": "role",
+        # The operator console's session (app/console): a signed cookie, sent to
+        # /console only and never with another site's request; Secure whenever the
+        # request came over TLS (or always, with SESSION_COOKIE_SECURE). Seconds
+        # before a sign-in must be repeated, however the key stands.
+        "SESSION_COOKIE_NAME": "console_session",
+        "SESSION_COOKIE_PATH": "/console",
+        "SESSION_COOKIE_SAMESITE": "Strict",
+        "PERMANENT_SESSION_LIFETIME": 12 * 3600,
         "API_TITLE": "Pipeline manager",
         "API_VERSION": "v0",
         "OPENAPI_VERSION": "3.0.3",

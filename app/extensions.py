@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import flask
-from flask import Flask, request
+from flask import Flask, has_request_context, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_migrate import Migrate
 from flask_smorest import Api as _SmorestApi
@@ -137,6 +137,10 @@ class SessionInterface(SecureCookieSessionInterface):
         if "HTTP_COOKIE" not in request.environ:
             return self.session_class()
         return super().open_session(app, request)
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Mark the cookie Secure when configured to, and whenever the request came over TLS."""
+        return super().get_cookie_secure(app) or (has_request_context() and request.is_secure)
 
 
 db = SQLAlchemy(model_class=Base)

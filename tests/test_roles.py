@@ -8,6 +8,7 @@ fails here instead of slipping through with a default.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from app import create_app
 from app.auth import guard
 from app.auth import service as auth_service
 from app.auth.models import ApiKey, Role
+from app.console import access as console_access
 from app.extensions import db
 from tests.conftest import Api, assert_error
 
@@ -191,3 +193,67 @@ def test_a_write_key_cannot_mint_a_key(app: Flask, callers):
         "/v0/api_keys", json={"name": "mine", "role": "read"}, headers=callers["write"]
     )
     assert_error(response, 403, "InsufficientPermissions")
+
+
+# -- the operator console: a signed-in session instead of a bearer credential -----------------
+
+CONSOLE_PATH_VALUES = {**PATH_VALUES, "action": "pause", "unknown": "nothing", "filename": "x.css"}
+
+
+def _console_routes() -> list[tuple[str, str, str]]:
+    """(rule, method, endpoint) of every /console rule and method."""
+    app = create_app({"TESTING": True, "SECRET_KEY": "k", "SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    return sorted(
+        (rule.rule, method, rule.endpoint)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/console")
+        for method in rule.methods - {"OPTIONS", "HEAD"}
+    )
+
+
+CONSOLE_ROUTES = _console_routes()
+
+
+def test_every_console_route_and_method_declares_its_role():
+    assert len(CONSOLE_ROUTES) >= 10
+    missing = [(r, m) for r, m, e in CONSOLE_ROUTES if console_access.declared_role(e, m) is None]
+    assert not missing, f"add these to app.console.access.ROUTE_ROLES: {missing}"
+    stale = set(console_access.ROUTE_ROLES) - {e for _, _, e in CONSOLE_ROUTES}
+    assert not stale, f"app.console.access.ROUTE_ROLES names endpoints that do not exist: {stale}"
+
+
+@pytest.mark.parametrize(
+    ("rule", "method", "endpoint"),
+    [r for r in CONSOLE_ROUTES if console_access.declared_role(r[2], r[1]) != "public"],
+    ids=[
+        f"{m} {r}" for r, m, e in CONSOLE_ROUTES if console_access.declared_role(e, m) != "public"
+    ],
+)
+def test_console_role_matrix(app: Flask, make_key, running_pipeline: Api, rule, method, endpoint):
+    from tests.test_console import Console
+
+    needed = console_access.declared_role(endpoint, method)
+    arguments = next(r for r in app.url_map.iter_rules() if r.rule == rule).arguments
+    path = rule
+    for name in arguments:
+        path = re.sub(rf"<(?:[^<>:]+:)?{name}>", CONSOLE_PATH_VALUES[name], path)
+
+    def call(console: Console):
+        return console.get(path) if method == "GET" else console.post(path)
+
+    anonymous = Console(app)
+    anonymous.get("/console/sign-in")  # a CSRF token: refused for want of a session
+    response = call(anonymous)
+    assert response.status_code == 303, (method, path)
+    assert response.headers["Location"].startswith("/console/sign-in")
+    for role in Role.ALL:  # weakest first, as in the /v0 matrix
+        console = Console(app)
+        console.sign_in(make_key("default", role)["Authorization"].removeprefix("Bearer "))
+        console.page("/console/")  # this session's CSRF token
+        response = call(console)
+        if Role.allows(role, needed):
+            assert response.status_code != 403, (role, method, path)
+            if endpoint != "console.sign_out":  # which sends there when done
+                assert not response.headers.get("Location", "").startswith("/console/sign-in")
+        else:
+            assert response.status_code == 403, (role, method, path)

@@ -275,14 +275,71 @@ def principal_of_key(key: str, now: dt.datetime | None = None) -> Principal | No
             return None
         row = KeyRow(*found)
     now = now or utcnow()
-    if row.expires_at is not None and row.expires_at <= now:
-        raise KeyExpired(row.expires_at)
+    _check_expiry(row, now)
     if looked_up:
         cache.put(key_hash, row)
         touch(row.id, row.last_used_at, now)
+    return _principal(row)
+
+
+def _check_expiry(row: KeyRow, now: dt.datetime) -> None:
+    if row.expires_at is not None and row.expires_at <= now:
+        raise KeyExpired(row.expires_at)
+
+
+def _principal(row: KeyRow) -> Principal:
     return Principal(
         name=f"apikey:{row.name}", tenant=row.tenant, role=row.role, expires_at=row.expires_at
     )
+
+
+class KeyHandle(NamedTuple):
+    """What a browser session keeps of a key instead of the key: its row id and display prefix.
+
+    The prefix (``apikey:`` and 6 characters, shown in key listings anyway) tells
+    a key apart from a later one that a database reusing row ids gave the same id.
+    """
+
+    id: int
+    prefix: str
+
+
+_HANDLE_LOOKUP = sa.select(ApiKey.id, ApiKey.prefix).where(
+    ApiKey.key_hash == sa.bindparam("key_hash")
+)
+_KEY_BY_ID = sa.select(*_KEY_LOOKUP.selected_columns, ApiKey.prefix).where(
+    ApiKey.id == sa.bindparam("key_id")
+)
+
+
+def handle_of_key(key: str) -> tuple[KeyHandle, Principal] | None:
+    """Check a well-formed key as :func:`principal_of_key` does; also return its handle.
+
+    None if no key matches; raises ``KeyExpired`` for an expired one.
+    """
+    principal = principal_of_key(key)
+    if principal is None:
+        return None
+    found = db.session.execute(_HANDLE_LOOKUP, {"key_hash": hash_key(key)}).one_or_none()
+    if found is None:  # revoked in between
+        return None
+    return KeyHandle(*found), principal
+
+
+def principal_of_handle(handle: KeyHandle, now: dt.datetime | None = None) -> Principal | None:
+    """Return the principal of the key a handle names, or None if it was revoked.
+
+    One lookup by primary key, on every call (no cache: a revocation is seen
+    at once). Raises ``KeyExpired`` for a key past its expiry.
+    """
+    found = db.session.execute(_KEY_BY_ID, {"key_id": handle.id}).one_or_none()
+    if found is None or found.prefix != handle.prefix:
+        return None
+    row = KeyRow(*found[: len(KeyRow._fields)])
+    now = now or utcnow()
+    _check_expiry(row, now)
+    touch(row.id, row.last_used_at, now)
+    return _principal(row)
 
 
 def touch(key_id: int, last_used_at: dt.datetime | None, now: dt.datetime | None = None) -> None:

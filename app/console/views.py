@@ -1,0 +1,503 @@
+"""The console's pages, fragments and buttons.
+
+Pages render whole; the connector panels (stats, the running reset's progress,
+its history) are also served alone, for htmx to poll: every second while a
+reset runs, every few seconds otherwise. The progress comes from
+:func:`app.resets.service.reset_status`, the same answer the API's
+``reset_status`` gives for the reset's token. Buttons are plain forms (each
+with its CSRF token) that answer with a redirect back to the page, so they
+work without JavaScript too; htmx boosts them into in-page requests.
+
+Every error is a page or, after a button, a flash message on the page it
+came back to: never the API's JSON nor a traceback. Another tenant's pipeline
+answers exactly like one that does not exist (404).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException, NotFound
+
+from app.auth import current_tenant
+from app.auth.models import Role
+from app.connectors import service as connectors_service
+from app.connectors.models import Connector
+from app.connectors.schemas import shown_transport
+from app.console import access
+from app.database import is_transient_error, utcnow
+from app.delivery import service as delivery_service
+from app.errors import ApiError, NotFoundError, request_id
+from app.extensions import db
+from app.pipelines import service as pipelines_service
+from app.pipelines.models import Pipeline, PipelineStatus, View, is_valid_name
+from app.resets import service as resets_service
+from app.resets.models import Reset, ResetStatus
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint(
+    "console",
+    __name__,
+    url_prefix="/console",
+    template_folder="templates",
+    static_folder="static",
+)
+
+# Pipelines per page of the list, and resets shown per connector.
+PAGE_SIZE = 50
+HISTORY_SIZE = 10
+# Seconds between polls of a connector panel: while a reset runs, and otherwise.
+POLL_RESET_SECONDS = 1
+POLL_IDLE_SECONDS = 5
+# Which lifecycle buttons a pipeline shows in each status (all five exist as routes).
+LIFECYCLE = {
+    PipelineStatus.STOPPED: ("start",),
+    PipelineStatus.RUNNING: ("pause", "stop", "restart"),
+    PipelineStatus.PAUSED: ("resume", "stop", "restart"),
+}
+# Asked before the button's request is sent (htmx's hx-confirm).
+CONFIRM = {
+    "stop": "Stop pipeline '{name}'? Its incarnation ends; running resets are abandoned.",
+    "restart": "Restart pipeline '{name}'? A new incarnation starts; running resets are "
+    "abandoned and their tokens answer 410.",
+}
+_DONE = {
+    "start": "started",
+    "stop": "stopped",
+    "pause": "paused",
+    "resume": "resumed",
+    "restart": "restarted",
+}
+# Every console answer: only this origin's scripts, styles and forms; never in a frame.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; object-src 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+# -- who is asking ----------------------------------------------------------------------------
+
+
+def _is_fragment_request() -> bool:
+    """An htmx request for part of a page (a poll), not a boosted page load."""
+    return request.headers.get("HX-Request") == "true" and "HX-Boosted" not in request.headers
+
+
+def _to_sign_in() -> Response:
+    """Send the browser to the sign-in page (htmx: the whole page, not the polled part)."""
+    target = url_for(".sign_in")
+    if request.method == "GET" and request.path != url_for(".index"):
+        target = url_for(".sign_in", next=request.full_path.rstrip("?"))
+    if request.headers.get("HX-Request") == "true":
+        response = current_app.response_class(status=401)
+        response.headers["HX-Redirect"] = target
+        return response
+    return redirect(target, 303)
+
+
+def _arrived_from_another_site() -> bool:
+    """A page load that another site led to: the browser kept the strict cookies home."""
+    return (
+        request.method == "GET"
+        and request.headers.get("Sec-Fetch-Site") == "cross-site"
+        and "HX-Request" not in request.headers
+        and "HTTP_COOKIE" not in request.environ
+    )
+
+
+@bp.before_request
+def _check_operator() -> Any:
+    """Let public routes through; otherwise require a live session, its CSRF token and role.
+
+    A page load led here by another site (a link in a chat) comes without the
+    strict session cookie; it is loaded again from here, which sends it.
+    """
+    g.pop("principal", None)  # whoever an enclosing app context saw, this request says
+    if _arrived_from_another_site() and request.endpoint != "console.static":
+        return render_template("console/hop.html", url=request.full_path.rstrip("?"))
+    needed = access.required_role(request.endpoint, request.method)
+    unsafe = request.method not in access.SAFE_METHODS
+    if needed == access.PUBLIC:
+        if unsafe and request.endpoint == "console.sign_in":
+            access.check_sign_in_csrf()
+        elif unsafe:
+            access.check_csrf()
+        return None
+    principal = access.operator()
+    if principal is None:
+        if access.signed_in():
+            access.sign_out()
+            flash(
+                "Your session has ended (the key was revoked or expired, or it was open too "
+                "long). Sign in again.",
+                "error",
+            )
+        return _to_sign_in()
+    g.principal = principal
+    if unsafe:
+        access.check_csrf()
+    if not Role.allows(principal.role, needed):
+        raise access.refuse_role(needed, principal)
+    return None
+
+
+@bp.after_request
+def _secure(response: Response) -> Response:
+    """Add the security headers; keep pages (private, with CSRF tokens) out of caches."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.endpoint != "console.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _number(value: int | float | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return f"{value:,}"
+
+
+def _when(value: dt.datetime | str | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@bp.context_processor
+def _template_helpers() -> dict[str, Any]:
+    return {
+        "csrf_field": access.CSRF_FIELD,
+        "csrf_token": access.csrf_token,
+        "may": access.may,
+        "operator": g.get("principal"),
+        "number": _number,
+        "when": _when,
+    }
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+_TITLES = {
+    400: "That did not work",
+    401: "Sign-in needed",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Not possible right now",
+    410: "Gone",
+    413: "Too large",
+    503: "Busy",
+}
+
+
+def _error_page(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """An error as a page (or, for a poll, as a small notice in place of the panel)."""
+    template = "console/_error.html" if _is_fragment_request() else "console/error.html"
+    title = _TITLES.get(status, "Something went wrong")
+    response = current_app.make_response(
+        (render_template(template, status=status, title=title, message=message), status)
+    )
+    response.headers.update(headers or {})
+    return response
+
+
+@bp.errorhandler(ApiError)
+def _api_error(error: ApiError) -> Response:
+    db.session.rollback()
+    return _error_page(error.status_code, error.message)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> Response:
+    db.session.rollback()
+    return _error_page(error.code or 500, error.description or error.name)
+
+
+@bp.errorhandler(Exception)
+def _unexpected(error: Exception) -> Response:
+    db.session.rollback()
+    original = getattr(error, "original_exception", None) or error
+    if is_transient_error(original):
+        seconds = current_app.config["RETRY_AFTER_SECONDS"]
+        log.warning("database busy or unreachable: %s", type(original).__name__)
+        return _error_page(
+            503,
+            "The database is busy. Try again in a moment.",
+            {"Retry-After": str(seconds)},
+        )
+    rid = request_id()
+    log.error("unexpected error in the console (request id %s)", rid, exc_info=original)
+    return _error_page(
+        500, f"Something went wrong on our side. Quote request id {rid} when reporting it."
+    )
+
+
+# -- sign-in ----------------------------------------------------------------------------------
+
+
+def _safe_next(value: str | None) -> str:
+    """Where to go after sign-in: a console path given, else the pipeline list."""
+    home = url_for(".index")
+    if not value or "\\" in value or any(ord(c) < 32 for c in value):
+        return home
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not parts.path.startswith(home):
+        return home
+    return value
+
+
+@bp.route("/sign-in", methods=["GET", "POST"])
+def sign_in() -> Any:
+    """Sign in with an API key (checked once; the session keeps only its handle)."""
+    next_url = _safe_next(request.values.get("next"))
+    if request.method == "GET" and access.signed_in() and access.operator() is not None:
+        return redirect(next_url, 303)
+    try:
+        if request.method == "GET":
+            return _sign_in_page(next_url)
+        principal = access.sign_in(request.form.get("api_key", ""))
+    except access.SignInFailed as exc:
+        return _sign_in_page(next_url, str(exc), 401)
+    flash(f"Signed in as {principal.name} ({principal.role}, tenant {principal.tenant}).", "info")
+    response = redirect(next_url, 303)
+    response.delete_cookie(
+        access.SIGN_IN_COOKIE,
+        path=url_for(".sign_in"),
+        secure=request.is_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
+
+
+def _sign_in_page(next_url: str, error: str | None = None, status: int = 200) -> Response:
+    """The sign-in form, with its CSRF token (and the cookie the token is checked against)."""
+    token, cookie = access.sign_in_token()
+    page = render_template(
+        "console/sign_in.html", next_url=next_url, error=error, sign_in_token=token
+    )
+    response = current_app.make_response((page, status))
+    if cookie is not None:
+        response.set_cookie(
+            access.SIGN_IN_COOKIE,
+            cookie,
+            max_age=current_app.permanent_session_lifetime,
+            path=url_for(".sign_in"),
+            secure=request.is_secure,
+            httponly=True,
+            samesite="Strict",
+        )
+    return response
+
+
+@bp.route("/sign-out", methods=["POST"])
+def sign_out() -> Any:
+    """End the session."""
+    access.sign_out()
+    flash("Signed out.", "info")
+    return redirect(url_for(".sign_in"), 303)
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+
+@bp.route("/")
+def index() -> Any:
+    """The caller's pipelines: status, incarnation, views and their connectors."""
+    after = request.args.get("after") or None
+    if after is not None and not is_valid_name(after):
+        after = None
+    found = pipelines_service.list_pipelines(current_tenant(), PAGE_SIZE + 1, after)
+    page = found[:PAGE_SIZE]
+    rows = [
+        {
+            "pipeline": pipeline,
+            "views": [(view, connectors_service.list_connectors(view)) for view in pipeline.views],
+        }
+        for pipeline in page
+    ]
+    next_after = page[-1].name if len(found) > PAGE_SIZE else None
+    return render_template("console/index.html", rows=rows, next_after=next_after, after=after)
+
+
+def _load_pipeline(pipeline_name: str) -> Pipeline:
+    return pipelines_service.get_pipeline(current_tenant(), pipeline_name)
+
+
+def _progress(pipeline: Pipeline, latest: Reset | None) -> dict[str, Any] | None:
+    """The latest reset's progress, as reset_status answers for its token; None if none to show.
+
+    A reset of an ended incarnation (or of a stopped pipeline) has no status to
+    poll: reset_status refuses its token, and the history shows how it ended.
+    """
+    if latest is None or latest.status == ResetStatus.ABANDONED:
+        return None
+    if latest.incarnation != pipeline.incarnation or not latest.token:
+        return None
+    try:
+        status = resets_service.reset_status(current_tenant(), pipeline.name, latest.token)
+    except ApiError:
+        db.session.rollback()
+        return None
+    snapshot, replayed = status["snapshot_records"], status["replayed_records"]
+    if status["status"] == ResetStatus.COMPLETE:
+        percent = 100
+    elif snapshot:
+        percent = min(100, replayed * 100 // snapshot)
+    else:
+        percent = 0
+    rate = None
+    if status["started_at"] is not None:
+        started = dt.datetime.fromisoformat(status["started_at"])
+        ended = status["completed_at"]
+        until = dt.datetime.fromisoformat(ended) if ended else utcnow()
+        seconds = (until - started).total_seconds()
+        if seconds > 0 and replayed:
+            rate = replayed / seconds
+    return {**status, "percent": percent, "rate": rate, "running": status["status"] == "inprogress"}
+
+
+def _panel(pipeline: Pipeline, view: View, connector: Connector) -> dict[str, Any]:
+    """What a connector's panel shows: stats, the latest reset's progress, the reset history."""
+    history = resets_service.history(connector, HISTORY_SIZE)
+    progress = _progress(pipeline, history[0] if history else None)
+    running = progress is not None and progress["running"]
+    return {
+        "view": view,
+        "connector": connector,
+        "transport": shown_transport(connector),
+        "stats": delivery_service.connector_stats(pipeline, view.name, connector.name),
+        "history": history,
+        "progress": progress,
+        "poll_seconds": POLL_RESET_SECONDS if running else POLL_IDLE_SECONDS,
+    }
+
+
+@bp.route("/pipelines/<pipeline_name>")
+def pipeline(pipeline_name: str) -> Any:
+    """A pipeline: its lifecycle buttons, and every connector of every view."""
+    found = _load_pipeline(pipeline_name)
+    views = [
+        (view, [_panel(found, view, c) for c in connectors_service.list_connectors(view)])
+        for view in found.views
+    ]
+    return render_template(
+        "console/pipeline.html",
+        pipeline=found,
+        views=views,
+        actions=LIFECYCLE.get(found.status, ()),
+        confirm={k: v.format(name=found.name) for k, v in CONFIRM.items()},
+    )
+
+
+_CONNECTOR = "/pipelines/<pipeline_name>/views/<view_name>/connectors/<connector_name>"
+
+
+@bp.route(f"{_CONNECTOR}/panel")
+def connector_panel(pipeline_name: str, view_name: str, connector_name: str) -> Any:
+    """One connector's panel alone, for htmx to poll."""
+    found = _load_pipeline(pipeline_name)
+    connector = connectors_service.get_connector(found, view_name, connector_name)
+    return render_template(
+        "console/_panel.html", pipeline=found, item=_panel(found, connector.view, connector)
+    )
+
+
+# -- buttons ----------------------------------------------------------------------------------
+
+
+def _act(found: Pipeline, act: Callable[[], str], anchor: str = "") -> Response:
+    """Run a button's action on the caller's pipeline; flash how it went; back to its page.
+
+    An unknown pipeline, view or connector answers the 404 page; any other refusal
+    of the service (a conflict, a stopped pipeline) is flashed on the page.
+    """
+    try:
+        message = act()
+    except NotFoundError:
+        raise
+    except ApiError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+    else:
+        flash(message, "success")
+    return redirect(url_for(".pipeline", pipeline_name=found.name) + anchor, 303)
+
+
+@bp.route("/pipelines/<pipeline_name>/<any(start, stop, pause, resume, restart):action>",
+          methods=["POST"])  # fmt: skip
+def pipeline_action(pipeline_name: str, action: str) -> Response:
+    """Start, stop, pause, resume or restart a pipeline."""
+
+    found = _load_pipeline(pipeline_name)
+
+    def act() -> str:
+        done = getattr(pipelines_service, action)(found)
+        return (
+            f"Pipeline '{done.name}' {_DONE[action]}: it is {done.status}, "
+            f"incarnation {done.incarnation}."
+        )
+
+    return _act(found, act)
+
+
+def _anchor(connector: Connector) -> str:
+    return f"#connector-{connector.id}"
+
+
+@bp.route(f"{_CONNECTOR}/<any(pause, start):action>", methods=["POST"])
+def connector_action(pipeline_name: str, view_name: str, connector_name: str, action: str):
+    """Pause a connector, or start a paused one where it stopped."""
+    found = _load_pipeline(pipeline_name)
+    connector = connectors_service.get_connector(found, view_name, connector_name)
+
+    def act() -> str:
+        if action == "pause":
+            connectors_service.pause_connector(found, view_name, connector_name)
+            return f"Connector '{connector_name}' paused: it keeps its place."
+        connectors_service.start_connector(found, view_name, connector_name)
+        return f"Connector '{connector_name}' started where it stopped."
+
+    return _act(found, act, _anchor(connector))
+
+
+@bp.route(f"{_CONNECTOR}/reset", methods=["POST"])
+def reset_connector(pipeline_name: str, view_name: str, connector_name: str) -> Response:
+    """Reset a connector (or find the reset already queued); its panel then shows the progress."""
+    found = _load_pipeline(pipeline_name)
+    connector = connectors_service.get_connector(found, view_name, connector_name)
+
+    def act() -> str:
+        resets_service.request_reset(found, view_name, connector_name)
+        return f"Reset of connector '{connector_name}' queued; its progress shows below."
+
+    return _act(found, act, _anchor(connector))
+
+
+@bp.route("/<path:unknown>", methods=["GET", "POST"])
+def unknown_page(unknown: str) -> Any:
+    """Anything else under /console: the console's own 404 page, not the API's JSON."""
+    raise NotFound("There is no such page in the console.")

@@ -1,0 +1,335 @@
+"""The operator console in a real browser: headless Debian Chromium driven by Playwright.
+
+As in tests/test_browser.py: no browser download, and where ``/usr/bin/chromium``
+is missing the tests skip, except under CI (``CI=true``), where they fail. The
+app is served over real HTTP on 127.0.0.1, with the worker loop (resets and
+delivery) running in a thread of the test, as a serving process runs it. The
+screenshots land in tests/artifacts/ (git-ignored); the README shows one of
+them, kept in docs/.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from app import worker
+from tests.conftest import Api
+from tests.receiver import Receiver
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-gpu",
+    # Nothing but this machine resolves, whatever a page asks for.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+TIMEOUT_MS = 20_000
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+# Records in the view, replayed this many per batch: enough batches to watch the bar move.
+RECORDS = 2_000
+REPLAY_BATCH = 100
+SECONDS_PER_SNAPSHOT_BATCH = 0.12
+
+pytestmark = pytest.mark.browser
+
+
+def _browser_missing(reason: str) -> None:
+    """Skip where the browser is missing, but fail under CI, which must have it."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI must install it: see .ci/run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright."""
+    if not Path(CHROMIUM).exists():
+        _browser_missing(f"{CHROMIUM} is not installed")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _browser_missing("playwright is not installed")
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        browser.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Any]:
+    """A fresh browser page (own cookies) where only this machine can be reached.
+
+    Confirmation dialogs (htmx's hx-confirm) are accepted, as an operator would.
+    """
+    context = browser.new_context(viewport={"width": 1200, "height": 820})
+    context.set_default_timeout(TIMEOUT_MS)
+    outside: list[str] = []
+
+    def route(route) -> None:
+        if urlsplit(route.request.url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.outside_requests = outside
+    yield page
+    context.close()
+
+
+def _screenshot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    """Small replay batches and a quick worker, so that a reset's progress can be watched."""
+    return {
+        **app_config,
+        "REPLAY_BATCH_SIZE": REPLAY_BATCH,
+        "WORKER_POLL_INTERVAL": 0.05,
+        "DELIVERY_CONCURRENCY": 1,
+    }
+
+
+@pytest.fixture
+def server(app: Flask) -> Iterator[str]:
+    """Serve the app on a localhost port; return its base URL."""
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def background_worker(app: Flask) -> Iterator[Any]:
+    """Start the worker loop (resets, delivery) in this process when asked; stop it after."""
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start() -> None:
+        thread = threading.Thread(target=worker.run_loop, args=(app, stop), daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    yield start
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+
+
+class SlowReceiver(Receiver):
+    """The reference http receiver, taking its time over each snapshot batch of a reset."""
+
+    def _handle(self, message: dict[str, Any], headers: dict[str, str]) -> str:
+        if message.get("type") == "snapshot":
+            time.sleep(SECONDS_PER_SNAPSHOT_BATCH)
+        return super()._handle(message, headers)
+
+
+@pytest.fixture
+def slow_receiver() -> Iterator[SlowReceiver]:
+    with SlowReceiver() as receiver:
+        yield receiver
+
+
+def _key(headers: dict[str, str]) -> str:
+    return headers["Authorization"].removeprefix("Bearer ")
+
+
+def _sign_in(page: Any, base: str, key: str) -> None:
+    """Open the console, get sent to sign-in, sign in with the key."""
+    page.goto(f"{base}/console/")
+    page.locator("#api_key").wait_for()
+    assert page.url.startswith(f"{base}/console/sign-in")
+    page.fill("#api_key", key)
+    page.get_by_role("button", name="Sign in").click()
+    page.locator("h1", has_text="Pipelines").wait_for()
+
+
+def test_sign_in_see_a_pipeline_and_watch_a_reset_reach_100_percent(
+    page, server, api: Api, auth_headers, slow_receiver, background_worker
+):
+    api.create_pipeline("orders", views=("totals",))
+    response = api.client.post(
+        "/v0/pipelines/orders/views/totals/connectors",
+        json={"name": "sink1", "transport": {"name": "http", "config": {"url": slow_receiver.url}}},
+    )
+    assert response.status_code == 201, response.get_json()
+    api.action("orders", "start")
+    changes = [{"insert": {"id": n, "total": n % 97}} for n in range(RECORDS)]
+    response = api.client.post("/v0/pipelines/orders/views/totals/changes", json=changes)
+    assert response.status_code == 200, response.get_json()
+
+    _sign_in(page, server, _key(auth_headers))
+    row = page.locator('tr[data-pipeline="orders"]')
+    assert "running" in row.inner_text() and "sink1" in row.inner_text()
+    cookie = next(c for c in page.context.cookies() if c["name"] == "console_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/console"
+    assert not cookie["secure"]  # plain HTTP here
+    assert _key(auth_headers) not in cookie["value"]
+    _screenshot(page, "console-pipelines.png")
+
+    row.get_by_role("link", name="orders").click()
+    page.locator("#pipeline-status", has_text="running").wait_for()
+    card = page.locator('article[data-connector="sink1"]')
+    assert "in_sync" in card.inner_text()
+    card.get_by_role("button", name="Reset").click()  # and accept the confirmation
+    progress = card.locator(".reset-progress")
+    progress.wait_for()
+    assert page.locator(".flash-success", has_text="Reset of connector 'sink1' queued").count()
+    assert progress.get_attribute("data-status") == "inprogress"
+    assert progress.get_attribute("data-phase") == "queued"
+    assert card.locator("progress").get_attribute("value") == "0"
+
+    background_worker()  # the worker takes the reset on
+    seen: list[int] = []
+    midway = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        bar = card.locator(".reset-progress")
+        percent = int(bar.get_attribute("data-percent") or 0)
+        status = bar.get_attribute("data-status")
+        if not seen or seen[-1] != percent:
+            seen.append(percent)
+        if midway is None and 15 <= percent <= 85:
+            midway = _screenshot(page, "console-reset-progress.png")
+        if status == "complete":
+            break
+        assert status == "inprogress", card.inner_text()
+        page.wait_for_timeout(100)
+    assert card.locator(".reset-progress").get_attribute("data-status") == "complete", seen
+    assert seen[-1] == 100 and seen[0] == 0, seen
+    assert any(0 < p < 100 for p in seen), f"the bar never showed the reset under way: {seen}"
+    assert seen == sorted(seen), seen
+    text = card.locator(".reset-progress").inner_text()
+    assert "100%" in text and f"{RECORDS:,} / {RECORDS:,} snapshot records replayed" in text
+    assert "records/s" in text
+    assert card.locator("tr.reset-row.status-complete").count() == 1
+    assert sum(slow_receiver.contents().values()) == RECORDS
+    _screenshot(page, "console-reset-done.png")
+    assert page.outside_requests == []
+
+
+def test_a_read_key_has_no_reset_button(page, server, running_pipeline, read_headers):
+    _sign_in(page, server, _key(read_headers))
+    page.get_by_role("link", name="orders").click()
+    card = page.locator('article[data-connector="sink1"]')
+    card.wait_for()
+    assert "in_sync" in card.inner_text()
+    assert page.get_by_role("button", name="Reset").count() == 0
+    for name in ("Start", "Stop", "Pause", "Resume", "Restart"):
+        assert page.get_by_role("button", name=name).count() == 0, name
+    assert page.locator("button").all_inner_texts() == ["Sign out"]
+    _screenshot(page, "console-read-key.png")
+
+
+def test_another_tenant_s_pipeline_is_not_reachable(
+    page, server, running_pipeline, other_tenant_headers
+):
+    _sign_in(page, server, _key(other_tenant_headers))
+    assert page.locator('tr[data-pipeline="orders"]').count() == 0
+    assert "has no pipelines yet" in page.locator("main").inner_text()
+    response = page.goto(f"{server}/console/pipelines/orders")
+    assert response.status == 404
+    assert "Unknown pipeline name 'orders'" in page.locator(".error-page").inner_text()
+    response = page.goto(f"{server}/console/pipelines/orders/views/totals/connectors/sink1/panel")
+    assert response.status == 404
+    _screenshot(page, "console-other-tenant.png")
+
+
+class _AttackerPage(BaseHTTPRequestHandler):
+    """A page of another site that submits a form to the console at once, without a token."""
+
+    target = ""
+
+    def do_GET(self) -> None:
+        body = (
+            "<!DOCTYPE html><html><body>"
+            f'<form id="f" method="post" action="{self.target}">'
+            '<input type="hidden" name="reason" value="gotcha"></form>'
+            "<script>document.getElementById('f').submit()</script>"
+            "</body></html>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+@pytest.fixture
+def attacker(server: str) -> Iterator[int]:
+    """Serve the attacker page on another port; return the port."""
+    handler = type(
+        "Handler", (_AttackerPage,), {"target": f"{server}/console/pipelines/orders/stop"}
+    )
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _submit_from(page: Any, url: str) -> Any:
+    """Open the attacker page and return the answer to the form it submits."""
+    with page.expect_response(lambda r: r.url.endswith("/console/pipelines/orders/stop")) as sent:
+        page.goto(url)
+    return sent.value
+
+
+def test_a_cross_site_post_without_the_csrf_token_is_refused(
+    page, server, running_pipeline: Api, auth_headers, attacker
+):
+    _sign_in(page, server, _key(auth_headers))
+    # Another port of the same host is the same site: the cookie goes along, the token does not.
+    answer = _submit_from(page, f"http://127.0.0.1:{attacker}/")
+    assert "console_session=" in (answer.request.all_headers().get("cookie") or "")
+    assert answer.status == 400
+    page.locator(".error-page").wait_for()
+    assert "security token is missing" in page.locator(".error-page").inner_text()
+    _screenshot(page, "console-csrf-refused.png")
+    # Another site: SameSite=Strict keeps the cookie home, so there is no session at all: the
+    # answer sends to sign-in, which, loaded again from the console, finds the session and
+    # goes on to the pipelines (the session was never overwritten).
+    answer = _submit_from(page, f"http://localhost:{attacker}/")
+    assert "console_session=" not in (answer.request.all_headers().get("cookie") or "")
+    assert answer.status == 303 and answer.headers["location"] == "/console/sign-in"
+    page.locator("h1", has_text="Pipelines").wait_for()
+    assert page.url == f"{server}/console/"
+    # Nothing happened to the pipeline, and the operator is still signed in.
+    assert running_pipeline.client.get("/v0/pipelines/orders").get_json()["status"] == "running"
+    page.goto(f"{server}/console/pipelines/orders")
+    assert page.locator("#pipeline-status").inner_text() == "running"
