@@ -132,7 +132,7 @@ def _check_operator() -> Any:
     A page load led here by another site (a link in a chat) comes without the
     strict session cookie; it is loaded again from here, which sends it.
     """
-    g.pop("principal", None)  # whoever an enclosing app context saw, this request says
+    g.pop("principal", None)  # not one an enclosing app context (a test) left behind
     if _arrived_from_another_site() and request.endpoint != "console.static":
         return render_template("console/hop.html", url=request.full_path.rstrip("?"))
     needed = access.required_role(request.endpoint, request.method)
