@@ -336,3 +336,31 @@ def test_a_sink_table_locked_by_another_session_is_retried_then_catches_up(clust
         blocker.rollback()
     c.wait_caught_up()
     c.assert_table_is_view()
+
+
+def test_a_connector_started_with_skip_records_the_skip_in_its_sink(cluster):
+    """Paused, then started with skip: the sink never gets what came meanwhile, and no redo."""
+    from tests.faults import fold
+
+    c = cluster
+    c.table_pipeline()
+    work = Workload(18)
+    c.push(work.batch(300))
+    c.worker()
+    c.wait_caught_up()
+    url = f"{c.connectors_url('orders')}/sink1"
+    c.call("POST", f"{url}/pause", expect=200)
+    held = c.stats()["delivered_seq"]
+    c.push(work.batch(200))  # skipped
+    started = c.call("POST", f"{url}/start", expect=200, json={"skip": True}).get_json()
+    assert started["paused"] is False
+    skipped_to = c.stats()["delivered_seq"]
+    assert skipped_to == c.stats()["log_end"] > held
+    c.push([{"insert": {"id": 10_000 + i, "note": "after"}} for i in range(50)])
+    c.wait_caught_up()
+    stats = c.stats()
+    assert stats["resets"]["count"] == 0, stats  # no snapshot was owed
+    log = c.log()
+    assert c.table() == fold(log[:held] + log[skipped_to:])
+    assert c.sink_position() == stats["delivered_seq"]
+    assert c.connector()["skipped_from"] is None

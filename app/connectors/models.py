@@ -89,5 +89,9 @@ class Connector(db.Model):
     # A table sink's commit id after the last batch or reset applied: the Delta
     # table's version, or the PostgreSQL transaction id. NULL for other sinks.
     sink_version: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # A skip (``start`` with ``skip``) moved delivered_seq from here: a table sink,
+    # which records its own position, is told to skip the same way before its
+    # next batch (then NULL). Its position behind delivered_seq is no damage then.
+    skipped_from: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     view: Mapped[View] = relationship(lazy="joined", innerjoin=True)

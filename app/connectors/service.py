@@ -16,6 +16,7 @@ from app.extensions import db
 from app.pipelines.models import Pipeline, View, is_valid_name
 from app.pipelines.service import get_view, require_stopped
 from app.transports import get_transport
+from app.transports.tables import is_table_sink
 from app.view_data.models import ViewLog
 
 
@@ -144,16 +145,30 @@ def start_connector(
         sa.select(ViewLog.last_seq).where(ViewLog.view_id == Connector.view_id).scalar_subquery(),
         0,
     )
+    moved: dict[str, Any] = {
+        "delivered_seq": sa.case(
+            (log_end > Connector.delivered_seq, log_end), else_=Connector.delivered_seq
+        )
+    }
+    if is_table_sink(get_transport(connector.transport)):
+        # Where the skip started (the earliest, if skips pile up): a table sink,
+        # which records its own position, records the same skip before its next
+        # batch (app.delivery.worker).
+        moved["skipped_from"] = sa.case(
+            (
+                log_end > Connector.delivered_seq,
+                sa.func.coalesce(Connector.skipped_from, Connector.delivered_seq),
+            ),
+            else_=Connector.skipped_from,
+        )
     lease = leases.take(
         connector.id,
         f"api-start:{uuid.uuid4().hex[:12]}",
         float(current_app.config["WORKER_LEASE_SECONDS"]),
         paused=False,
-        delivered_seq=sa.case(
-            (log_end > Connector.delivered_seq, log_end), else_=Connector.delivered_seq
-        ),
         inflight_first_seq=None,
         inflight_last_seq=None,
+        **moved,
     )
     if lease is None:
         db.session.rollback()

@@ -83,6 +83,7 @@ class Position:
     committed_length: int
     failures: int
     inflight: tuple[int, int] | None
+    skipped_from: int | None = None
 
 
 class SinkFault(Exception):
@@ -207,6 +208,7 @@ class DeliveryWorker:
             connector.committed_length,
             connector.consecutive_failures,
             inflight,
+            connector.skipped_from,
         )
         db.session.rollback()
         return target, position
@@ -221,7 +223,10 @@ class DeliveryWorker:
                     self._recover_file(lease, sink, position)
                     self._stream(lease, target, position, sink)
             elif is_table_sink(driver):
-                self._catch_up(lease, position, driver.position(target))
+                held = driver.position(target)
+                if position.skipped_from is not None:
+                    held = self._record_skip(lease, target, driver, position, held)
+                self._catch_up(lease, position, held)
                 self._stream(lease, target, position, None, driver)
             else:
                 self._stream(lease, target, position, None)
@@ -232,6 +237,43 @@ class DeliveryWorker:
             self._failed(lease, position.failures, exc)
             return
         leases.release(lease)
+
+    def _record_skip(
+        self,
+        lease: Lease,
+        target: sinks.SinkTarget,
+        driver: TableSink,
+        position: Position,
+        held: int | None,
+    ) -> int | None:
+        """Have a table sink record a skip the API made; return the sink's position after it.
+
+        The sink's position is between where the skip started and where it
+        went (ahead of the start if a batch landed unrecorded before it): it
+        is moved, with no changes, to ``delivered_seq``. A position outside
+        that range is left for :meth:`_catch_up` to judge.
+        """
+        start = position.skipped_from
+        assert start is not None
+        current = held or 0
+        if start <= current < position.delivered_seq:
+            applied = driver.skip_to(
+                target, held=current, to_seq=position.delivered_seq, epoch=lease.epoch
+            )
+            extra = {} if applied.version is None else {"sink_version": applied.version}
+            leases.commit(lease, skipped_from=None, **extra)
+            log.info(
+                "connector %s: its sink skipped from %d to %d",
+                lease.connector_id,
+                current,
+                position.delivered_seq,
+            )
+            position.skipped_from = None
+            return position.delivered_seq
+        if current >= position.delivered_seq:
+            leases.commit(lease, skipped_from=None)
+            position.skipped_from = None
+        return held
 
     def _catch_up(self, lease: Lease, position: Position, sink_position: int | None) -> None:
         """Line the connector's offset up with the position a table sink recorded.

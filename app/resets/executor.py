@@ -383,6 +383,8 @@ class ResetExecutor:
             "consecutive_failures": 0,
             "next_attempt_at": None,
             "resets_completed": Connector.resets_completed + 1,
+            # The snapshot supersedes any skip a table sink had yet to record.
+            "skipped_from": None,
             "lease_owner": None,
             "lease_expires_at": db_time(),
         }

@@ -588,6 +588,38 @@ class DeltaTransport:
             f"Cannot write Delta table '{table.shown}': other writers kept committing to it"
         )
 
+    def skip_to(self, target: Any, *, held: int, to_seq: int, epoch: int) -> Applied:
+        """Record ``to_seq`` as the position, from ``held``, in a commit with no rows (a skip)."""
+        table = self.table_of(target)
+        for _ in range(COMMIT_ATTEMPTS):
+            current = table.load("write")
+            position = table.position(current, target.uid, "write")
+            if (position or 0) >= to_seq:
+                return Applied(0, None, skipped=True)
+            if (position or 0) != held:
+                raise SinkMoved(
+                    f"Delta table '{table.shown}' holds position {position or 0}, not {held}",
+                    position=position,
+                )
+            if current is None:
+                table.create("write")
+                continue
+            try:
+                current.create_write_transaction(
+                    [],
+                    mode="append",
+                    schema=current.schema(),
+                    commit_properties=_txn(target.uid, to_seq),
+                )
+                return Applied(0, current.version())
+            except CommitFailedError:
+                continue
+            except _FAILURES as exc:
+                raise table.error("write", exc) from None
+        raise TransportError(
+            f"Cannot write Delta table '{table.shown}': other writers kept committing to it"
+        )
+
     def begin_reset(self, target: Any, epoch: int) -> DeltaReset:
         """Start a reset's staging folder beside the table (lower epochs' ones are removed)."""
         return DeltaReset(self.table_of(target), target.uid, epoch)

@@ -620,6 +620,26 @@ class PostgresTransport:
                 raise table.error(exc, "cannot apply a batch") from None
         return Applied(size, version)
 
+    def skip_to(self, target: Any, *, held: int, to_seq: int, epoch: int) -> Applied:
+        """Record ``to_seq`` as the position, from ``held``, with no changes (a skip)."""
+        table = _Table(target)
+        with table.connect() as conn:
+            try:
+                table.ensure_progress(conn)
+                with conn.transaction():
+                    position = table.lock_position(conn)
+                    if position >= to_seq:
+                        return Applied(0, None, skipped=True)
+                    if position != held:
+                        raise SinkMoved(
+                            f"Sink table {table.shown} is at position {position}, not {held}",
+                            position,
+                        )
+                    version = table.set_position(conn, to_seq, epoch)
+            except psycopg.Error as exc:
+                raise table.error(exc, "cannot record a skip") from None
+        return Applied(0, version)
+
     def begin_reset(self, target: Any, epoch: int) -> PostgresReset:
         """Create the reset's staging table (dropping leftovers of lower epochs)."""
         return PostgresReset(_Table(target), epoch)

@@ -125,6 +125,14 @@ class TableSink(Protocol):
         :class:`SinkMoved`. Sink errors raise ``TransportError``.
         """
 
+    def skip_to(self, target: Any, *, held: int, to_seq: int, epoch: int) -> Applied:
+        """Move the recorded position from ``held`` to ``to_seq`` with no changes, in one commit.
+
+        What ``POST .../start`` with ``skip`` asks of a table sink: the changes
+        in between are never applied. Skipped when the position is already
+        ``>= to_seq``; raises :class:`SinkMoved` when it is not ``held``.
+        """
+
     def begin_reset(self, target: Any, epoch: int) -> TableReset:
         """Start a reset's staging copy (a stale one of a lower epoch is removed)."""
 
