@@ -33,6 +33,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "SECRET_KEY_FALLBACKS": [],
         # Folder that file sinks live in; relative sink paths are taken from here.
         "SINK_DIR": os.path.join(instance_path, "sinks"),
+        # The environment variables a postgres connector may name for its sink's
+        # DSN start with this, so none can name the service's own database.
+        "POSTGRES_SINK_DSN_PREFIX": "SINK_DSN_",
         # Seconds a worker's claim on a reset or a connector lasts without renewal.
         "WORKER_LEASE_SECONDS": 30,
         # Connectors one worker process serves at once (threads), so that a slow or

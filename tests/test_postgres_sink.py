@@ -159,6 +159,11 @@ def test_settings_are_checked_and_completed(app, schema):
         with pytest.raises(InvalidRequest) as caught:
             DRIVER.validate_config({"dsn_env": "SINK_DSN_TEST", "table": "t", "x": 1}, tenant="d")
         assert "transport.config" in caught.value.details
+        # The prefix is a setting: another one refuses the default's variables.
+        app.config["POSTGRES_SINK_DSN_PREFIX"] = "WAREHOUSE_DSN_"
+        with pytest.raises(InvalidRequest) as caught:
+            DRIVER.validate_config({"dsn_env": "SINK_DSN_TEST", "table": "t"}, tenant="d")
+        assert "WAREHOUSE_DSN_" in str(caught.value.details)
 
 
 # -- streaming -------------------------------------------------------------------

@@ -88,8 +88,9 @@ def _refuse(field: str, message: str) -> InvalidRequest:
 
 
 def _prefix() -> str:
+    """The prefix of the variables a connector may name (``POSTGRES_SINK_DSN_PREFIX``)."""
     if has_app_context():
-        return str(current_app.config.get("POSTGRES_SINK_DSN_PREFIX", "SINK_DSN_"))
+        return str(current_app.config["POSTGRES_SINK_DSN_PREFIX"])
     return "SINK_DSN_"
 
 
