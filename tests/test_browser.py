@@ -276,6 +276,24 @@ def test_docs_try_it_out_reads_reset_status_with_an_api_key(
     status, body = _execute(_reset_status_block(page), "orders", token)
     assert status == 200, body
     assert sent[-1] == auth_headers["Authorization"]
+    # Kept for this tab only: in sessionStorage, never in localStorage.
+    assert page.evaluate("window.localStorage.length") == 0
+    assert page.evaluate("window.ui.authSelectors.authorized().size") == 1
+    other_tab = page.context.new_page()
+    try:
+        other_tab.goto(f"{base}/docs/")
+        other_tab.locator(".swagger-ui .info .title").wait_for()
+        assert other_tab.evaluate("window.ui.authSelectors.authorized().size") == 0
+    finally:
+        other_tab.close()
+    # Logout forgets it, across a reload too.
+    page.locator("button.authorize").first.click()
+    dialog = page.locator(".modal-ux")
+    dialog.locator("button", has_text="Logout").click()
+    dialog.locator("button.btn-done").click()
+    page.reload()
+    page.locator(".swagger-ui .info .title").wait_for()
+    assert page.evaluate("window.ui.authSelectors.authorized().size") == 0
 
     assert page.outside_requests == []
 

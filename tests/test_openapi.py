@@ -288,14 +288,19 @@ def test_docs_and_document_are_public(anon_client):
 def test_docs_page_loads_only_local_assets(anon_client):
     html = anon_client.get("/docs/").get_data(as_text=True)
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
-    assert assets and all(a.startswith("/docs/") for a in assets), assets
+    assert assets and all(a.startswith(("/docs/", "/docs-assets/")) for a in assets), assets
     for asset in assets:
         r = anon_client.get(asset)
         assert r.status_code == 200, asset
         r.close()
     # No remote validator badge: the page works offline.
     assert '"validatorUrl": null' in html
-    assert '"persistAuthorization": true' in html
+    # Kept per tab by the page's own plugin (sessionStorage), not in localStorage.
+    assert '"persistAuthorization": false' in html
+    assert "/docs-assets/tab-authorization.js" in html
+    # Every script is a file of the service: none inline but the settings (JSON data).
+    inline = re.findall(r"<script(?![^>]*\bsrc=)([^>]*)>", html)
+    assert inline == [' id="swagger-config" type="application/json"'], inline
     assert '"tryItOutEnabled": true' in html
     assert '"url": "/openapi.json"' in html
 

@@ -4,15 +4,22 @@ flask-smorest builds the document from the same schemas and routes that
 validate requests; :mod:`app.docs.openapi` adds what every ``/v0`` route
 shares. Swagger UI's files come from the flask-swagger-ui package, so the page
 works without internet access. Both pages are public.
+
+The page itself is this package's template (``templates/docs/index.html``), not
+flask-swagger-ui's: its scripts are files (``static/``), and a plugin keeps the
+authorization for the browser tab's life (sessionStorage) instead of Swagger
+UI's ``persistAuthorization``, which keeps it in localStorage for every tab and
+every later visit.
 """
 
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from typing import Any
 
 from apispec import APISpec
-from flask import Flask, Response, current_app
+from flask import Blueprint, Flask, Response, current_app, render_template
 from flask_swagger_ui import get_swaggerui_blueprint
 
 from app.docs.openapi import complete_spec
@@ -28,9 +35,10 @@ SWAGGER_UI_CONFIG: dict[str, Any] = {
     # "Explore" box that loads any URL), and a ?url= query is ignored.
     "layout": "BaseLayout",
     "queryConfigEnabled": False,
-    # Keep the bearer credential across reloads. Swagger UI keeps it in the
-    # browser's localStorage (the only store it offers), until Logout.
-    "persistAuthorization": True,
+    # Not Swagger UI's persistAuthorization (localStorage, shared by every tab
+    # and kept for later visits): static/tab-authorization.js keeps the bearer
+    # credential across reloads of this tab only (sessionStorage), until Logout.
+    "persistAuthorization": False,
     "tryItOutEnabled": True,
     "displayRequestDuration": True,
     "deepLinking": True,
@@ -68,6 +76,35 @@ def serve_openapi() -> Response:
     return current_app.response_class(body, mimetype="application/json")
 
 
+# The page's own scripts and template (the Swagger UI files come from flask-swagger-ui).
+page = Blueprint(
+    "api_docs_page",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/docs-assets",
+)
+
+
+def _swagger_page(swagger_files: Any) -> Any:
+    """The ``/docs`` view: this package's page, and Swagger UI's files from flask-swagger-ui."""
+
+    def show(path: str | None = None) -> Any:
+        if path and path != "index.html":
+            return swagger_files(path=path)
+        settings = {k: v for k, v in SWAGGER_UI_CONFIG.items() if k != "app_name"}
+        settings.update(dom_id="#swagger-ui", url=OPENAPI_URL)
+        return render_template(
+            "docs/index.html",
+            app_name=SWAGGER_UI_CONFIG["app_name"],
+            base_url=DOCS_URL,
+            version=version("flask-swagger-ui"),
+            config=settings,
+        )
+
+    return show
+
+
 def init_app(app: Flask) -> None:
     """Serve the completed OpenAPI document and Swagger UI."""
     # The Api extension is shared by every app built in this process; keep this app's spec.
@@ -78,3 +115,5 @@ def init_app(app: Flask) -> None:
         get_swaggerui_blueprint(DOCS_URL, OPENAPI_URL, config=SWAGGER_UI_CONFIG),
         name="docs",
     )
+    app.register_blueprint(page)
+    app.view_functions["docs.show"] = _swagger_page(app.view_functions["docs.show"])
