@@ -36,6 +36,10 @@ def test_quick_bench_run_measures_every_section_it_can(tmp_path, capsys):
     # The hot path: credentials, pipeline and reset lookups, and not much more.
     assert 1 <= statements <= 3, out
     assert data["notes"]["c"] == "skipped (--no-wrk)"
+    # Section f: a Delta table always; PostgreSQL only with a sink database.
+    table_rows = [m for m in rows if m.startswith("table sinks:")]
+    assert any("delta sink" in m for m in table_rows), rows
+    assert any("file sink" in m for m in table_rows), rows
     if "b" not in data["notes"]:
         assert any(m.startswith("reset: snapshot replay") for m in rows), rows
         raw = [m for m in rows if m.startswith("raw baseline")]

@@ -9,36 +9,21 @@ where they fail: CI installs the browser. Screenshots are written to
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-gpu",
-    # Nothing but this machine resolves, whatever a page asks for.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-]
-LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-TIMEOUT_MS = 20_000
+from tests.chromium import ARTIFACTS_DIR, TIMEOUT_MS, local_page
+from tests.chromium import browser as browser
+
 RESET_STATUS_PATH = "/v0/pipelines/{pipeline_name}/reset_status"
 RESET_PATH = "/v0/pipelines/{pipeline_name}/views/{view_name}/connectors/{connector_name}/reset"
-# Where screenshots are kept (a folder .gitignore leaves out); CI may point it elsewhere.
-ARTIFACTS_DIR = Path(
-    os.environ.get("PIPELINE_MANAGER_TEST_ARTIFACTS", Path(__file__).parent / "artifacts")
-)
 
 pytestmark = pytest.mark.browser
 
@@ -64,33 +49,6 @@ async function callApi(base, method, path, key, body) {
 """
 
 
-def _browser_missing(reason: str) -> None:
-    """Skip where the browser is missing, but fail under CI, which must have it."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI must install it: see .ci/run)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Headless Debian Chromium driven by Playwright."""
-    if not Path(CHROMIUM).exists():
-        _browser_missing(f"{CHROMIUM} is not installed")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _browser_missing("playwright is not installed")
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        yield browser
-        browser.close()
-    finally:
-        playwright.stop()
-
-
 @pytest.fixture
 def page(browser) -> Iterator[Any]:
     """A fresh browser page (own storage) where only localhost can be reached.
@@ -98,21 +56,7 @@ def page(browser) -> Iterator[Any]:
     Playwright answers CORS preflights itself while it intercepts requests,
     so the cross-origin tests use :func:`caller_page` instead.
     """
-    context = browser.new_context()
-    context.set_default_timeout(TIMEOUT_MS)
-    outside: list[str] = []
-
-    def route(route) -> None:
-        """Let localhost through, abort (and remember) anything else."""
-        if urlsplit(route.request.url).hostname in LOCAL_HOSTS:
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", route)
-    page = context.new_page()
-    page.outside_requests = outside
+    context, page = local_page(browser)
     yield page
     context.close()
 

@@ -10,36 +10,23 @@ them, kept in docs/.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
 from app import worker
+from tests.chromium import ARTIFACTS_DIR, local_page
+from tests.chromium import browser as browser
 from tests.conftest import Api
 from tests.receiver import Receiver
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-gpu",
-    # Nothing but this machine resolves, whatever a page asks for.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-]
-LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-TIMEOUT_MS = 20_000
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # Records in the view, replayed this many per batch: enough batches to watch the bar move.
 RECORDS = 2_000
 REPLAY_BATCH = 100
@@ -48,61 +35,21 @@ SECONDS_PER_SNAPSHOT_BATCH = 0.12
 pytestmark = pytest.mark.browser
 
 
-def _browser_missing(reason: str) -> None:
-    """Skip where the browser is missing, but fail under CI, which must have it."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI must install it: see .ci/run)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Headless Debian Chromium driven by Playwright."""
-    if not Path(CHROMIUM).exists():
-        _browser_missing(f"{CHROMIUM} is not installed")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _browser_missing("playwright is not installed")
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        yield browser
-        browser.close()
-    finally:
-        playwright.stop()
-
-
 @pytest.fixture
 def page(browser) -> Iterator[Any]:
     """A fresh browser page (own cookies) where only this machine can be reached.
 
     Confirmation dialogs (htmx's hx-confirm) are accepted, as an operator would.
     """
-    context = browser.new_context(viewport={"width": 1200, "height": 820})
-    context.set_default_timeout(TIMEOUT_MS)
-    outside: list[str] = []
-
-    def route(route) -> None:
-        if urlsplit(route.request.url).hostname in LOCAL_HOSTS:
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", route)
-    page = context.new_page()
+    context, page = local_page(browser, viewport={"width": 1200, "height": 820})
     page.on("dialog", lambda dialog: dialog.accept())
-    page.outside_requests = outside
     yield page
     context.close()
 
 
 def _screenshot(page: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS_DIR / name
     page.screenshot(path=str(path), full_page=True)
     return path
 

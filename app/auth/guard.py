@@ -11,6 +11,7 @@ not exist, and cannot map the API by probing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flask import current_app, g, request
@@ -56,18 +57,35 @@ ROUTE_ROLES: dict[str, dict[str, str]] = {
 }
 
 
+def role_declared_in(
+    table: Mapping[str, Mapping[str, str]], endpoint: str | None, method: str
+) -> str | None:
+    """The role a table of declared roles gives an endpoint and method (HEAD as GET), or None."""
+    roles = table.get(endpoint or "", {})
+    return roles.get("GET" if method == "HEAD" else method)
+
+
+def role_needed_in(
+    table: Mapping[str, Mapping[str, str]],
+    endpoint: str | None,
+    method: str,
+    read_methods: frozenset[str] = READ_METHODS,
+) -> str:
+    """The declared role, else ``read`` for ``read_methods``, else ``write``."""
+    declared = role_declared_in(table, endpoint, method)
+    if declared is not None:
+        return declared
+    return Role.READ if method in read_methods else Role.WRITE
+
+
 def declared_role(endpoint: str | None, method: str) -> str | None:
     """Return the role ``ROUTE_ROLES`` declares for an endpoint and method, or None."""
-    roles = ROUTE_ROLES.get(endpoint or "", {})
-    return roles.get("GET" if method == "HEAD" else method)
+    return role_declared_in(ROUTE_ROLES, endpoint, method)
 
 
 def required_role(endpoint: str | None, method: str) -> str:
     """Return the role a request needs: the declared one, else ``read`` to read, else ``write``."""
-    declared = declared_role(endpoint, method)
-    if declared is not None:
-        return declared
-    return Role.READ if method in READ_METHODS else Role.WRITE
+    return role_needed_in(ROUTE_ROLES, endpoint, method)
 
 
 def _rejected(reason: str, message: str, error: str | None = "invalid_token", **details: Any):

@@ -37,6 +37,7 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from werkzeug.exceptions import BadRequest, Forbidden
 
 from app.auth import Principal
+from app.auth.guard import role_declared_in, role_needed_in
 from app.auth.models import Role
 from app.auth.service import (
     KEY_PREFIX,
@@ -88,16 +89,12 @@ class CsrfRefused(BadRequest):
 
 def declared_role(endpoint: str | None, method: str) -> str | None:
     """Return the role ``ROUTE_ROLES`` declares for an endpoint and method, or None."""
-    roles = ROUTE_ROLES.get(endpoint or "", {})
-    return roles.get("GET" if method == "HEAD" else method)
+    return role_declared_in(ROUTE_ROLES, endpoint, method)
 
 
 def required_role(endpoint: str | None, method: str) -> str:
     """The declared role; an undeclared route needs ``read`` to read and ``write`` otherwise."""
-    declared = declared_role(endpoint, method)
-    if declared is not None:
-        return declared
-    return _READ if method in SAFE_METHODS else _WRITE
+    return role_needed_in(ROUTE_ROLES, endpoint, method, SAFE_METHODS)
 
 
 def may(endpoint: str, method: str = "POST") -> bool:
