@@ -31,6 +31,11 @@ from tests.test_postgres_sink import SINK_DSN
 pytestmark = pytest.mark.slow
 
 DELTA_PATH = "tables/totals"
+# The reset tests stop or kill a worker mid-replay: a snapshot of about 2,800
+# records replayed 2 at a time (some 1,400 fenced commits) is still under way
+# when they act, even where a table sink takes each batch in a millisecond.
+RESET_CHANGES = 4000
+SLOW_REPLAY_BATCH = 2
 
 
 class TableCluster(Cluster):
@@ -222,8 +227,8 @@ def test_executor_stopped_past_its_lease_cannot_switch_its_snapshot_in(cluster):
     c = cluster
     c.table_pipeline()
     work = Workload(13)
-    c.push(work.batch(1500))
-    a = c.worker(REPLAY_BATCH_SIZE=5)
+    c.push(work.batch(RESET_CHANGES))
+    a = c.worker(REPLAY_BATCH_SIZE=SLOW_REPLAY_BATCH, DELIVERY_BATCH_SIZE=500)
     c.wait_caught_up()
     token = c.reset()
     wait_for(lambda: c.status(token)["replayed_records"] >= 100, what="the replay")
@@ -252,8 +257,8 @@ def test_worker_killed_mid_reset_leaves_the_old_rows_until_the_next_one_switches
     c = cluster
     c.table_pipeline()
     work = Workload(14)
-    c.push(work.batch(1200))
-    a = c.worker(REPLAY_BATCH_SIZE=5)
+    c.push(work.batch(RESET_CHANGES))
+    a = c.worker(REPLAY_BATCH_SIZE=SLOW_REPLAY_BATCH, DELIVERY_BATCH_SIZE=500)
     c.wait_caught_up()
     before_reset = c.table()
     token = c.reset()
@@ -275,8 +280,8 @@ def test_stop_mid_replay_then_start_redoes_the_reset(cluster):
     c = cluster
     c.table_pipeline()
     work = Workload(15)
-    c.push(work.batch(1200))
-    c.worker(REPLAY_BATCH_SIZE=5)
+    c.push(work.batch(RESET_CHANGES))
+    c.worker(REPLAY_BATCH_SIZE=SLOW_REPLAY_BATCH, DELIVERY_BATCH_SIZE=500)
     c.wait_caught_up()
     token = c.reset()
     wait_for(lambda: c.status(token)["replayed_records"] >= 100, what="the replay")
