@@ -192,6 +192,27 @@ def test_worker_stopped_past_its_lease_mid_batch_lands_nothing_twice(cluster):
     c.assert_table_is_view()
 
 
+def test_worker_killed_mid_delivery_loses_and_repeats_nothing(cluster):
+    """SIGKILL at a random moment of streaming: maybe inside a sink commit, maybe between two."""
+    c = cluster
+    c.table_pipeline()
+    work = Workload(19)
+    c.push(work.batch(1500))
+    a = c.worker(DELIVERY_BATCH_SIZE=5)
+    wait_for(lambda: c.stats()["delivered_seq"] >= 200, what="delivery to get under way")
+    kill(a)
+    killed = c.stats()
+    assert killed["delivered_seq"] < killed["log_end"], "delivery ended before the kill"
+    # The sink is at the service's offset, or one batch ahead of it.
+    assert killed["delivered_seq"] <= (c.sink_position() or 0) <= killed["delivered_seq"] + 5
+
+    c.worker(DELIVERY_BATCH_SIZE=43)
+    c.wait_caught_up()
+    c.push(work.batch(200))
+    c.wait_caught_up()
+    c.assert_table_is_view()
+
+
 def test_a_batch_the_sink_committed_but_the_service_did_not_record_is_not_applied_again(cluster):
     """A SIGKILL between the sink's commit and the service's: the next worker catches up."""
     from app.delivery import reader, sinks
