@@ -58,6 +58,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PIPELINE, VIEW, CONNECTOR = "orders", "totals", "sink1"
 SINK_PATH = "out/totals.jsonl"
+# --sink delta: each tenant's Delta change table; --sink postgres: a jsonb table per
+# tenant in a schema of its own of the --sink-dsn database, named by this variable.
+DELTA_PATH = "tables/totals"
+SINK_DSN_ENV = "SINK_DSN_SOAK"
 SOAK_DATABASE = "pipeline_manager_soak"
 NOTES = ("plain", "café", "naïve ✓", 'with "quotes" and \\ backslash')
 MAX_WEIGHT = 3  # a record is inserted at most this many times while live
@@ -74,6 +78,13 @@ CONNECTOR_SQL = sa.text(
     "SELECT c.* FROM connectors c"
     " JOIN views v ON v.id = c.view_id JOIN pipelines p ON p.id = v.pipeline_id"
     " WHERE p.tenant = :tenant AND p.name = :pipeline AND v.name = :view AND c.name = :connector"
+)
+# Snapshots the service redid by itself (origin redo): it redoes one when it finds a
+# sink that no longer holds what it was given, which no fault of the soak should cause
+# (no pipeline is stopped), and which would heal a sink that had gone wrong.
+REDOS_SQL = sa.text(
+    "SELECT count(*) FROM resets r JOIN pipelines p ON p.id = r.pipeline_id"
+    " WHERE p.tenant = :tenant AND p.name = :pipeline AND r.origin = 'redo'"
 )
 # Who holds what, whatever the columns are today (a worker's owner id holds its pid).
 HELD_CONNECTORS_SQL = sa.text(
@@ -366,8 +377,13 @@ class Tenant:
 
     @property
     def sink(self) -> str:
-        """The sink's path below SINK_DIR."""
+        """The file sink's path below SINK_DIR."""
         return f"{self.name}/{SINK_PATH}"
+
+    @property
+    def table(self) -> str:
+        """The postgres sink's table name (in the soak's schema)."""
+        return f"totals_{self.name}"
 
 
 # --------------------------------------------------------------------------- the run
@@ -774,7 +790,10 @@ def wait_caught_up(soak: Soak, until: float) -> bool:
 
 
 def _size(path: Path) -> int:
+    """A file's size, or a folder's (a Delta table's files); -1 when missing."""
     try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         return path.stat().st_size
     except FileNotFoundError:
         return -1
@@ -797,38 +816,84 @@ class Tally:
     seen_deletes: array.array = field(default_factory=lambda: array.array("I"))
 
 
-def sink_changes(path: Path, tenant: Tenant, tally: Tally) -> Iterator[dict[str, Any]]:
+def file_lines(path: Path) -> Iterator[str]:
+    """A file sink's lines, as they are."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as fh:
+        yield from fh
+
+
+def delta_lines(path: Path) -> Iterator[str]:
+    """A Delta change table's rows as the lines a file sink would hold, in change-log order.
+
+    Rows come in no set order from the table's files: the seq orders them (a
+    snapshot's rows share one seq and are all inserts).
+    """
+    from deltalake import DeltaTable
+
+    if not path.exists():
+        return
+    data = DeltaTable(str(path)).to_pyarrow_dataset().to_table(use_threads=False)
+    rows = sorted(
+        zip(
+            data["seq"].to_pylist(), data["op"].to_pylist(), data["record"].to_pylist(), strict=True
+        ),
+        key=lambda row: (row[0], row[1] != "insert"),
+    )
+    for _seq, op, text in rows:
+        yield '{"' + op + '":' + text + "}\n"
+
+
+def postgres_lines(dsn: str, schema: str, table: str) -> Iterator[str]:
+    """A jsonb sink table's rows, each as an insert line (the table holds the view itself)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn) as conn:
+        name = sql.Identifier(schema, table)
+        for (record,) in conn.execute(sql.SQL("SELECT record::text FROM {}").format(name)):
+            yield '{"insert":' + record + "}\n"
+
+
+def sink_lines_of(soak: Soak, tenant: Tenant) -> Iterator[str]:
+    """The tenant's sink as change lines, whatever its transport."""
+    if soak.args.sink == "delta":
+        return delta_lines(soak.folder / "sinks" / tenant.name / DELTA_PATH)
+    if soak.args.sink == "postgres":
+        return postgres_lines(soak.args.sink_dsn, soak.args.sink_schema, tenant.table)
+    return file_lines(soak.folder / "sinks" / tenant.sink)
+
+
+def sink_changes(lines: Iterator[str], tenant: Tenant, tally: Tally) -> Iterator[dict[str, Any]]:
     """Stream the sink's changes, counting them; malformed lines are counted and skipped."""
     size = len(tenant.model.weight)
     tally.seen_inserts = array.array("I", bytes(4 * size))
     tally.seen_deletes = array.array("I", bytes(4 * size))
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            tally.lines += 1
-            if not line.endswith("\n"):
-                tally.unterminated = True
-            try:
-                change = json.loads(line)
-                ((op, rec),) = change.items()
-                if op not in ("insert", "delete") or not isinstance(rec, dict):
-                    raise ValueError(op)
-            except (ValueError, AttributeError, TypeError):
-                tally.bad.append(line[:160])
-                continue
-            i = rec.get("id")
-            if rec.get("tenant") != tenant.name or not isinstance(i, int) or not 0 <= i < size:
-                tally.foreign += 1
-            elif op == "insert":
-                tally.seen_inserts[i] += 1
-            else:
-                tally.seen_deletes[i] += 1
-            if op == "insert":
-                tally.inserts += 1
-            else:
-                tally.deletes += 1
-            yield change
+    for line in lines:
+        tally.lines += 1
+        if not line.endswith("\n"):
+            tally.unterminated = True
+        try:
+            change = json.loads(line)
+            ((op, rec),) = change.items()
+            if op not in ("insert", "delete") or not isinstance(rec, dict):
+                raise ValueError(op)
+        except (ValueError, AttributeError, TypeError):
+            tally.bad.append(line[:160])
+            continue
+        i = rec.get("id")
+        if rec.get("tenant") != tenant.name or not isinstance(i, int) or not 0 <= i < size:
+            tally.foreign += 1
+        elif op == "insert":
+            tally.seen_inserts[i] += 1
+        else:
+            tally.seen_deletes[i] += 1
+        if op == "insert":
+            tally.inserts += 1
+        else:
+            tally.deletes += 1
+        yield change
 
 
 def tolerant_fold(changes: Iterator[dict[str, Any]]) -> tuple[Counter, int]:
@@ -862,13 +927,15 @@ class Result:
     repeated_lines: int
     connector: dict[str, Any]
     resets: Counter
+    redos: int = 0
 
     @property
     def ok(self) -> bool:
-        """The sink folds to the view, the view is what was pushed, no line is extra."""
+        """The sink folds to the view, the view is what was pushed, no line is extra, no redo."""
         t = self.tally
         return (
             self.view_matches_pushed
+            and not self.redos
             and not (self.missing or self.extra or self.negative or self.early_deletes)
             and not (t.bad or t.foreign or t.unterminated or self.repeated_lines)
         )
@@ -920,7 +987,11 @@ def diff_summary(a: Counter, b: Counter) -> str:
 
 def verify(soak: Soak, engine: sa.Engine, tenant: Tenant, session: requests.Session) -> Result:
     """Fold the tenant's sink and compare it with the view (and the view with the pushes)."""
-    path = soak.folder / "sinks" / tenant.sink
+    path = (
+        soak.folder
+        / "sinks"
+        / (tenant.sink if soak.args.sink != "delta" else f"{tenant.name}/{DELTA_PATH}")
+    )
     view = view_contents(engine, tenant.name)
     expected = expected_contents(tenant)
     pushed_difference = diff_summary(view, expected)
@@ -928,12 +999,12 @@ def verify(soak: Soak, engine: sa.Engine, tenant: Tenant, session: requests.Sess
     tally = Tally()
     early = 0
     try:
-        folded = faults.fold(sink_changes(path, tenant, tally))
+        folded = faults.fold(sink_changes(sink_lines_of(soak, tenant), tenant, tally))
         negative = 0
     except AssertionError:
         # A delete came before its insert: fold again, past it, to say what differs.
         tally = Tally()
-        net, early = tolerant_fold(sink_changes(path, tenant, tally))
+        net, early = tolerant_fold(sink_changes(sink_lines_of(soak, tenant), tenant, tally))
         negative = sum(1 for v in net.values() if v < 0)
         folded = +net
     repeated = sum(
@@ -972,7 +1043,14 @@ def verify(soak: Soak, engine: sa.Engine, tenant: Tenant, session: requests.Sess
         repeated_lines=repeated,
         connector=connector_row(engine, tenant.name),
         resets=resets,
+        redos=redo_count(engine, tenant.name),
     )
+
+
+def redo_count(engine: sa.Engine, tenant: str) -> int:
+    """Snapshots the service redid by itself for the tenant's pipeline (see REDOS_SQL)."""
+    with engine.connect() as conn:
+        return int(conn.execute(REDOS_SQL, {"tenant": tenant, "pipeline": PIPELINE}).scalar_one())
 
 
 def example(d: Counter) -> str:
@@ -1007,7 +1085,7 @@ def report(soak: Soak, results: list[Result], caught: bool) -> None:
         log(
             f"    sink vs view: missing {sum(r.missing.values())}, extra {sum(r.extra.values())}, "
             f"repeated lines {r.repeated_lines}, deletes before their insert {r.early_deletes}, "
-            f"malformed {len(t.bad)}, foreign {t.foreign}; "
+            f"malformed {len(t.bad)}, foreign {t.foreign}, snapshots redone {r.redos}; "
             f"view vs pushes: {'same' if r.view_matches_pushed else 'DIFFERENT'}"
         )
         if not r.view_matches_pushed:
@@ -1079,6 +1157,19 @@ def define_processes(
     return servers, bases, workers
 
 
+def transport_of(soak: Soak, tenant: Tenant) -> dict[str, Any]:
+    """The tenant's connector's transport: ``--sink`` says which."""
+    if soak.args.sink == "delta":
+        return {"name": "delta", "config": {"path": DELTA_PATH}}
+    if soak.args.sink == "postgres":
+        table = f"{soak.args.sink_schema}.{tenant.table}"
+        return {
+            "name": "postgres",
+            "config": {"dsn_env": SINK_DSN_ENV, "table": table, "mode": "jsonb"},
+        }
+    return {"name": "file", "config": {"path": SINK_PATH}}
+
+
 def set_up_tenants(soak: Soak, env: dict[str, str]) -> None:
     """A key per tenant (CLI), then its pipeline, view, file connector, started (HTTP)."""
     for n, tenant in enumerate(soak.tenants):
@@ -1090,10 +1181,7 @@ def set_up_tenants(soak: Soak, env: dict[str, str]) -> None:
                 ("/v0/pipelines", {"name": PIPELINE, "views": [VIEW]}),
                 (
                     f"/v0/pipelines/{PIPELINE}/views/{VIEW}/connectors",
-                    {
-                        "name": CONNECTOR,
-                        "transport": {"name": "file", "config": {"path": SINK_PATH}},
-                    },
+                    {"name": CONNECTOR, "transport": transport_of(soak, tenant)},
                 ),
                 (f"/v0/pipelines/{PIPELINE}/start", None),
             ]
@@ -1153,11 +1241,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="workload and fault schedule seed")
     p.add_argument("--database-url", default=None, help="overrides the environment's URL")
     p.add_argument("--keep", action="store_true", help="keep the temp folder even on success")
+    p.add_argument(
+        "--sink", choices=("file", "delta", "postgres"), default="file",
+        help="the connectors' transport: a file, a Delta change table, or a jsonb table in "
+        "the --sink-dsn database (file)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sink-dsn", default=os.environ.get("BENCH_SINK_DSN"),
+        help="--sink postgres: the sink database (default: $BENCH_SINK_DSN)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.seed is None:
         args.seed = random.randrange(1_000_000)
     if args.batch[0] < 1 or args.batch[0] > args.batch[1]:
         p.error("--batch MIN MAX needs 1 <= MIN <= MAX")
+    if args.sink == "postgres" and not args.sink_dsn:
+        p.error("--sink postgres needs --sink-dsn (or BENCH_SINK_DSN)")
+    args.sink_schema = f"soak_{args.seed}"
     if args.tenants < 1 or args.records < args.tenants:
         p.error("--records must be at least --tenants, and --tenants at least 1")
     return args
@@ -1182,6 +1282,20 @@ def code_version() -> str:
 
 def _abort(signum: int, _frame: Any) -> None:
     raise SoakAborted(signal.Signals(signum).name)
+
+
+def sink_schema(args: argparse.Namespace, create: bool) -> None:
+    """Create (or drop) the schema of the postgres sink tables in the sink database."""
+    import psycopg
+    from psycopg import sql
+
+    name = sql.Identifier(args.sink_schema)
+    with psycopg.connect(args.sink_dsn, autocommit=True) as conn:
+        if create:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(name))
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(name))
+        else:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1211,6 +1325,10 @@ def main(argv: list[str] | None = None) -> int:
     code, passed = 3, False
     try:
         prepare_database(url, log)
+        if args.sink == "postgres":
+            os.environ[SINK_DSN_ENV] = args.sink_dsn  # the servers and workers inherit it
+            sink_schema(args, create=True)
+            log(f"sink tables in schema {args.sink_schema} of the --sink-dsn database")
         settings = settings_of(args, url, folder)
         env = faults.worker_env(settings)
         flask_cli(env, "db", "upgrade")
@@ -1289,6 +1407,8 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
         if passed and not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
+            if args.sink == "postgres":
+                sink_schema(args, create=False)
         else:
             print(f"logs and sinks kept in {folder}", flush=True)
     return code
