@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -324,6 +325,39 @@ def test_a_reset_switches_the_whole_snapshot_in_with_its_position(app, schema):
         assert contents(schema)[(3, "n3")] == 1
 
 
+def test_a_reset_keeps_the_tables_identity_views_grants_and_indexes(app, schema):
+    """What the README promises: the rows are replaced, the table itself is not."""
+    orders_table(schema, key=True)
+    sink = target(schema, key=["id"])
+    sql(f'CREATE INDEX orders_note ON "{schema}".orders (note)')
+    sql(f'CREATE VIEW "{schema}".notes AS SELECT note FROM "{schema}".orders')
+    sql(f'GRANT SELECT ON "{schema}".orders TO PUBLIC')
+
+    def identity() -> tuple:
+        oid = sql(f"SELECT '\"{schema}\".orders'::regclass::oid")[0][0]
+        indexes = sql(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'orders' "
+            "ORDER BY 1",
+            schema,
+        )
+        grants = sql(
+            "SELECT grantee, privilege_type FROM information_schema.role_table_grants "
+            "WHERE table_schema = %s AND table_name = 'orders' AND grantee = 'PUBLIC'",
+            schema,
+        )
+        return oid, indexes, grants
+
+    with app.app_context():
+        DRIVER.apply(sink, rows(1, ("insert", {"id": 1, "note": "old"})), epoch=1)
+        before = identity()
+        reset = DRIVER.begin_reset(sink, epoch=2)
+        reset.append([text({"id": i, "note": "new"}) for i in range(5)])
+        reset.switch_in(9, lambda: None)
+    assert identity() == before
+    assert before[1] == [("orders_note",), ("orders_pkey",)] and before[2] == [("PUBLIC", "SELECT")]
+    assert sql(f'SELECT note, count(*) FROM "{schema}".notes GROUP BY note') == [("new", 5)]
+
+
 def test_a_fence_that_refuses_leaves_the_table_as_it_was(app, schema):
     orders_table(schema)
     sink = target(schema)
@@ -401,3 +435,28 @@ def test_readers_see_the_old_rows_or_the_whole_snapshot_never_part_of_it(app, sc
             reader.join()
     assert set(seen) == {old_total, new_total}, seen
     assert seen[old_total] > 3
+
+
+def test_a_writer_frozen_inside_a_batch_cannot_hold_the_table_past_a_lease(app, schema):
+    """The server ends a sink session idle in a transaction after a lease (README)."""
+    from app.transports.postgres import _Table
+
+    orders_table(schema)
+    sink = target(schema)
+    app.config["WORKER_LEASE_SECONDS"] = 0.6  # statements 200 ms, an idle transaction 600 ms
+    with app.app_context():
+        DRIVER.apply(sink, rows(1, ("insert", {"id": 1})), epoch=1)
+        frozen = _Table(sink).connect()
+        try:
+            # What a worker stopped mid-batch leaves: its transaction holds the progress row.
+            assert _Table(sink).lock_position(frozen) == 1
+            with pytest.raises(TransportError):  # the row is held: a lock wait gives up
+                DRIVER.apply(sink, rows(2, ("insert", {"id": 2})), epoch=2)
+            time.sleep(1.0)
+            applied = DRIVER.apply(sink, rows(2, ("insert", {"id": 2})), epoch=2)
+            assert not applied.skipped
+            with pytest.raises(psycopg.Error):  # its session was ended by the server
+                frozen.execute("SELECT 1")
+        finally:
+            frozen.close()
+    assert contents(schema, "id") == Counter({(1,): 1, (2,): 1})
