@@ -596,70 +596,10 @@ def _enumerate_error_codes(spec: dict[str, Any]) -> None:
 
 
 def _transport_schemas() -> dict[str, dict[str, Any]]:
-    """The request shape of each transport: its name, and its settings' schema."""
-    from app.transports import http
-
-    seconds = {"type": "number", "minimum": 0, "maximum": http.MAX_TIMEOUT}
-    backoff = {"type": "number", "minimum": 0, "maximum": http.MAX_BACKOFF}
-    schemas: dict[str, dict[str, Any]] = {
-        "file": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["path"],
-            "properties": {
-                "path": {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": "The sink file, relative to the tenant's sink folder.",
-                    "example": "out/totals.jsonl",
-                }
-            },
-        },
-        "http": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["url"],
-            "properties": {
-                "url": {
-                    "type": "string",
-                    "description": "http:// or https:// URL the batches are POSTed to.",
-                    "example": "http://127.0.0.1:9000/in",
-                },
-                "timeout": {
-                    "description": "Seconds to connect and to read the answer "
-                    f"(default {http.DEFAULT_CONNECT_TIMEOUT:g} and "
-                    f"{http.DEFAULT_READ_TIMEOUT:g}): one number for both, or each.",
-                    "oneOf": [
-                        seconds,
-                        {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {"connect": seconds, "read": seconds},
-                        },
-                    ],
-                },
-                "max_retries": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": http.MAX_RETRIES,
-                    "description": f"Retries of a batch (default {http.DEFAULT_MAX_RETRIES}).",
-                },
-                "backoff": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "description": "Seconds between retries: doubled from base up to cap.",
-                    "properties": {"base": backoff, "cap": backoff},
-                },
-            },
-        },
-    }
+    """The settings' schema of each transport, as its driver describes them."""
     from app.transports import TRANSPORTS
 
-    # Table sinks (postgres, delta) describe their own settings.
-    for name, driver in TRANSPORTS.items():
-        if hasattr(driver, "config_schema"):
-            schemas[name] = driver.config_schema()
-    return schemas
+    return {name: driver.config_schema() for name, driver in TRANSPORTS.items()}
 
 
 def _model_transports(spec: dict[str, Any]) -> None:

@@ -45,6 +45,9 @@ class Transport(Protocol):
         resolve to one file cannot both exist (409 ``SinkInUse``).
         """
 
+    def config_schema(self) -> dict[str, Any]:
+        """The settings' JSON schema (OpenAPI 3.0), for the transport ``oneOf`` of the document."""
+
     def shown_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The settings as answers, the CLI and logs show them, secrets replaced by ``***``.
 

@@ -293,6 +293,22 @@ class FileTransport:
         """A path holds no secret: the settings are shown as they are."""
         return dict(config)
 
+    def config_schema(self) -> dict[str, Any]:
+        """The settings' JSON schema (for the transport ``oneOf`` of the OpenAPI document)."""
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["path"],
+            "properties": {
+                "path": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "The sink file, relative to the tenant's sink folder.",
+                    "example": "out/totals.jsonl",
+                }
+            },
+        }
+
     def sink_key(self, config: dict[str, Any], tenant: str) -> str:
         """The sink file's identity: its resolved path, relative to ``SINK_DIR``.
 

@@ -460,6 +460,48 @@ class HttpTransport:
         url = config.get("url")
         return {**config, "url": redact_url(url)} if isinstance(url, str) else dict(config)
 
+    def config_schema(self) -> dict[str, Any]:
+        """The settings' JSON schema (for the transport ``oneOf`` of the OpenAPI document)."""
+        seconds = {"type": "number", "minimum": 0, "maximum": MAX_TIMEOUT}
+        backoff = {"type": "number", "minimum": 0, "maximum": MAX_BACKOFF}
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["url"],
+            "properties": {
+                "url": {
+                    "type": "string",
+                    "description": "http:// or https:// URL the batches are POSTed to.",
+                    "example": "http://127.0.0.1:9000/in",
+                },
+                "timeout": {
+                    "description": "Seconds to connect and to read the answer "
+                    f"(default {DEFAULT_CONNECT_TIMEOUT:g} and "
+                    f"{DEFAULT_READ_TIMEOUT:g}): one number for both, or each.",
+                    "oneOf": [
+                        seconds,
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"connect": seconds, "read": seconds},
+                        },
+                    ],
+                },
+                "max_retries": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": MAX_RETRIES,
+                    "description": f"Retries of a batch (default {DEFAULT_MAX_RETRIES}).",
+                },
+                "backoff": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "description": "Seconds between retries: doubled from base up to cap.",
+                    "properties": {"base": backoff, "cap": backoff},
+                },
+            },
+        }
+
     def sink_key(self, config: dict[str, Any], tenant: str) -> None:
         """An URL is no local resource that one connector must own: no key."""
         return None
