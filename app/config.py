@@ -36,6 +36,10 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # The environment variables a postgres connector may name for its sink's
         # DSN start with this, so none can name the service's own database.
         "POSTGRES_SINK_DSN_PREFIX": "SINK_DSN_",
+        # Which tenants may name each of those variables, e.g.
+        # {"SINK_DSN_ACME": ["acme"], "SINK_DSN_SHARED": "*"}; once set, a variable
+        # it does not list is named by none. Empty: every tenant may name every one.
+        "POSTGRES_SINK_DSN_TENANTS": {},
         # Seconds a worker's claim on a reset or a connector lasts without renewal.
         "WORKER_LEASE_SECONDS": 30,
         # Connectors one worker process serves at once (threads), so that a slow or

@@ -210,3 +210,57 @@ def test_a_postgres_connector_names_only_sink_variables_and_shows_no_dsn(api, mo
         url, json={"name": "twin", "transport": {"name": "postgres", "config": config}}
     )
     assert_error(again, 409, "SinkInUse")
+
+
+def test_dsn_variables_granted_to_tenants_are_named_by_those_tenants_only(
+    app, api, make_key, monkeypatch
+):
+    """``POSTGRES_SINK_DSN_TENANTS``: a tenant names only its variables, and learns no others."""
+    monkeypatch.setenv("SINK_DSN_DEFAULT", "postgresql://u:secret@db.invalid/default")
+    monkeypatch.setenv("SINK_DSN_OTHER", "postgresql://u:secret@db.invalid/other")
+    monkeypatch.setenv("SINK_DSN_SHARED", "postgresql://u:secret@db.invalid/shared")
+    monkeypatch.setitem(
+        app.config,
+        "POSTGRES_SINK_DSN_TENANTS",
+        {"SINK_DSN_DEFAULT": ["default"], "SINK_DSN_OTHER": "other", "SINK_DSN_SHARED": "*"},
+    )
+    other = app.test_client()
+    other.environ_base["HTTP_AUTHORIZATION"] = make_key("other", "admin")["Authorization"]
+    api.create_pipeline()
+    Api(other).create_pipeline()
+    url = "/v0/pipelines/orders/views/totals/connectors"
+
+    def add(client, name: str, dsn_env: str, table: str):
+        config = {"dsn_env": dsn_env, "table": table}
+        return client.post(
+            url, json={"name": name, "transport": {"name": "postgres", "config": config}}
+        )
+
+    # Another tenant's variable, an unlisted one (set or not): the same refusal.
+    refusals = [
+        ("SINK_DSN_OTHER", add(api.client, "a", "SINK_DSN_OTHER", "t1")),
+        ("SINK_DSN_DEFAULT", add(other, "b", "SINK_DSN_DEFAULT", "t2")),
+        ("SINK_DSN_UNLISTED", add(api.client, "c", "SINK_DSN_UNLISTED", "t3")),
+    ]
+    monkeypatch.setenv("SINK_DSN_UNLISTED", "postgresql://u:secret@db.invalid/unlisted")
+    refusals.append(("SINK_DSN_UNLISTED", add(api.client, "d", "SINK_DSN_UNLISTED", "t4")))
+    for dsn_env, answer in refusals:
+        error = assert_error(answer, 400, "InvalidRequest")
+        assert error["details"]["transport.config.dsn_env"] == [
+            f"The variable {dsn_env} is not granted to this tenant."
+        ], error
+    assert add(api.client, "mine", "SINK_DSN_DEFAULT", "t5").status_code == 201
+    assert add(other, "mine", "SINK_DSN_OTHER", "t6").status_code == 201
+    assert add(api.client, "shared", "SINK_DSN_SHARED", "t7").status_code == 201
+    assert add(other, "shared", "SINK_DSN_SHARED", "t8").status_code == 201
+
+
+@pytest.mark.parametrize(
+    "grants",
+    [["SINK_DSN_A"], {"SINK_DSN_A": 3}, {"SINK_DSN_A": ["acme", 4]}, "SINK_DSN_A"],
+)
+def test_a_malformed_grant_table_stops_the_app_from_being_built(app_config, grants):
+    from app import create_app
+
+    with pytest.raises(ValueError, match="POSTGRES_SINK_DSN_TENANTS"):
+        create_app({**app_config, "POSTGRES_SINK_DSN_TENANTS": grants})

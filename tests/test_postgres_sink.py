@@ -263,6 +263,30 @@ def test_the_variable_unset_in_the_worker_is_a_plain_failure(app, schema, monkey
     assert SINK_DSN not in str(caught.value)
 
 
+def test_a_grant_taken_back_stops_delivery_until_it_is_given_again(app, schema, monkeypatch):
+    """The worker checks ``POSTGRES_SINK_DSN_TENANTS`` before each connection to the sink."""
+    orders_table(schema)
+    sink = target(schema)  # of tenant "default"
+    with app.app_context():
+        monkeypatch.setitem(app.config, "POSTGRES_SINK_DSN_TENANTS", {"SINK_DSN_TEST": ["default"]})
+        DRIVER.apply(sink, rows(1, ("insert", {"id": 1})), epoch=1)
+        monkeypatch.setitem(app.config, "POSTGRES_SINK_DSN_TENANTS", {"SINK_DSN_TEST": ["other"]})
+        for call in (
+            lambda: DRIVER.apply(sink, rows(2, ("insert", {"id": 2})), epoch=1),
+            lambda: DRIVER.position(sink),
+            lambda: DRIVER.begin_reset(sink, 2),
+        ):
+            with pytest.raises(TransportError) as caught:
+                call()
+            assert not caught.value.poison
+            assert "SINK_DSN_TEST is not granted" in str(caught.value)
+        assert contents(schema, "id") == Counter({(1,): 1})
+        monkeypatch.setitem(app.config, "POSTGRES_SINK_DSN_TENANTS", {"SINK_DSN_TEST": "*"})
+        DRIVER.apply(sink, rows(2, ("insert", {"id": 2})), epoch=1)
+    assert contents(schema, "id") == Counter({(1,): 1, (2,): 1})
+    assert position(schema, sink) == (2, 1)
+
+
 def test_mode_jsonb_creates_its_table_and_deletes_one_equal_record(app, schema):
     sink = target(schema, mode="jsonb")
     r = {"id": 1, "nested": {"b": [1, 2.5], "a": None}}

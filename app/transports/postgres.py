@@ -9,7 +9,12 @@ Settings::
   ``flask worker``) that holds the sink database's DSN, so no secret is
   stored. Only names that start with ``POSTGRES_SINK_DSN_PREFIX``
   (``SINK_DSN_`` by default) may be named: a tenant cannot point a connector
-  at the service's own database or at any other variable.
+  at the service's own database or at any other variable. With several
+  tenants, ``POSTGRES_SINK_DSN_TENANTS`` says which tenants may name each
+  variable (``{"SINK_DSN_ACME": ["acme"], "SINK_DSN_SHARED": "*"}``): once it
+  is set, a variable it does not list may be named by none, and a worker
+  checks the grant again before each connection, so a grant taken back stops
+  delivery into that database.
 - ``table``: ``name`` or ``schema.name``; names are taken as written (quoted).
 - ``mode``: ``rows`` (default): one column per top-level field of a record,
   converted by PostgreSQL's ``jsonb_populate_record`` rules into the column's
@@ -94,6 +99,36 @@ def _prefix() -> str:
     return "SINK_DSN_"
 
 
+def dsn_grants(config: Any) -> dict[str, frozenset[str]] | None:
+    """``POSTGRES_SINK_DSN_TENANTS`` as variable -> tenants ("*": all); None when not set.
+
+    Raises ``ValueError`` when the setting is not such a mapping (checked when
+    the app is built, so a typo stops the service rather than opening it up).
+    """
+    value = config.get("POSTGRES_SINK_DSN_TENANTS")
+    if not value:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("POSTGRES_SINK_DSN_TENANTS must map variable names to lists of tenants")
+    grants: dict[str, frozenset[str]] = {}
+    for name, tenants in value.items():
+        if isinstance(tenants, str):
+            tenants = tenants.replace(",", " ").split()
+        if not isinstance(tenants, list | tuple) or not all(isinstance(t, str) for t in tenants):
+            raise ValueError(f"POSTGRES_SINK_DSN_TENANTS[{name!r}] must be a list of tenant names")
+        grants[str(name)] = frozenset(tenants)
+    return grants
+
+
+def dsn_granted(dsn_env: str, tenant: str) -> bool:
+    """Whether ``tenant`` may name ``dsn_env`` (every tenant may while no grants are set)."""
+    grants = dsn_grants(current_app.config) if has_app_context() else None
+    if grants is None:
+        return True
+    tenants = grants.get(dsn_env, frozenset())
+    return "*" in tenants or tenant in tenants
+
+
 def _timeout_ms() -> int:
     """Statement and lock waits: a third of the worker's lease, so no sink outlives it."""
     lease = float(current_app.config["WORKER_LEASE_SECONDS"]) if has_app_context() else 30.0
@@ -126,6 +161,7 @@ class _Table:
         config = target.config
         self.uid = str(target.uid)
         self.dsn_env = config["dsn_env"]
+        self.tenant = target.view.pipeline.tenant
         self.schema, self.name = split_table(config["table"])
         self.shown = config["table"]
         self.mode = config.get("mode", "rows")
@@ -137,6 +173,11 @@ class _Table:
     # -- connections ----------------------------------------------------------
 
     def connect(self) -> psycopg.Connection:
+        if not dsn_granted(self.dsn_env, self.tenant):
+            raise TransportError(
+                f"The variable {self.dsn_env} is not granted to this tenant "
+                "(POSTGRES_SINK_DSN_TENANTS)"
+            )
         dsn = os.environ.get(self.dsn_env)
         if not dsn:
             raise TransportError(f"The environment variable {self.dsn_env} is not set")
@@ -497,6 +538,9 @@ class PostgresTransport:
             raise _refuse("dsn_env", "The name of an environment variable is required.")
         if not dsn_env.startswith(prefix) or dsn_env == prefix:
             raise _refuse("dsn_env", f"Only variables named {prefix}... may be used.")
+        if not dsn_granted(dsn_env, tenant):
+            # Before the check that it is set: no tenant learns another's variables.
+            raise _refuse("dsn_env", f"The variable {dsn_env} is not granted to this tenant.")
         if not os.environ.get(dsn_env):
             raise _refuse("dsn_env", f"The variable {dsn_env} is not set on the server.")
         table = config.get("table")
