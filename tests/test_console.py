@@ -245,6 +245,28 @@ def test_sign_out_ends_the_session(writer: Console):
     assert writer.get("/console/").status_code == 303
 
 
+def test_sign_out_ends_the_keys_sessions_a_copied_cookie_included(
+    app, writer: Console, reader: Console, auth_headers
+):
+    name = app.config["SESSION_COOKIE_NAME"]
+    copy = Console(app)  # the cookie, copied out of the browser before the sign-out
+    copy.client.set_cookie(
+        name, writer.client.get_cookie(name, path="/console").value, path="/console"
+    )
+    elsewhere = Console(app)  # the same key, signed in in another browser
+    elsewhere.sign_in(_key(auth_headers))
+    for c in (copy, elsewhere, reader):
+        assert c.get("/console/").status_code == 200
+    assert writer.post("/console/sign-out").status_code == 303
+    assert copy.get("/console/").status_code == 303
+    assert elsewhere.get("/console/").status_code == 303
+    assert reader.get("/console/").status_code == 200  # another key's session goes on
+    # Signing in again starts a session that works.
+    assert writer.sign_in(_key(auth_headers)).status_code == 303
+    assert writer.get("/console/").status_code == 200
+    assert copy.get("/console/").status_code == 303
+
+
 def test_the_cookie_is_httponly_samesite_strict_for_the_console_only(writer: Console, app):
     response = writer.client.post(
         "/console/sign-out", data={access.CSRF_FIELD: writer.token}

@@ -53,3 +53,6 @@ class ApiKey(db.Model):
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # From then on the key answers 401 (reason "expired"); None: it never expires.
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Console sessions hold the value they signed in under; signing out adds one,
+    # which ends every console session of the key, copies of its cookie included.
+    console_generation: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")

@@ -302,14 +302,16 @@ class KeyHandle(NamedTuple):
 
     id: int
     prefix: str
+    # The key's console generation at sign-in: a sign-out moves the key's on.
+    generation: int = 0
 
 
-_HANDLE_LOOKUP = sa.select(ApiKey.id, ApiKey.prefix).where(
+_HANDLE_LOOKUP = sa.select(ApiKey.id, ApiKey.prefix, ApiKey.console_generation).where(
     ApiKey.key_hash == sa.bindparam("key_hash")
 )
-_KEY_BY_ID = sa.select(*_KEY_LOOKUP.selected_columns, ApiKey.prefix).where(
-    ApiKey.id == sa.bindparam("key_id")
-)
+_KEY_BY_ID = sa.select(
+    *_KEY_LOOKUP.selected_columns, ApiKey.prefix, ApiKey.console_generation
+).where(ApiKey.id == sa.bindparam("key_id"))
 
 
 def handle_of_key(key: str) -> tuple[KeyHandle, Principal] | None:
@@ -330,16 +332,36 @@ def principal_of_handle(handle: KeyHandle, now: dt.datetime | None = None) -> Pr
     """Return the principal of the key a handle names, or None if it was revoked.
 
     One lookup by primary key, on every call (no cache: a revocation is seen
-    at once). Raises ``KeyExpired`` for a key past its expiry.
+    at once). None too when the key's console sessions were ended after the
+    handle was made (:func:`end_console_sessions`). Raises ``KeyExpired`` for
+    a key past its expiry.
     """
     found = db.session.execute(_KEY_BY_ID, {"key_id": handle.id}).one_or_none()
-    if found is None or found.prefix != handle.prefix:
+    if (
+        found is None
+        or found.prefix != handle.prefix
+        or found.console_generation != handle.generation
+    ):
         return None
     row = KeyRow(*found[: len(KeyRow._fields)])
     now = now or utcnow()
     _check_expiry(row, now)
     touch(row.id, row.last_used_at, now)
     return _principal(row)
+
+
+def end_console_sessions(handle: KeyHandle) -> None:
+    """End every console session made from the handle's key (all browsers, all copies).
+
+    One conditional UPDATE, in the database every process reads: a session
+    holds the generation it signed in under, and no longer matches.
+    """
+    db.session.execute(
+        sa.update(ApiKey)
+        .where(ApiKey.id == handle.id, ApiKey.prefix == handle.prefix)
+        .values(console_generation=ApiKey.console_generation + 1)
+    )
+    db.session.commit()
 
 
 def touch(key_id: int, last_used_at: dt.datetime | None, now: dt.datetime | None = None) -> None:

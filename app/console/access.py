@@ -2,10 +2,12 @@
 
 Sign-in takes an API key once and checks it with the API's own check
 (:func:`app.auth.service.handle_of_key`). The session is Flask's signed cookie
-(itsdangerous): it holds the key's handle (row id and display prefix), tenant,
-name and role, never the key. Every later request looks the key up again by
-that handle (:func:`app.auth.service.principal_of_handle`), so revoking a key
-or its expiry ends its sessions at the next request; a session also ends
+(itsdangerous): it holds the key's handle (row id, display prefix and console
+generation), tenant, name and role, never the key. Every later request looks
+the key up again by that handle (:func:`app.auth.service.principal_of_handle`),
+so revoking a key or its expiry ends its sessions at the next request; so does
+signing out, which moves the key's console generation on in the database (a
+copy of the cookie is worth nothing after it). A session also ends
 ``PERMANENT_SESSION_LIFETIME`` after its sign-in. The cookie is ``HttpOnly``,
 ``SameSite=Strict``, sent to ``/console`` only, and ``Secure`` over TLS (see
 ``app/config.py`` and :class:`app.extensions.SessionInterface`).
@@ -43,6 +45,7 @@ from app.auth.service import (
     KEY_PREFIX,
     KeyExpired,
     KeyHandle,
+    end_console_sessions,
     handle_of_key,
     is_well_formed,
     principal_of_handle,
@@ -132,6 +135,7 @@ def sign_in(key: str) -> Principal:
     session[SESSION_KEY] = {
         "id": handle.id,
         "prefix": handle.prefix,
+        "generation": handle.generation,
         "tenant": principal.tenant,
         "name": principal.name,
         "role": principal.role,
@@ -143,8 +147,26 @@ def sign_in(key: str) -> Principal:
     return principal
 
 
+def _handle() -> KeyHandle | None:
+    data: Any = session.get(SESSION_KEY)
+    if not isinstance(data, dict):
+        return None
+    try:
+        return KeyHandle(int(data["id"]), str(data["prefix"]), int(data["generation"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def sign_out() -> None:
-    """End the session (the browser drops the cookie)."""
+    """End the key's console sessions, everywhere, and drop this one's cookie."""
+    handle = _handle()
+    if handle is not None:
+        end_console_sessions(handle)
+    session.clear()
+
+
+def forget() -> None:
+    """Drop a session that has already ended (the browser drops the cookie)."""
     session.clear()
 
 
@@ -162,10 +184,12 @@ def operator() -> Principal | None:
     data: Any = session.get(SESSION_KEY)
     if not isinstance(data, dict):
         return None
+    handle = _handle()
     try:
-        handle = KeyHandle(int(data["id"]), str(data["prefix"]))
         started = int(data["at"])
     except (KeyError, TypeError, ValueError):
+        return None
+    if handle is None:
         return None
     if not 0 <= time.time() - started <= _lifetime():
         return None

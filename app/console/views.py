@@ -146,7 +146,7 @@ def _check_operator() -> Any:
     principal = access.operator()
     if principal is None:
         if access.signed_in():
-            access.sign_out()
+            access.forget()
             flash(
                 "Your session has ended (the key was revoked or expired, or it was open too "
                 "long). Sign in again.",
