@@ -19,8 +19,9 @@ Settings::
 - ``mode``: ``rows`` (default): one column per top-level field of a record,
   converted by PostgreSQL's ``jsonb_populate_record`` rules into the column's
   type (the table must exist; a field the table lacks is refused, a column
-  the record lacks gets its default). ``jsonb``: one ``record jsonb`` column
-  (the table is created when missing).
+  the record lacks gets its default; an identity column the records lack
+  is numbered by the table, after a reset too). ``jsonb``: one ``record jsonb``
+  column (the table is created when missing).
 - ``key`` (``rows`` only): columns that identify a record. With a key, an
   insert replaces the row with the same key (``INSERT ... ON CONFLICT``: the
   table needs a unique index on the key) and a delete removes the row with the
@@ -169,6 +170,9 @@ class _Table:
         self.ident = sql.Identifier(self.schema, self.name)
         self.progress = sql.Identifier(self.schema, PROGRESS_TABLE)
         self._columns: dict[str, bool] | None = None
+        # Identity columns (GENERATED ... AS IDENTITY): a reset lets the table number
+        # the rows whose records do not carry them.
+        self.identity: frozenset[str] = frozenset()
 
     # -- connections ----------------------------------------------------------
 
@@ -233,7 +237,7 @@ class _Table:
             return self._columns
         name = sql.Identifier(self.schema, relation or self.name).as_string(conn)
         rows = conn.execute(
-            "SELECT a.attname, a.attgenerated = '' FROM pg_attribute a "
+            "SELECT a.attname, a.attgenerated = '', a.attidentity <> '' FROM pg_attribute a "
             "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
             "ORDER BY a.attnum",
             (name,),
@@ -244,9 +248,10 @@ class _Table:
                 "(mode rows needs one column per field)",
                 poison=True,
             )
-        columns = {str(name): bool(writable) for name, writable in rows}
+        columns = {str(name): bool(writable) for name, writable, _ in rows}
         if relation is None:
             self._columns = columns
+            self.identity = frozenset(str(name) for name, _, identity in rows if identity)
         return columns
 
     def check_fields(self, fields: set[str], columns: dict[str, bool]) -> list[str]:
@@ -412,6 +417,7 @@ class PostgresReset:
         self.epoch = epoch
         self.staging = table.staging_name(epoch)
         self.ident = sql.Identifier(table.schema, self.staging)
+        self.fields: set[str] = set()  # of the records loaded (mode rows)
         self.conn = table.connect()
         self.conn.autocommit = True
         try:
@@ -423,7 +429,7 @@ class PostgresReset:
             self.conn.execute(
                 sql.SQL(
                     "CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-                    "INCLUDING GENERATED INCLUDING INDEXES)"
+                    "INCLUDING GENERATED INCLUDING IDENTITY INCLUDING INDEXES)"
                 ).format(self.ident, table.ident)
             )
             self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS pm_load (doc jsonb NOT NULL)")
@@ -462,6 +468,7 @@ class PostgresReset:
                         ).fetchall()
                     }
                     columns = table.check_fields(fields, table.columns(self.conn))
+                    self.fields.update(fields)
                     names = sql.SQL(", ").join(map(sql.Identifier, columns))
                     self.conn.execute(
                         sql.SQL(
@@ -487,7 +494,13 @@ class PostgresReset:
         try:
             with self.conn.transaction():
                 table.lock_position(self.conn)
-                writable = [c for c, ok in table.columns(self.conn).items() if ok]
+                # An identity column no record carried was numbered by the staging
+                # table's own sequence: the table numbers those rows itself.
+                writable = [
+                    c
+                    for c, ok in table.columns(self.conn).items()
+                    if ok and (c not in table.identity or c in self.fields)
+                ]
                 names = sql.SQL(", ").join(map(sql.Identifier, writable))
                 self.conn.execute(sql.SQL("DELETE FROM {}").format(table.ident))
                 self.conn.execute(
