@@ -212,6 +212,57 @@ def test_a_postgres_connector_names_only_sink_variables_and_shows_no_dsn(api, mo
     assert_error(again, 409, "SinkInUse")
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        # Other users, passwords and options; the loopback names; libpq's defaults.
+        ("postgresql://a:x@db.example/wh", "host=DB.example port=5432 dbname=wh user=b", True),
+        ("postgresql://a@localhost/wh", "postgresql://b@127.0.0.1:5432/wh?sslmode=disable", True),
+        ("postgresql://wh@db.example", "postgresql://other@db.example/wh", True),
+        ("postgresql://a@db.example/wh", "postgresql://a@db.example:5433/wh", False),
+        ("postgresql://a@db.example/wh", "postgresql://a@db.example/lake", False),
+    ],
+)
+def test_two_variables_naming_one_database_are_one_sink(api, monkeypatch, first, second, same):
+    """One connector per table, whichever variable names the table's database."""
+    monkeypatch.setenv("SINK_DSN_ONE", first)
+    monkeypatch.setenv("SINK_DSN_TWO", second)
+    api.create_pipeline()
+    url = "/v0/pipelines/orders/views/totals/connectors"
+    answers = [
+        api.client.post(
+            url,
+            json={
+                "name": f"c{n}",
+                "transport": {"name": "postgres", "config": {"dsn_env": var, "table": "a.t"}},
+            },
+        )
+        for n, var in enumerate(("SINK_DSN_ONE", "SINK_DSN_TWO"))
+    ]
+    assert answers[0].status_code == 201
+    if same:
+        error = assert_error(answers[1], 409, "SinkInUse")
+        assert error["details"] == {"pipeline_name": "orders", "transport.config.table": "a.t"}
+        assert "x@" not in json.dumps(error) and "db.example" not in json.dumps(error)
+    else:
+        assert answers[1].status_code == 201
+
+
+def test_a_variable_that_holds_no_dsn_is_refused_without_showing_it(api, monkeypatch):
+    monkeypatch.setenv("SINK_DSN_BAD", "host=db.example password='secret")
+    api.create_pipeline()
+    config = {"dsn_env": "SINK_DSN_BAD", "table": "t"}
+    answer = api.client.post(
+        "/v0/pipelines/orders/views/totals/connectors",
+        json={"name": "w", "transport": {"name": "postgres", "config": config}},
+    )
+    error = assert_error(answer, 400, "InvalidRequest")
+    assert error["details"]["transport.config.dsn_env"] == [
+        "The variable SINK_DSN_BAD does not hold a valid DSN."
+    ]
+    assert "secret" not in answer.get_data(as_text=True)
+
+
 def test_dsn_variables_granted_to_tenants_are_named_by_those_tenants_only(
     app, api, make_key, monkeypatch
 ):

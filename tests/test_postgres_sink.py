@@ -26,6 +26,7 @@ import pytest
 from app.delivery.sinks import PipelineRef, SinkTarget, ViewRef
 from app.errors import InvalidRequest
 from app.transports import TransportError, get_transport
+from app.transports.postgres import database_of
 from app.transports.tables import SinkDiverged, SinkMoved, is_table_sink
 
 
@@ -127,8 +128,10 @@ def test_settings_are_checked_and_completed(app, schema):
             {"dsn_env": "SINK_DSN_TEST", "table": "a.b", "key": ["id"]}, tenant="default"
         )
         assert good == {"dsn_env": "SINK_DSN_TEST", "table": "a.b", "mode": "rows", "key": ["id"]}
-        assert DRIVER.sink_key(good, "default") == "postgres:SINK_DSN_TEST:a.b"
-        assert DRIVER.sink_key({**good, "table": "b"}, "x") == "postgres:SINK_DSN_TEST:public.b"
+        assert DRIVER.sink_key(good, "default") == f"postgres:{database_of(SINK_DSN)}:a.b"
+        assert DRIVER.sink_key({**good, "table": "b"}, "x") == (
+            f"postgres:{database_of(SINK_DSN)}:public.b"
+        )
         refused = {
             "dsn_env": [
                 {"dsn_env": "DATABASE_URL", "table": "t"},  # not a sink variable

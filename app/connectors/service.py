@@ -84,9 +84,10 @@ def _sink_owner(sink_key: str) -> Connector | None:
 
 def _sink_in_use(pipeline: Pipeline, config: dict[str, Any]) -> SinkInUse:
     # Names only what the caller gave: the other connector may be another pipeline's.
+    field = "table" if "table" in config else "path"
     return SinkInUse(
-        "Another connector already writes to this sink file",
-        details={"pipeline_name": pipeline.name, "transport.config.path": config.get("path")},
+        "Another connector already writes to this sink",
+        details={"pipeline_name": pipeline.name, f"transport.config.{field}": config.get(field)},
     )
 
 

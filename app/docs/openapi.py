@@ -79,7 +79,7 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
         "details": {"pipeline_name": "orders"},
     },
     "SinkInUse": {
-        "message": "Another connector already writes to this sink file",
+        "message": "Another connector already writes to this sink",
         "error_code": "SinkInUse",
         "details": {"pipeline_name": "orders", "transport.config.path": "out/totals.jsonl"},
     },

@@ -60,6 +60,7 @@ from typing import Any
 import psycopg
 from flask import current_app, has_app_context
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from app.errors import InvalidRequest
 from app.transports.base import TransportError
@@ -128,6 +129,34 @@ def dsn_granted(dsn_env: str, tenant: str) -> bool:
         return True
     tenants = grants.get(dsn_env, frozenset())
     return "*" in tenants or tenant in tenants
+
+
+LOOPBACK = frozenset({"", "localhost", "127.0.0.1", "::1"})
+
+
+def database_of(dsn: str) -> str | None:
+    """``host:port/dbname`` of a DSN, defaults filled in as libpq does; None if malformed.
+
+    Two variables naming one database (with other users, passwords or options)
+    give the same, so the one-connector-per-table check sees through them. The
+    loopback names and a local socket are one host.
+    """
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return None
+    host = (info.get("host") or info.get("hostaddr") or os.environ.get("PGHOST") or "").lower()
+    if host in LOOPBACK or host.startswith("/"):
+        host = "localhost"
+    port = info.get("port") or os.environ.get("PGPORT") or "5432"
+    dbname = (
+        info.get("dbname")
+        or os.environ.get("PGDATABASE")
+        or info.get("user")
+        or os.environ.get("PGUSER")
+        or ""
+    )
+    return f"{host}:{port}/{dbname}"
 
 
 def _timeout_ms() -> int:
@@ -556,6 +585,8 @@ class PostgresTransport:
             raise _refuse("dsn_env", f"The variable {dsn_env} is not granted to this tenant.")
         if not os.environ.get(dsn_env):
             raise _refuse("dsn_env", f"The variable {dsn_env} is not set on the server.")
+        if database_of(os.environ[dsn_env]) is None:
+            raise _refuse("dsn_env", f"The variable {dsn_env} does not hold a valid DSN.")
         table = config.get("table")
         if not isinstance(table, str) or not 1 <= len(table.split(".")) <= 2:
             raise _refuse("table", "A table name, or schema.name, is required.")
@@ -587,9 +618,11 @@ class PostgresTransport:
         return dict(config)
 
     def sink_key(self, config: dict[str, Any], tenant: str) -> str:
-        """One connector per table of one database variable."""
+        """One connector per table of one database, whichever variable names it."""
         schema, name = split_table(config["table"])
-        return f"postgres:{config['dsn_env']}:{schema}.{name}"
+        dsn = os.environ.get(config["dsn_env"])
+        database = (dsn and database_of(dsn)) or config["dsn_env"]
+        return f"postgres:{database}:{schema}.{name}"
 
     def config_schema(self) -> dict[str, Any]:
         """The settings' JSON schema (for the transport ``oneOf`` of the OpenAPI document)."""
