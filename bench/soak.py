@@ -8,7 +8,10 @@ What runs, all on one PostgreSQL database and one temporary folder (sinks, logs)
   process that delivers is subject to the faults);
 - two ``flask worker`` processes;
 - ``--tenants`` tenants, each with a write API key and one pipeline
-  (``orders``, view ``totals``, file connector ``sink1``).
+  (``orders``, view ``totals``, connector ``sink1``: a file, or with ``--sink`` a
+  Delta table, a PostgreSQL table, or an http endpoint);
+- with ``--sink http``, one reference receiver (``tests/receiver.py``) in the
+  soak's own process, on loopback, that every tenant's connector POSTs to.
 
 One thread per tenant pushes its share of ``--records`` changes (inserts, and
 deletes of records inserted earlier; some records are inserted more than once)
@@ -18,11 +21,13 @@ connector resets, SIGKILL of a worker (restarted at once), SIGSTOP of a worker
 for longer than the lease (then SIGCONT). Every event is logged with a timestamp.
 
 Then faults stop, both workers run, and the soak waits (bounded) until every
-connector has caught up; it folds each sink file back into a multiset
+connector has caught up; it folds each sink back into a multiset
 (``tests/faults.fold``) and compares it with the view's contents read straight
-from ``view_records``. It exits 1 if any sink differs from its view, a view
-differs from what was pushed, or catch-up did not finish in time; 2 on a usage
-or setup error; 3 when interrupted or out of time.
+from ``view_records``. An http sink is what the receiver holds for the
+connector's id, and the receiver must have seen no breach of the transport's
+contract. It exits 1 if any sink differs from its view, a view differs from
+what was pushed, the receiver saw a breach, or catch-up did not finish in time;
+2 on a usage or setup error; 3 when interrupted or out of time.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import sqlalchemy as sa
 
 from bench.wrk import free_port
 from tests import faults
+from tests.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -62,6 +68,9 @@ SINK_PATH = "out/totals.jsonl"
 # tenant in a schema of its own of the --sink-dsn database, named by this variable.
 DELTA_PATH = "tables/totals"
 SINK_DSN_ENV = "SINK_DSN_SOAK"
+# --sink http: where the workers may connect (the receiver listens on loopback only).
+HTTP_SINK_NETWORKS = ["127.0.0.1/32"]
+KEPT_MESSAGES = 20  # the receiver's last messages kept for a look after a failure
 SOAK_DATABASE = "pipeline_manager_soak"
 NOTES = ("plain", "café", "naïve ✓", 'with "quotes" and \\ backslash')
 MAX_WEIGHT = 3  # a record is inserted at most this many times while live
@@ -187,6 +196,34 @@ def prepare_database(url: str, log: Events) -> None:
     finally:
         engine.dispose()
     log(f"database {target.database} on PostgreSQL {version}: public schema recreated")
+
+
+# --------------------------------------------------------------------------- http sink
+
+
+class SoakReceiver(Receiver):
+    """The reference receiver, keeping only its last ``KEPT_MESSAGES`` messages.
+
+    The soak checks what the receiver holds and its violations. Every batch and
+    snapshot message of a run, kept parsed and raw, would take hundreds of MiB.
+    ``outcomes`` is kept whole (one short string per message).
+    """
+
+    def _decide(
+        self, message: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes, str]:
+        answer = super()._decide(message, headers)
+        for kept in (self.messages, self.headers, self.raw, self.client_ports):
+            del kept[:-KEPT_MESSAGES]
+        return answer
+
+
+def receiver_mark(receiver: Receiver, connector_id: str) -> tuple[int | None, int, int] | None:
+    """Where the receiver stands for a connector: epoch, applied_seq, snapshot_applied."""
+    state = receiver.states.get(connector_id)
+    if state is None:
+        return None
+    return state.epoch, state.applied_seq, state.snapshot_applied
 
 
 # --------------------------------------------------------------------------- processes
@@ -365,6 +402,7 @@ class Tenant:
     log_end: int = 0
     desynced: bool = False
     tokens: list[str] = field(default_factory=list)
+    connector_id: str = ""  # the connector's uid, which an http sink's messages carry
 
     def __post_init__(self) -> None:
         self.model = Model(max(self.share, 1))
@@ -405,6 +443,7 @@ class Soak:
     push_start: float = 0.0
     push_window: float = 1.0
     counts: Counter = field(default_factory=Counter)
+    receiver: Receiver | None = None  # --sink http
 
     def url(self, n: int, path: str) -> str:
         """``path`` on server ``n`` (mod 2)."""
@@ -755,7 +794,6 @@ def describe(stats: dict[str, Any]) -> str:
 
 def wait_caught_up(soak: Soak, until: float) -> bool:
     """Wait until every connector has caught up (twice in a row, sinks unchanged between)."""
-    sink_dir = soak.folder / "sinks"
     sessions = {t.name: t.session() for t in soak.tenants}
     next_report, n, previous = 0.0, 0, None
     stats: dict[str, dict[str, Any]] = {}
@@ -764,7 +802,7 @@ def wait_caught_up(soak: Soak, until: float) -> bool:
             restart_dead_workers(soak)
             n += 1
             stats = {t.name: connector_stats(soak, sessions[t.name], n) for t in soak.tenants}
-            sizes = tuple(_size(sink_dir / t.sink) for t in soak.tenants)
+            sizes = tuple(sink_mark(soak, t) for t in soak.tenants)
             done = all(caught_up(s) for s in stats.values())
             if done and previous == sizes:
                 soak.log("every connector caught up, sinks unchanged for 2s")
@@ -787,6 +825,20 @@ def wait_caught_up(soak: Soak, until: float) -> bool:
     finally:
         for session in sessions.values():
             session.close()
+
+
+def sink_path(soak: Soak, tenant: Tenant) -> Path:
+    """The tenant's sink on disk: its file, or its Delta table's folder (missing for others)."""
+    if soak.args.sink == "delta":
+        return soak.folder / "sinks" / tenant.name / DELTA_PATH
+    return soak.folder / "sinks" / tenant.sink
+
+
+def sink_mark(soak: Soak, tenant: Tenant) -> object:
+    """What changes when the tenant's sink is written: its size, or where the receiver stands."""
+    if soak.receiver is not None:
+        return receiver_mark(soak.receiver, tenant.connector_id)
+    return _size(sink_path(soak, tenant))
 
 
 def _size(path: Path) -> int:
@@ -856,13 +908,22 @@ def postgres_lines(dsn: str, schema: str, table: str) -> Iterator[str]:
             yield '{"insert":' + record + "}\n"
 
 
+def receiver_lines(receiver: Receiver, connector_id: str) -> Iterator[str]:
+    """What the receiver holds for a connector, each copy of a record as an insert line."""
+    for text, weight in receiver.contents(connector_id).items():
+        for _ in range(weight):
+            yield '{"insert":' + text + "}\n"
+
+
 def sink_lines_of(soak: Soak, tenant: Tenant) -> Iterator[str]:
     """The tenant's sink as change lines, whatever its transport."""
     if soak.args.sink == "delta":
-        return delta_lines(soak.folder / "sinks" / tenant.name / DELTA_PATH)
+        return delta_lines(sink_path(soak, tenant))
     if soak.args.sink == "postgres":
         return postgres_lines(soak.args.sink_dsn, soak.args.sink_schema, tenant.table)
-    return file_lines(soak.folder / "sinks" / tenant.sink)
+    if soak.receiver is not None:
+        return receiver_lines(soak.receiver, tenant.connector_id)
+    return file_lines(sink_path(soak, tenant))
 
 
 def sink_changes(lines: Iterator[str], tenant: Tenant, tally: Tally) -> Iterator[dict[str, Any]]:
@@ -928,14 +989,17 @@ class Result:
     connector: dict[str, Any]
     resets: Counter
     redos: int = 0
+    violations: list[str] = field(default_factory=list)  # the receiver's, for this connector
 
     @property
     def ok(self) -> bool:
-        """The sink folds to the view, the view is what was pushed, no line is extra, no redo."""
+        """The sink folds to the view, the view is what was pushed, no line is extra, no redo,
+        and an http sink's receiver saw no breach of the contract."""
         t = self.tally
         return (
             self.view_matches_pushed
             and not self.redos
+            and not self.violations
             and not (self.missing or self.extra or self.negative or self.early_deletes)
             and not (t.bad or t.foreign or t.unterminated or self.repeated_lines)
         )
@@ -987,11 +1051,6 @@ def diff_summary(a: Counter, b: Counter) -> str:
 
 def verify(soak: Soak, engine: sa.Engine, tenant: Tenant, session: requests.Session) -> Result:
     """Fold the tenant's sink and compare it with the view (and the view with the pushes)."""
-    path = (
-        soak.folder
-        / "sinks"
-        / (tenant.sink if soak.args.sink != "delta" else f"{tenant.name}/{DELTA_PATH}")
-    )
     view = view_contents(engine, tenant.name)
     expected = expected_contents(tenant)
     pushed_difference = diff_summary(view, expected)
@@ -1015,6 +1074,8 @@ def verify(soak: Soak, engine: sa.Engine, tenant: Tenant, session: requests.Sess
         )
         for seen, pushed in zip(seen_counts, pushed_counts, strict=False)
     )
+    # The receiver names the connector_id in each breach it notes.
+    breaches = soak.receiver.violations if soak.receiver is not None else []
     resets: Counter = Counter()
     for token in tenant.tokens:
         try:
@@ -1035,7 +1096,7 @@ def verify(soak: Soak, engine: sa.Engine, tenant: Tenant, session: requests.Sess
         view_matches_pushed=not pushed_difference and not tenant.desynced,
         pushed_difference=pushed_difference or ("pushes desynced" if tenant.desynced else ""),
         tally=tally,
-        sink_bytes=_size(path),
+        sink_bytes=_size(sink_path(soak, tenant)),
         early_deletes=early,
         missing=view - folded,
         extra=folded - view,
@@ -1044,6 +1105,7 @@ def verify(soak: Soak, engine: sa.Engine, tenant: Tenant, session: requests.Sess
         connector=connector_row(engine, tenant.name),
         resets=resets,
         redos=redo_count(engine, tenant.name),
+        violations=[v for v in breaches if tenant.connector_id in v],
     )
 
 
@@ -1059,6 +1121,26 @@ def example(d: Counter) -> str:
     return f"{key[:140]} x{weight}"
 
 
+def passed(soak: Soak, results: list[Result], caught: bool) -> bool:
+    """Caught up in time, every tenant's sink right, and no breach seen by the receiver."""
+    breaches = soak.receiver.violations if soak.receiver is not None else []
+    return caught and all(r.ok for r in results) and not breaches
+
+
+def report_receiver(soak: Soak, receiver: Receiver) -> None:
+    """The receiver's side: what became of the messages, and any breach of the contract."""
+    outcomes = Counter(receiver.outcomes)
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+    soak.log(
+        f"receiver: {len(receiver.outcomes)} messages ({shown}); "
+        f"contract violations {len(receiver.violations)}"
+    )
+    for violation in receiver.violations[:20]:
+        soak.log(f"    VIOLATION: {violation[:400]}")
+    if len(receiver.violations) > 20:
+        soak.log(f"    ... and {len(receiver.violations) - 20} more")
+
+
 def report(soak: Soak, results: list[Result], caught: bool) -> None:
     """Print the summary: per tenant, then the faults and the verdict."""
     log = soak.log
@@ -1066,18 +1148,19 @@ def report(soak: Soak, results: list[Result], caught: bool) -> None:
     for r in results:
         t, c = r.tally, r.connector
         tenant = next(x for x in soak.tenants if x.name == r.tenant)
+        on_disk = f", {r.sink_bytes} bytes" if soak.args.sink in ("file", "delta") else ""
         log(
             f"{r.tenant}: {'OK' if r.ok else 'FAIL'}  pushed {tenant.pushed} changes "
             f"({tenant.inserts} inserts, {tenant.deletes} deletes, {tenant.batches} batches); "
             f"view {r.view_rows} records, weight {r.view_weight}; "
-            f"sink {t.lines} lines ({t.inserts} inserts, {t.deletes} deletes), {r.sink_bytes} bytes"
+            f"sink {t.lines} lines ({t.inserts} inserts, {t.deletes} deletes){on_disk}"
         )
         if tenant.push_errors or tenant.desynced:
             log(f"    push errors {tenant.push_errors}, stopped pushing: {tenant.desynced}")
         resets = ", ".join(f"{k} {v}" for k, v in sorted(r.resets.items())) or "none"
         state = {k: c[k] for k in ("delivered_seq", "committed_length", "sync_state") if k in c}
         log(f"    resets issued {len(tenant.tokens)} ({resets}); connector {state}")
-        if c.get("committed_length") not in (None, r.sink_bytes):
+        if soak.args.sink == "file" and c.get("committed_length") not in (None, r.sink_bytes):
             log(
                 f"    the sink is {r.sink_bytes} bytes, "
                 f"its committed length {c['committed_length']}"
@@ -1110,10 +1193,23 @@ def report(soak: Soak, results: list[Result], caught: bool) -> None:
             log(f"    FOREIGN lines (another tenant's or never pushed): {t.foreign}")
         if t.unterminated:
             log("    the sink's last line has no newline (a torn write)")
+        if soak.receiver is not None:
+            mark = receiver_mark(soak.receiver, tenant.connector_id)
+            held = (
+                "nothing received"
+                if mark is None
+                else f"epoch {mark[0]}, applied_seq {mark[1]}, snapshot_applied {mark[2]}"
+            )
+            log(
+                f"    receiver, connector_id {tenant.connector_id}: {held}; "
+                f"contract violations {len(r.violations)}"
+            )
+    if soak.receiver is not None:
+        report_receiver(soak, soak.receiver)
     faults_done = ", ".join(f"{k} {v}" for k, v in sorted(soak.counts.items()))
     log(f"faults: {faults_done}")
     log(f"catch-up {'finished' if caught else 'DID NOT finish'} in time")
-    log(f"verdict: {'PASS' if caught and all(r.ok for r in results) else 'FAIL'}")
+    log(f"verdict: {'PASS' if passed(soak, results, caught) else 'FAIL'}")
 
 
 # --------------------------------------------------------------------------- main
@@ -1129,6 +1225,8 @@ def settings_of(args: argparse.Namespace, url: str, folder: Path) -> dict[str, A
         "WORKER_POLL_INTERVAL": 0.1,
         "DELIVERY_BATCH_SIZE": args.delivery_batch,
         "REPLAY_BATCH_SIZE": args.delivery_batch,
+        # Only the receiver's loopback address (the default denied list leaves loopback open).
+        "HTTP_SINK_ALLOWED_NETWORKS": HTTP_SINK_NETWORKS,
     }
 
 
@@ -1167,11 +1265,13 @@ def transport_of(soak: Soak, tenant: Tenant) -> dict[str, Any]:
             "name": "postgres",
             "config": {"dsn_env": SINK_DSN_ENV, "table": table, "mode": "jsonb"},
         }
+    if soak.receiver is not None:
+        return {"name": "http", "config": {"url": soak.receiver.url}}
     return {"name": "file", "config": {"path": SINK_PATH}}
 
 
 def set_up_tenants(soak: Soak, env: dict[str, str]) -> None:
-    """A key per tenant (CLI), then its pipeline, view, file connector, started (HTTP)."""
+    """A key per tenant (CLI), then its pipeline, view, connector, started (HTTP)."""
     for n, tenant in enumerate(soak.tenants):
         tenant.key = flask_cli(
             env, "api-keys", "create", "soak", "--tenant", tenant.name, "--role", "write"
@@ -1189,6 +1289,7 @@ def set_up_tenants(soak: Soak, env: dict[str, str]) -> None:
                 answer = s.post(soak.url(n, path), json=body, timeout=HTTP_TIMEOUT)
                 if not answer.ok:
                     raise RuntimeError(f"POST {path}: {answer.status_code} {answer.text[:500]}")
+        tenant.connector_id = str(connector_row(soak.engine, tenant.name)["uid"])
         soak.log(f"tenant {tenant.name}: key, pipeline {PIPELINE}, connector {CONNECTOR} ready")
 
 
@@ -1242,9 +1343,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--database-url", default=None, help="overrides the environment's URL")
     p.add_argument("--keep", action="store_true", help="keep the temp folder even on success")
     p.add_argument(
-        "--sink", choices=("file", "delta", "postgres"), default="file",
-        help="the connectors' transport: a file, a Delta change table, or a jsonb table in "
-        "the --sink-dsn database (file)",
+        "--sink", choices=("file", "delta", "postgres", "http"), default="file",
+        help="the connectors' transport: a file, a Delta change table, a jsonb table in "
+        "the --sink-dsn database, or http to a receiver in the soak's process (file)",
     )  # fmt: skip
     p.add_argument(
         "--sink-dsn", default=os.environ.get("BENCH_SINK_DSN"),
@@ -1322,7 +1423,8 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[Proc] = []
     soak: Soak | None = None
     engine: sa.Engine | None = None
-    code, passed = 3, False
+    receivers = contextlib.ExitStack()
+    code, ok = 3, False
     try:
         prepare_database(url, log)
         if args.sink == "postgres":
@@ -1341,6 +1443,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         engine = sa.create_engine(url, pool_size=2)
         soak = Soak(args, log, folder, bases, tenants, workers, servers, engine)
+        if args.sink == "http":
+            soak.receiver = receivers.enter_context(SoakReceiver())
+            log(f"http sinks: every connector POSTs to the receiver at {soak.receiver.url}")
         for proc in (*servers, *workers):
             procs.append(proc)
             proc.start()
@@ -1380,8 +1485,8 @@ def main(argv: list[str] | None = None) -> int:
         if code_version() != version:
             # Restarted workers ran the newer code: say so next to the verdict.
             log(f"NOTE: the code changed during the run; now {code_version()}")
-        passed = caught and all(r.ok for r in results)
-        code = 0 if passed else 1
+        ok = passed(soak, results, caught)
+        code = 0 if ok else 1
     except (KeyboardInterrupt, SoakAborted) as exc:
         log(f"ABORTED ({type(exc).__name__} {exc}): cleaning up")
     except (RuntimeError, OSError, sa.exc.SQLAlchemyError, requests.RequestException) as exc:
@@ -1397,6 +1502,7 @@ def main(argv: list[str] | None = None) -> int:
         terminate_all(procs)
         if procs:
             log(f"stopped {len(procs)} processes")
+        receivers.close()
         if engine is not None:
             engine.dispose()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -1405,7 +1511,7 @@ def main(argv: list[str] | None = None) -> int:
             f"soak process peak RSS {peak:.0f} MiB; exit {code}"
         )
         log.close()
-        if passed and not args.keep:
+        if ok and not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
             if args.sink == "postgres":
                 sink_schema(args, create=False)
