@@ -13,7 +13,9 @@ contents equal to the view.
         assert receiver.contents() == view_multiset(view_id)
 
 Faults on demand: :meth:`~Receiver.fail_next`, :meth:`~Receiver.refuse`,
-:meth:`~Receiver.hang` and :meth:`~Receiver.lose_answers`.
+:meth:`~Receiver.hang`, :meth:`~Receiver.lose_answers` and
+:meth:`~Receiver.forget` (the receiver loses what it held, as if restored
+from an empty backup).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class ConnectorState:
     streamed: bool = False
     # Whether a reset was seen (a snapshot without one is a breach).
     was_reset: bool = False
+    # Whether this receiver lost what it held (:meth:`Receiver.forget`): a gap is then
+    # its own doing, answered 409 with its applied_seq, until the next reset.
+    lost: bool = False
 
 
 class Receiver:
@@ -51,7 +56,8 @@ class Receiver:
     parallel lists, one entry per request in arrival order. An outcome is one of
     ``applied``, ``repeat``, ``stale`` (an older epoch), ``failed``
     (:meth:`fail_next`), ``refused``, ``hung``, ``lost`` (applied, answer
-    dropped: :meth:`lose_answers`) and ``invalid`` (not a message).
+    dropped: :meth:`lose_answers`), ``behind`` (a gap after :meth:`forget`,
+    answered 409 with ``applied_seq``) and ``invalid`` (not a message).
     """
 
     def __init__(self) -> None:
@@ -118,6 +124,14 @@ class Receiver:
         with self._cond:
             self._lose += count
 
+    def forget(self, connector_id: str | None = None) -> None:
+        """Lose everything held for a connector (the only one, by default): contents,
+        epoch and seqs, as a receiver restored from an empty backup would."""
+        with self._cond:
+            if connector_id is None:
+                (connector_id,) = self.states
+            self.states[connector_id] = ConnectorState(lost=True)
+
     # -- what it holds ------------------------------------------------------
 
     def contents(self, connector_id: str | None = None) -> Counter:
@@ -161,6 +175,7 @@ class Receiver:
             state.snapshot_applied = 0
             state.streamed = False
             state.was_reset = True
+            state.lost = False
             return "applied"
         first, last, records = message["first_seq"], message["last_seq"], message["records"]
         if first > last:
@@ -186,6 +201,8 @@ class Receiver:
             return "invalid"
         if last <= state.applied_seq:
             return "repeat"
+        if first > state.applied_seq + 1 and state.lost:
+            return "behind"
         if first != state.applied_seq + 1:
             self._violation(message, f"a gap: applied_seq is {state.applied_seq}")
         self._apply(state, message)
@@ -294,4 +311,7 @@ class Receiver:
         if outcome == "applied" and self._lose > 0:
             self._lose -= 1
             return 0, {}, b"", "lost"
+        if outcome == "behind":
+            applied = self.states[message["connector_id"]].applied_seq
+            return 409, {}, json.dumps({"applied_seq": applied}).encode(), outcome
         return 200, {}, OK, outcome

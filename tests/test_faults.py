@@ -781,6 +781,41 @@ def test_sink_file_cut_short_outside_the_service_is_reported_then_redone(cluster
     c.assert_sink_is_view(sink)
 
 
+def test_http_receiver_that_lost_its_changes_is_reported_then_redone(cluster):
+    """A receiver restored from an empty backup answers the next batch 409 with its
+    applied_seq: the connector says it is out of sync, and a snapshot is redone."""
+    c = cluster
+    with Receiver() as receiver:
+        http_pipeline(c, receiver)
+        work = Workload(14)
+        c.push(work.batch(500))
+        c.worker(DELIVERY_BATCH_SIZE=50)
+        c.wait_caught_up("hook")
+        receiver.forget()
+        c.push(work.batch(100))
+
+        seen = c.watch(
+            lambda s: s["resets"]["last_status"] == "complete" and c.caught_up("hook"),
+            connector="hook",
+        )
+        out_of_sync = [s for s in seen if s["sync_state"] != "in_sync"]
+        assert out_of_sync, "the connector never said that its sink was out of sync"
+        for stats in out_of_sync:
+            assert (stats["sync_state"], stats["health"]) == ("resetting", "resetting"), stats
+            assert stats["sync_reason"], stats
+        stats = seen[-1]
+        assert "holds changes up to position 0" in stats["last_error"], stats
+        assert (stats["resets"]["count"], stats["resets"]["last_origin"]) == (1, "redo")
+        assert "behind" in receiver.outcomes
+        assert receiver.violations == []
+        assert receiver.contents() == c.view()
+
+        c.push(work.batch(100))
+        c.wait_caught_up("hook")
+        assert receiver.contents() == c.view()
+        assert c.stats("hook")["resets"]["count"] == 1
+
+
 def test_sinks_damaged_once_are_each_redone_once(cluster):
     # Many connectors and threads at once: however many workers see that a sink owes
     # a snapshot, one redo is queued for it.

@@ -25,6 +25,7 @@ from app.transports.http import (
     parse_settings,
     safe_url,
 )
+from app.transports.tables import SinkDiverged
 from tests.faults import canonical
 
 # Tiny backoff so that the retry tests take milliseconds.
@@ -535,6 +536,53 @@ def test_a_refused_snapshot_and_reset_say_which_message_it_was(driver, receiver)
     with pytest.raises(TransportError) as caught:
         driver.reset(target, epoch=1, snapshot_seq=0)
     assert "refused the reset: HTTP 413" in str(caught.value)
+
+
+def test_a_receiver_that_lost_changes_says_where_it_stands_and_the_sink_diverged(driver, receiver):
+    target = sink(receiver.url)
+    batch(driver, target, 1, 4, epoch=2)
+    receiver.forget()  # restored from an empty backup
+    with pytest.raises(SinkDiverged) as caught:
+        batch(driver, target, 5, 6, epoch=2)
+    assert receiver.outcomes[-1] == "behind" and receiver.count == 2  # not retried
+    assert str(caught.value) == (
+        f"POST {receiver.url}: the receiver holds changes up to position 0 only, and the "
+        "batch starts after 4; it lost changes it had acknowledged, so the snapshot is redone"
+    )
+    assert receiver.contents() == Counter() and receiver.violations == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "",
+        "not json",
+        '{"applied_seq": 4}',  # not behind a batch that starts after 4
+        '{"applied_seq": 9}',
+        '{"applied_seq": -1}',
+        '{"applied_seq": true}',
+        '{"applied_seq": "2"}',
+        "[1]",
+        "[" * 5000 + "]" * 5000,
+    ],
+)
+def test_a_409_that_does_not_say_the_receiver_is_behind_is_a_refusal(driver, receiver, body):
+    receiver.refuse(409, body)
+    with pytest.raises(TransportError) as caught:
+        batch(driver, sink(receiver.url), 5, 6)
+    assert not isinstance(caught.value, SinkDiverged)
+    assert caught.value.poison is True and "refused the batch: HTTP 409" in str(caught.value)
+
+
+def test_only_a_batch_can_find_the_receiver_behind(driver, receiver):
+    receiver.refuse(409, '{"applied_seq": 0}')
+    target = sink(receiver.url)
+    with pytest.raises(TransportError) as caught:
+        snapshot(driver, target, 3, RECORDS, epoch=1, at=10)
+    assert not isinstance(caught.value, SinkDiverged) and caught.value.poison is True
+    with pytest.raises(TransportError) as caught:
+        driver.reset(target, epoch=1, snapshot_seq=10)
+    assert not isinstance(caught.value, SinkDiverged) and caught.value.poison is True
 
 
 # -- the reference receiver ----------------------------------------------------

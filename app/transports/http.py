@@ -51,6 +51,16 @@ A dropped message is answered 2xx like an applied one. A receiver that stores
 what it applies and this state in one transaction of its own gets every change
 exactly once; otherwise a crash between the two gives at-least-once.
 
+A receiver that finds a batch's ``first_seq`` beyond ``applied_seq`` + 1 has
+lost changes it acknowledged (restored from a backup, or started over empty).
+It answers ``409`` with ``{"applied_seq": N}``, its own ``applied_seq``, and
+applies nothing. The sender then takes the sink as out of sync, as it does a
+damaged file sink: the connector reports it (``sync_state`` ``resetting``,
+the reason in ``sync_reason``) and a snapshot is redone (``reset``, then the
+snapshot, then batches from its position). A ``409`` naming an ``applied_seq``
+that is not behind the batch, or answering any other message, is a refusal
+like any other ``4xx``.
+
 Any 2xx answer acknowledges a message. Connection errors, timeouts, 408, 429
 and 5xx are retried up to ``max_retries`` times with exponential backoff and
 jitter (``Retry-After`` is honoured up to the backoff cap). Any other answer
@@ -101,6 +111,7 @@ from app.transports.destinations import (
     current_policy,
     literal_addresses,
 )
+from app.transports.tables import SinkDiverged
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +378,18 @@ def _names(target: Any, kind: str, epoch: int) -> dict[str, Any]:
     }
 
 
+def applied_seq_of(answer: bytes) -> int | None:
+    """The ``applied_seq`` of a ``{"applied_seq": N}`` answer (N >= 0), or None."""
+    try:
+        found = json.loads(answer)
+    except (ValueError, RecursionError):
+        return None
+    value = found.get("applied_seq") if isinstance(found, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
 class _Failure(Exception):
     """One attempt failed; ``retryable`` tells whether another may succeed."""
 
@@ -387,6 +410,8 @@ class _Failure(Exception):
         self.retry_after = retry_after
         # The receiver answered and refused the message itself: sending it again cannot help.
         self.refused = refused
+        # A 409's ``applied_seq``: where a receiver that lost changes says it stands.
+        self.behind: int | None = None
 
 
 def _redact_target(value: Any) -> Any:
@@ -644,7 +669,8 @@ class HttpTransport:
             "X-Batch-Id": batch_id,
         }
         what = "the batch" if kind == "batch" else "the snapshot batch"
-        return self._post(settings, body.encode("utf-8"), headers, what, keep_alive)
+        starts_after = first_seq - 1 if kind == "batch" else None
+        return self._post(settings, body.encode("utf-8"), headers, what, keep_alive, starts_after)
 
     # -- sending ------------------------------------------------------------
 
@@ -655,8 +681,13 @@ class HttpTransport:
         headers: dict[str, str],
         what: str,
         keep_alive: KeepAlive | None,
+        starts_after: int | None = None,
     ) -> int:
-        """POST a message with retries; return the body's size in bytes."""
+        """POST a message with retries; return the body's size in bytes.
+
+        ``starts_after`` (a batch's ``first_seq`` - 1): a receiver that says it
+        holds less than that raises ``SinkDiverged``.
+        """
         headers["Content-Type"] = "application/json"
         cap = attempt_cap()
         try:
@@ -672,6 +703,13 @@ class HttpTransport:
             except _Failure as exc:
                 failure = exc
             where = safe_url(settings.url)
+            behind = failure.behind
+            if behind is not None and starts_after is not None and behind < starts_after:
+                raise SinkDiverged(
+                    f"POST {where}: the receiver holds changes up to position {behind} "
+                    f"only, and {what} starts after {starts_after}; it lost changes it "
+                    "had acknowledged, so the snapshot is redone"
+                )
             if failure.refused:
                 raise TransportError(
                     f"POST {where} refused {what}: {failure.reason}", attempts=attempt, poison=True
@@ -752,7 +790,10 @@ class HttpTransport:
         if status >= 500 or status in RETRIED_STATUSES:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             raise _Failure(reason, True, retry_after)
-        raise _Failure(reason, False, refused=True)
+        refusal = _Failure(reason, False, refused=True)
+        if status == 409:
+            refusal.behind = applied_seq_of(answer)
+        raise refusal
 
     @staticmethod
     def _read_answer(response: requests.Response, deadline: float | None) -> bytes:
