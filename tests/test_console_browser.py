@@ -162,9 +162,11 @@ def test_sign_in_see_a_pipeline_and_watch_a_reset_reach_100_percent(
     midway = None
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        bar = card.locator(".reset-progress")
-        percent = int(bar.get_attribute("data-percent") or 0)
-        status = bar.get_attribute("data-status")
+        # Both from one element at once: a poll may swap the bar in between two reads.
+        percent_text, status = card.locator(".reset-progress").evaluate(
+            "bar => [bar.dataset.percent, bar.dataset.status]"
+        )
+        percent = int(percent_text or 0)
         if not seen or seen[-1] != percent:
             seen.append(percent)
         if midway is None and 15 <= percent <= 85:

@@ -67,7 +67,7 @@ class Recorder(HttpTransport):
         super().__init__()
         self.bodies: list[bytes] = []
 
-    def _post(self, settings, body, headers, what, keep_alive) -> int:
+    def _post(self, settings, body, headers, what, keep_alive, starts_after=None) -> int:
         self.bodies.append(body)
         return len(body)
 
