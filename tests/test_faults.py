@@ -341,6 +341,24 @@ class Cluster:
         wait_for(check, timeout=timeout, what=f"the stats of {connector}")
         return seen
 
+    def watch_redo(self, error: str, connector: str = "sink1") -> dict:
+        """Wait until a snapshot redone by the service is complete and the connector caught
+        up; check that it said its sink was out of sync meanwhile, that ``error`` is its
+        last error, and that it was redone once. Returns the last stats."""
+        seen = self.watch(
+            lambda s: s["resets"]["last_status"] == "complete" and self.caught_up(connector),
+            connector=connector,
+        )
+        out_of_sync = [s for s in seen if s["sync_state"] != "in_sync"]
+        assert out_of_sync, "the connector never said that its sink was out of sync"
+        for stats in out_of_sync:
+            assert (stats["sync_state"], stats["health"]) == ("resetting", "resetting"), stats
+            assert stats["sync_reason"], stats
+        stats = seen[-1]
+        assert error in stats["last_error"], stats
+        assert (stats["resets"]["count"], stats["resets"]["last_origin"]) == (1, "redo")
+        return stats
+
     def assert_sink_is_view(
         self,
         sink: Path,
@@ -769,15 +787,7 @@ def test_sink_file_cut_short_outside_the_service_is_reported_then_redone(cluster
         sink.unlink()
     c.push(work.batch(100))
 
-    seen = c.watch(lambda s: s["resets"]["last_status"] == "complete" and c.caught_up())
-    out_of_sync = [s for s in seen if s["sync_state"] != "in_sync"]
-    assert out_of_sync, "the connector never said that its sink was out of sync"
-    for stats in out_of_sync:
-        assert (stats["sync_state"], stats["health"]) == ("resetting", "resetting"), stats
-        assert stats["sync_reason"], stats
-    stats = seen[-1]
-    assert "shorter" in stats["last_error"], stats
-    assert (stats["resets"]["count"], stats["resets"]["last_origin"]) == (1, "redo")
+    c.watch_redo("shorter")
     c.assert_sink_is_view(sink)
 
 
@@ -794,18 +804,7 @@ def test_http_receiver_that_lost_its_changes_is_reported_then_redone(cluster):
         receiver.forget()
         c.push(work.batch(100))
 
-        seen = c.watch(
-            lambda s: s["resets"]["last_status"] == "complete" and c.caught_up("hook"),
-            connector="hook",
-        )
-        out_of_sync = [s for s in seen if s["sync_state"] != "in_sync"]
-        assert out_of_sync, "the connector never said that its sink was out of sync"
-        for stats in out_of_sync:
-            assert (stats["sync_state"], stats["health"]) == ("resetting", "resetting"), stats
-            assert stats["sync_reason"], stats
-        stats = seen[-1]
-        assert "holds changes up to position 0" in stats["last_error"], stats
-        assert (stats["resets"]["count"], stats["resets"]["last_origin"]) == (1, "redo")
+        c.watch_redo("holds changes up to position 0", connector="hook")
         assert "behind" in receiver.outcomes
         assert receiver.violations == []
         assert receiver.contents() == c.view()
