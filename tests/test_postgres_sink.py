@@ -525,3 +525,55 @@ def test_a_writer_frozen_inside_a_batch_cannot_hold_the_table_past_a_lease(app, 
         finally:
             frozen.close()
     assert contents(schema, "id") == Counter({(1,): 1, (2,): 1})
+
+
+def test_a_writer_frozen_between_the_deletes_of_a_batch_is_ended_a_lease_later(
+    app, schema, monkeypatch
+):
+    """Every statement of a batch ends with a Sync, so the server's idle timeout runs between
+    any two of them. (A pipelined executemany would leave it unarmed: a writer stopped mid-
+    pipeline held the progress row for as long as it stayed stopped, seen in a fault test.)"""
+    orders_table(schema)
+    sink = target(schema)
+    app.config["WORKER_LEASE_SECONDS"] = 0.6  # statements 200 ms, an idle transaction 600 ms
+    with app.app_context():
+        DRIVER.apply(
+            sink, rows(1, *[("insert", {"id": i, "note": "n"}) for i in range(4)]), epoch=1
+        )
+    deletes = [("delete", {"id": i, "note": "n"}) for i in range(4)]
+    frozen, release = threading.Event(), threading.Event()
+    execute = psycopg.Cursor.execute
+    calls = {"deletes": 0}
+
+    def freezing_execute(self, query, params=None, **kwargs):
+        if threading.current_thread().name == "frozen" and "DELETE" in str(query):
+            calls["deletes"] += 1
+            if calls["deletes"] == 2:  # after the first delete, before the second is sent
+                frozen.set()
+                release.wait(10)
+        return execute(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", freezing_execute)
+    outcome: list[Any] = []
+
+    def write() -> None:
+        with app.app_context():
+            try:
+                outcome.append(DRIVER.apply(sink, rows(5, *deletes), epoch=1))
+            except TransportError as exc:
+                outcome.append(exc)
+
+    thread = threading.Thread(target=write, name="frozen")
+    thread.start()
+    try:
+        assert frozen.wait(10), "the writer never reached its second delete"
+        time.sleep(1.0)  # past the idle timeout: the server ends the frozen session
+        with app.app_context():
+            applied = DRIVER.apply(sink, rows(5, *deletes), epoch=2)
+        assert not applied.skipped
+    finally:
+        release.set()
+        thread.join(10)
+    assert isinstance(outcome[0], TransportError)  # its session was gone when it went on
+    assert contents(schema, "id") == Counter()
+    assert position(schema, sink) == (8, 2)

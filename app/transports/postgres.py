@@ -407,8 +407,13 @@ class _Table:
         removed = 0
         with conn.cursor() as cursor:
             for statement, params in statements.items():
-                cursor.executemany(statement, params)
-                removed += max(0, cursor.rowcount)
+                for param in params:
+                    # One at a time, not executemany: psycopg pipelines that, and the
+                    # server arms idle_in_transaction_session_timeout only at a Sync, so
+                    # a writer frozen mid-pipeline (SIGSTOP) would hold the progress row
+                    # for as long as it stays frozen.
+                    cursor.execute(statement, param)
+                    removed += max(0, cursor.rowcount)
         wanted = sum(n for _text, n in deleted)
         if not self.key and removed < wanted:
             raise SinkDiverged(
