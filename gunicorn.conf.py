@@ -1,4 +1,12 @@
-"""gunicorn settings for ``make serve``; every value can be overridden on the command line."""
+"""gunicorn settings for ``make serve``; every value can be overridden on the command line.
+
+gunicorn runs the request workers (``workers`` processes of ``threads`` threads)
+and, beside them, ``PIPELINE_MANAGER_DELIVERY_PROCESSES`` delivery processes
+(default 1) as gunicorn dirty workers (:mod:`app.serving`): started, restarted
+when they die, and stopped with the server. Requests and delivery never share
+a process. With 0 delivery processes, each request worker runs the worker in
+a background thread instead, as before.
+"""
 
 import glob
 import json
@@ -19,6 +27,17 @@ worker_class = "gthread"
 timeout = 60
 graceful_timeout = 20
 accesslog = "-"
+
+delivery_processes = int(os.environ.get("PIPELINE_MANAGER_DELIVERY_PROCESSES", 1))
+if delivery_processes > 0:
+    dirty_apps = ["app.serving:DeliveryApp"]
+    dirty_workers = delivery_processes
+    # Within the master's own graceful timeout, so their leases are given back.
+    dirty_graceful_timeout = graceful_timeout - 2
+    # Every process this server starts reads these: the request workers then run
+    # no worker of their own, and /readyz checks the delivery processes' heartbeats.
+    os.environ["PIPELINE_MANAGER_DELIVERY_PROCESSES"] = str(delivery_processes)
+    os.environ["PIPELINE_MANAGER_BACKGROUND_WORKER"] = "false"
 
 
 class RedactingLogger(glogging.Logger):
@@ -158,12 +177,16 @@ def on_starting(server):
     app = create_app()
     with app.app_context():
         upgrade()
+        from app.extensions import db
+
+        # No connection of the master's outlives the fork into the workers.
+        db.engine.dispose()
     # After the upgrade: the migrations' logging config replaced the root handlers.
     server.log.use_format(app.config["LOG_FORMAT"], app.config["LOG_LEVEL"])
 
 
 def post_worker_init(worker):
-    """Start the worker process's background worker thread (resets, delivery).
+    """Start the worker process's background worker thread, without delivery processes.
 
     On SIGTERM that thread is told to stop at once, so it winds down (finishing
     its claim, giving its leases back) while gunicorn lets in-flight requests

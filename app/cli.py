@@ -153,6 +153,7 @@ def stderr_is_tty() -> bool:
 def worker_command() -> None:
     """Run the worker in the foreground (resets, delivery) until interrupted."""
     from app.database import schema_problem
+    from app.delivery import wake
     from app.worker import run_loop
 
     problem = schema_problem()
@@ -161,7 +162,7 @@ def worker_command() -> None:
     stop = threading.Event()
     # SIGTERM (a service manager's stop) ends it like Ctrl-C: each thread finishes
     # the claim it is on, which gives its lease back, so no one waits for expiry.
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: (stop.set(), wake.ring()))
     click.echo("worker running; Ctrl-C or SIGTERM stops it", err=True)
     try:
         run_loop(current_app._get_current_object(), stop)

@@ -45,11 +45,28 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # Connectors one worker process serves at once (threads), so that a slow or
         # dead sink holds up one of them, not every connector.
         "DELIVERY_CONCURRENCY": 4,
+        # Per-tenant quotas (app/quotas.py): answered 409 QuotaExceeded past them
+        # (0 or None: no quota).
+        "TENANT_MAX_PIPELINES": 10_000,
+        "TENANT_MAX_CONNECTORS": 100_000,
+        "TENANT_MAX_QUEUED_RESETS": 10_000,
+        # The most of those threads one tenant's connectors hold at once in a process
+        # (None: all but one, so another tenant's work always finds a thread).
+        "TENANT_MAX_CONCURRENT_CLAIMS": None,
         # Attempts a reset makes (a failed one is retried with the delivery backoff)
         # before it fails and its connector is marked failed.
         "RESET_MAX_ATTEMPTS": 5,
-        # Seconds the background worker sleeps when it found nothing to do.
-        "WORKER_POLL_INTERVAL": 0.5,
+        # The worker is woken when there is work (app/delivery/wake.py); it also
+        # looks on its own every this many seconds, a safety net.
+        "WORKER_POLL_INTERVAL": 5.0,
+        # On SQLite, seconds between the worker's checks that another process
+        # committed (one PRAGMA data_version read each), for commits that do not
+        # announce themselves (the service's own do: app/delivery/wake.py).
+        "WORKER_WAKE_CHECK_SECONDS": 0.25,
+        # Delivery processes that gunicorn runs beside the request workers (set by
+        # gunicorn.conf.py). With any, the request workers run no worker of their
+        # own, and their /readyz checks the worker processes' heartbeats instead.
+        "DELIVERY_PROCESSES": 0,
         # Changes per batch a connector delivers, and records per batch a reset
         # replays: one file write or one http message each.
         "DELIVERY_BATCH_SIZE": 10_000,

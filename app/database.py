@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import logging
 import os
+import select
+import socket
+import tempfile
+import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +28,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.extensions import db
+
+log = logging.getLogger(__name__)
 
 # PostgreSQL SQLSTATE codes (and classes) after which a retry can succeed.
 _PG_TRANSIENT_CLASSES = ("08", "53", "57")
@@ -323,3 +332,188 @@ def read_outside_transaction(dialect: Dialect, dbapi_connection: Any, on: bool) 
         return True
     dbapi_connection.autocommit = False
     return True
+
+
+# -- telling workers in other processes that there is work -------------------------------------
+
+WORK_CHANNEL = "pipeline_manager_work"
+
+
+def notify_work() -> None:
+    """Tell the workers of other processes, at commit, that this transaction made work.
+
+    PostgreSQL: a ``NOTIFY``, delivered to every listener when the transaction
+    commits (and never if it rolls back). SQLite: nothing here; the commit is
+    announced once made (:func:`announce_work`, from ``app.delivery.wake``).
+    """
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(sa.text(f"NOTIFY {WORK_CHANNEL}"))
+
+
+class WorkListener:
+    """Waits until another process may have made work, a doorbell rings, or time is up."""
+
+    def wait(self, timeout: float, doorbell: int) -> bool:
+        """Wait up to ``timeout`` seconds; return whether something (not the clock) woke it."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Give the listener's connection back."""
+
+
+class _PostgresListener(WorkListener):
+    """``LISTEN`` on a connection of its own, waited on with ``select`` beside the doorbell."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.raw: Any = None
+
+    def _connect(self) -> Any:
+        raw = self.engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            driver.autocommit = True
+            driver.execute(f"LISTEN {WORK_CHANNEL}")
+        except Exception:
+            raw.invalidate()
+            raise
+        self.raw = raw
+        return driver
+
+    def wait(self, timeout: float, doorbell: int) -> bool:
+        """Wait for a notification or the doorbell; a lost connection counts as a wake."""
+        try:
+            driver = self.raw.driver_connection if self.raw is not None else self._connect()
+            ready, _, _ = select.select([driver.fileno(), doorbell], [], [], max(0.0, timeout))
+            if driver.fileno() in ready:
+                # Drain what came: one look for work answers them all.
+                for _notice in driver.notifies(timeout=0):
+                    pass
+            return bool(ready)
+        except Exception as exc:  # the server restarted, the network dropped...
+            log.warning("work listener lost its connection (%s); reconnecting", type(exc).__name__)
+            self.close()
+            # Notifications may have been missed meanwhile: look for work once.
+            time.sleep(min(1.0, max(0.0, timeout)))
+            return True
+
+    def close(self) -> None:
+        """Drop the listening connection (it is not given back to the pool in LISTEN state)."""
+        if self.raw is not None:
+            with contextlib.suppress(Exception):
+                self.raw.invalidate()
+            self.raw = None
+
+
+def _sqlite_wake_folder(engine: sa.Engine) -> str | None:
+    """The folder where a SQLite database's workers listen for wake-ups (None: in memory).
+
+    One per database file and user, in the temporary folder (Unix socket paths
+    are short), made private to the user.
+    """
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    digest = hashlib.sha256(os.path.abspath(database).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"pipeline-manager-{os.getuid()}-{digest}")
+
+
+def announce_work(engine: sa.Engine) -> None:
+    """After a commit that made work: wake the workers of other processes, on SQLite.
+
+    Every listener of the database has a datagram socket in its wake folder;
+    each gets one byte (a full socket is awake already). A socket whose
+    process is gone is removed. PostgreSQL needs none of this (``NOTIFY``).
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    folder = _sqlite_wake_folder(engine)
+    if folder is None:
+        return
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return  # no worker listens
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.setblocking(False)
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                sender.sendto(b"!", path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            except OSError:  # full (awake already), or not a socket
+                pass
+
+
+class _SQLiteListener(WorkListener):
+    """A datagram socket other processes' commits write to, and ``PRAGMA data_version``.
+
+    Processes of this service announce their commits that make work
+    (:func:`announce_work`): the wait ends at once, at no cost while idle.
+    ``PRAGMA data_version``, which moves when another connection commits, is
+    also read every ``check_seconds``, for commits that announce nothing.
+    """
+
+    def __init__(self, engine: sa.Engine, check_seconds: float) -> None:
+        self.raw = engine.raw_connection()
+        self.check = max(0.001, float(check_seconds))
+        self.version = self._version()
+        self.socket: socket.socket | None = None
+        self.path: str | None = None
+        folder = _sqlite_wake_folder(engine)
+        if folder is not None:
+            try:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                self.path = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+                self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self.socket.bind(self.path)
+                self.socket.setblocking(False)
+            except OSError as exc:
+                log.warning("no wake-up socket (%s); checking every %s s", exc, self.check)
+                self.socket = None
+
+    def _version(self) -> int:
+        return int(self.raw.driver_connection.execute("PRAGMA data_version").fetchone()[0])
+
+    def wait(self, timeout: float, doorbell: int) -> bool:
+        """Wait on the socket and the doorbell, reading the version between waits."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        sources = [doorbell] if self.socket is None else [doorbell, self.socket.fileno()]
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select(sources, [], [], max(0.0, min(self.check, left)))
+            if ready:
+                if self.socket is not None and self.socket.fileno() in ready:
+                    with contextlib.suppress(OSError):
+                        while self.socket.recv(64):
+                            pass
+                return True
+            try:
+                version = self._version()
+            except Exception as exc:
+                log.warning("work listener could not read the database (%s)", type(exc).__name__)
+                return True
+            if version != self.version:
+                self.version = version
+                return True
+            if left <= self.check:
+                return False
+
+    def close(self) -> None:
+        """Remove the socket; give the connection back to the pool."""
+        if self.socket is not None and self.path is not None:
+            self.socket.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+                os.rmdir(os.path.dirname(self.path))  # only if no other listener is left
+        with contextlib.suppress(Exception):
+            self.raw.close()
+
+
+def work_listener(engine: sa.Engine, check_seconds: float) -> WorkListener:
+    """A listener for work made by other processes, for this engine."""
+    if engine.dialect.name == "postgresql":
+        return _PostgresListener(engine)
+    return _SQLiteListener(engine, check_seconds)

@@ -131,6 +131,12 @@ class DuplicateName(ConflictError):
     error_code = "DuplicateName"
 
 
+class QuotaExceeded(ConflictError):
+    """The tenant is at one of its quotas: pipelines, connectors or queued resets."""
+
+    error_code = "QuotaExceeded"
+
+
 class SinkInUse(ConflictError):
     """Another connector already writes to that sink (one file, one connector)."""
 

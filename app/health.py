@@ -2,8 +2,9 @@
 
 ``/healthz`` says the process answers and reaches its database (liveness).
 ``/readyz`` says it can serve: the database answers, the schema is at the
-migrations' head, and, where this process runs the background worker, that
-worker's loop came round within a lease (readiness).
+migrations' head, and the worker runs: where this process runs it, its poller
+came round within a lease; where gunicorn runs it in delivery processes, one
+of them wrote its heartbeat within a lease (readiness).
 """
 
 from __future__ import annotations
@@ -85,21 +86,8 @@ def readiness() -> tuple[dict[str, str], str | None]:
         return checks, "The database does not answer"
     checks["schema"] = "ok" if problem is None else "not_at_head"
     app = current_app._get_current_object()
-    if not worker.background_expected(app):
-        checks["worker"] = "off"
-    else:
-        age = worker.heartbeat_age()
-        # A loop thread comes round at least once a poll interval when idle; a
-        # whole lease without one means this process's worker is stuck or gone.
-        fresh = age is not None and age <= float(app.config["WORKER_LEASE_SECONDS"])
-        checks["worker"] = "ok" if fresh else ("starting" if age is None else "stale")
-        if not fresh and problem is None:
-            problem = (
-                "This process's background worker has not started yet"
-                if age is None
-                else f"This process's background worker last came round {age:.0f} s ago"
-            )
-    return checks, problem
+    checks["worker"], worker_problem = worker.readiness(app)
+    return checks, problem or worker_problem
 
 
 @blp.route("/readyz", methods=["GET"])

@@ -2,6 +2,7 @@
 
 from app.auth.models import ApiKey
 from app.connectors.models import Connector
+from app.delivery.models import WorkerProcess
 from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.resets.models import Reset, ResetPhase, ResetStatus
 from app.view_data.models import ViewChange, ViewLog, ViewRecord
@@ -18,4 +19,5 @@ __all__ = [
     "ViewChange",
     "ViewLog",
     "ViewRecord",
+    "WorkerProcess",
 ]

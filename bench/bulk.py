@@ -198,6 +198,14 @@ def set_log_end(conn: sa.Connection, view_id: int, last_seq: int, added: int = 0
             ),
             params,
         )
+    # The view's connectors have work now, as after a push (app.delivery.due.mark_view).
+    now = sa.bindparam("now", dt.datetime.now(dt.UTC), type_=UTCDateTime())
+    conn.execute(
+        sa.text(
+            "UPDATE connectors SET due_at = :now, wakes = wakes + 1 WHERE view_id = :view"
+        ).bindparams(now),
+        {"view": view_id},
+    )
 
 
 @dataclass
@@ -271,6 +279,7 @@ def build_scale(
                 "id": ":cbase + {n}",
                 "uid": sql.uuid(":ubase + {n}"),
                 "view_id": ":vbase + {n}",
+                "tenant": "'default'",
                 "name": "'sink'",
                 "transport": "'file'",
                 "config": sql.json('\'{"path":"\' || ' + path + " || '\"}'"),

@@ -118,6 +118,24 @@ def _fold_keys(changes: list[tuple[str, str]]) -> Counter:
     return +folded
 
 
+def time_passes() -> None:
+    """Let time pass for the due index: every connector with timed work is due now.
+
+    Tests that run a backoff or a lease out by writing its time into the past
+    call this too (inside an app context, before their commit): the due index
+    keeps each connector's next time of its own (``app.delivery.due``).
+    """
+    import sqlalchemy as sa
+
+    from app.connectors.models import Connector
+    from app.database import db_time
+    from app.extensions import db
+
+    db.session.execute(
+        sa.update(Connector).where(Connector.due_at.is_not(None)).values(due_at=db_time(-3600))
+    )
+
+
 def worker_env(settings: Mapping[str, Any]) -> dict[str, str]:
     """The environment of a process configured with ``settings`` (``PIPELINE_MANAGER_*``)."""
     env = {**os.environ, **{f"PIPELINE_MANAGER_{k}": _env_value(v) for k, v in settings.items()}}

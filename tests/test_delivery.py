@@ -22,6 +22,7 @@ from app.transports import TransportError
 from app.transports.file import FileTransport, SinkFile, StagingFile
 from app.worker import run_once
 from tests.conftest import assert_error
+from tests.faults import time_passes
 
 CHANGES = "/v0/pipelines/orders/views/totals/changes"
 STATS = "/v0/pipelines/orders/views/totals/connectors/{}/stats"
@@ -78,6 +79,7 @@ def expire_leases(app) -> None:
             .where(Connector.lease_owner.is_not(None))
             .values(lease_expires_at=past)
         )
+        time_passes()
         db.session.commit()
         db.session.remove()
 
@@ -242,12 +244,14 @@ def test_failures_are_counted_backed_off_and_cleared_on_success(
     assert deliver(app) == 0  # backing off
     with app.app_context():
         db.session.execute(sa.update(Connector).values(next_attempt_at=None))
+        time_passes()
         db.session.commit()
     deliver(app)
     assert stats(client)["consecutive_failures"] == 2
     monkeypatch.setattr(SinkFile, "write_at", real)
     with app.app_context():
         db.session.execute(sa.update(Connector).values(next_attempt_at=None))
+        time_passes()
         db.session.commit()
     deliver(app)
     body = stats(client)
@@ -404,6 +408,7 @@ def test_a_failed_reset_is_retried_then_fails_the_connector_visibly(
     with app.app_context():
         assert ResetExecutor("r").run_pending() == 0  # backing off
         db.session.execute(sa.update(Reset).values(next_attempt_at=None))
+        time_passes()
         db.session.commit()
         assert ResetExecutor("r").run_pending() == 1
         db.session.remove()
@@ -505,6 +510,7 @@ def test_http_sink_failures_are_counted_then_recover(api, client, app, receiver)
     assert "503" in body["last_error"]
     with app.app_context():
         db.session.execute(sa.update(Connector).values(next_attempt_at=None))
+        time_passes()
         db.session.commit()
     deliver(app)
     assert stats(client, "hook")["health"] == "healthy"

@@ -75,7 +75,7 @@ from app.resets.executor import ResetExecutor
 from app.resets.models import Reset, ResetStatus
 from app.transports.file import SinkFile, StagingFile
 from app.view_data import service as view_data
-from tests.faults import canonical, fold, fold_file, sink_lines, view_multiset
+from tests.faults import canonical, fold, fold_file, sink_lines, time_passes, view_multiset
 
 MAX_EXAMPLES = int(os.environ.get("PROPERTY_MAX_EXAMPLES", "60"))
 
@@ -294,6 +294,7 @@ class Harness:
                     .where(model.next_attempt_at.is_not(None))
                     .values(next_attempt_at=past)
                 )
+            time_passes()
             db.session.commit()
 
     def request_reset(self) -> None:

@@ -18,6 +18,7 @@ from app.pipelines.models import Pipeline
 from app.resets.executor import ResetExecutor
 from app.resets.models import Reset
 from tests.conftest import Api, assert_error
+from tests.faults import time_passes
 
 PIPELINE_FIELDS = {
     "name",
@@ -348,6 +349,7 @@ def test_stop_abandons_unfinished_resets_and_keeps_finished_ones(
     with app.app_context():
         # ...which never comes back: its lease runs out.
         db.session.execute(sa.update(Connector).values(lease_expires_at=None, lease_owner=None))
+        time_passes()
         db.session.commit()
         db.session.remove()
     assert run_resets() == 1

@@ -173,3 +173,80 @@ def test_sigterm_lets_requests_finish_and_the_background_worker_give_its_lease_b
     sink = tmp_path / "sinks" / "default" / "t.jsonl"
     assert sink.stat().st_size == committed  # stopped between batches, nothing half-written
     assert len(faults.sink_lines(sink)) == delivered
+
+
+def _delivery_pids(database: Path) -> set[int]:
+    """The pids of the worker processes with a heartbeat (gunicorn's delivery processes)."""
+    try:
+        with sqlite3.connect(database) as conn:
+            return {pid for (pid,) in conn.execute("SELECT pid FROM worker_processes")}
+    except sqlite3.OperationalError:  # not migrated yet
+        return set()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process under ``pid`` (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+def test_a_killed_delivery_process_is_restarted_and_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL the delivery process mid-stream: gunicorn starts another, which takes the
+    connector over once the lease runs out; the file sink ends with every change once."""
+    settings = {"WORKER_LEASE_SECONDS": 3, "DELIVERY_BATCH_SIZE": 40}
+    database = tmp_path / "serve.db"
+    with faults.served(tmp_path, settings) as (base, env):
+        key = subprocess.run(
+            [str(BIN / "flask"), "--app", "wsgi", "api-keys", "create", "k", "--role", "write"],
+            cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer {key}"
+        assert s.post(f"{base}/v0/pipelines", json={"name": "orders", "views": ["totals"]}).ok
+        connector = {"name": "sink1", "transport": {"name": "file", "config": {"path": "t.jsonl"}}}
+        assert s.post(f"{base}/v0/pipelines/orders/views/totals/connectors", json=connector).ok
+        assert s.post(f"{base}/v0/pipelines/orders/start").ok
+        (first,) = _wait_for(lambda: _delivery_pids(database), timeout=30)
+        changes = f"{base}/v0/pipelines/orders/views/totals/changes"
+        pushed = 0
+        for batch in range(30):
+            rows = [{"insert": {"id": pushed + i, "pad": "z" * 20}} for i in range(100)]
+            assert s.post(changes, json=rows).ok
+            pushed += len(rows)
+            if batch == 10:
+                os.kill(first, signal.SIGKILL)
+        # gunicorn starts another delivery process, which writes a heartbeat of its own.
+        _wait_for(lambda: _delivery_pids(database) - {first}, timeout=30)
+        sink = tmp_path / "sinks" / "default" / "t.jsonl"
+        _wait_for(lambda: len(faults.sink_lines(sink)) >= pushed, timeout=60)
+        time.sleep(0.5)  # nothing more comes
+        lines = faults.sink_lines(sink)
+    assert len(lines) == pushed
+    assert sorted(line["insert"]["id"] for line in lines) == list(range(pushed))
+
+
+def test_the_servers_processes_end_when_its_master_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the gunicorn master leaves no process behind (no orphan keeps the port
+    or goes on delivering): request workers and delivery processes see their parent gone."""
+    pidfile = tmp_path / "gunicorn.pid"
+    with faults.served(tmp_path, {}, "--pid", str(pidfile), workers=2):
+        master = int(pidfile.read_text())
+        _wait_for(lambda: _delivery_pids(tmp_path / "serve.db"), timeout=30)
+        below = _descendants(master)
+        assert len(below) >= 4  # 2 request workers, the dirty arbiter, a delivery process
+        os.kill(master, signal.SIGKILL)
+        _wait_for(lambda: all(_is_gone(pid) for pid in below), timeout=15)

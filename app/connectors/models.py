@@ -35,12 +35,25 @@ class Connector(db.Model):
         sa.CheckConstraint(
             "sync_state IN ('in_sync', 'resetting', 'failed')", name="ck_connectors_sync_state"
         ),
+        # The due index (app.delivery.due): only connectors with work, or work to
+        # come at a known time, are in it, so finding work costs nothing for the
+        # idle ones; by tenant first, so tenants can be served in turn.
+        sa.Index(
+            "ix_connectors_due",
+            "tenant",
+            "due_at",
+            sqlite_where=sa.text("due_at IS NOT NULL"),
+            postgresql_where=sa.text("due_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     # The id sinks see: a UUID, never reused (row ids are, after a delete).
     uid: Mapped[uuid.UUID] = mapped_column(sa.Uuid, unique=True, default=uuid.uuid4)
     view_id: Mapped[int] = mapped_column(sa.ForeignKey("views.id", ondelete="CASCADE"), index=True)
+    # The tenant of the connector's pipeline (it never changes): work is taken
+    # tenant by tenant, and per-tenant quotas count connectors by it.
+    tenant: Mapped[str] = mapped_column(sa.String(NAME_MAX), index=True)
     name: Mapped[str] = mapped_column(sa.String(NAME_MAX))
     transport: Mapped[str] = mapped_column(sa.String(32))
     config: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
@@ -86,6 +99,12 @@ class Connector(db.Model):
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     resets_completed: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    # When the connector may next have work (database clock): changes to deliver,
+    # a reset to run, a retry, or a lease that runs out. NULL: nothing until an
+    # event marks it. ``wakes`` counts those events, so whoever decides there is
+    # nothing to do can tell whether one came in meanwhile (app.delivery.due).
+    due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    wakes: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     # A table sink's commit id after the last batch or reset applied: the Delta
     # table's version, or the PostgreSQL transaction id. NULL for other sinks.
     sink_version: Mapped[int | None] = mapped_column(sa.BigInteger)

@@ -39,8 +39,9 @@ class Connectors(MethodView):
         blp,
         {
             404: "Unknown pipeline or view",
-            409: "The pipeline is not stopped, the connector exists, or another connector "
-            "writes to the same sink file (SinkInUse)",
+            409: "The pipeline is not stopped, the connector exists, another connector "
+            "writes to the same sink file (SinkInUse), or the tenant is at its quota "
+            "(QuotaExceeded)",
         },
     )
     def post(self, body, pipeline_name, view_name):

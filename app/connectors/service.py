@@ -9,14 +9,16 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
+from app import quotas
 from app.connectors.models import Connector, SyncState
-from app.delivery import leases
+from app.delivery import due, leases
 from app.errors import DuplicateName, IllegalConnectorAction, SinkInUse, UnknownConnector
 from app.extensions import db
 from app.pipelines.models import Pipeline, View, is_valid_name
 from app.pipelines.service import get_view, require_stopped
 from app.transports import get_transport
 from app.transports.tables import is_table_sink
+from app.view_data import compaction
 from app.view_data.models import ViewLog
 
 
@@ -50,11 +52,17 @@ def add_connector(
     """Add an output connector to a view of a stopped pipeline."""
     view = get_view(pipeline, view_name)
     require_stopped(pipeline, "add a connector")
+    quotas.check_connectors(pipeline.tenant)
     driver = get_transport(transport["name"])
     config = driver.validate_config(transport.get("config") or {}, tenant=pipeline.tenant)
     sink_key = driver.sink_key(config, pipeline.tenant)
     connector = Connector(
-        view=view, name=name, transport=transport["name"], config=config, sink_key=sink_key
+        view=view,
+        tenant=pipeline.tenant,
+        name=name,
+        transport=transport["name"],
+        config=config,
+        sink_key=sink_key,
     )
     db.session.add(connector)
     # The unique constraints decide between two requests at once; the answer
@@ -95,8 +103,11 @@ def remove_connector(pipeline: Pipeline, view_name: str, connector_name: str) ->
     """Remove an output connector of a stopped pipeline."""
     connector = get_connector(pipeline, view_name, connector_name)
     require_stopped(pipeline, "remove a connector")
+    view_id = connector.view_id
     db.session.delete(connector)
     db.session.commit()
+    # The log it held back may have rows to drop now.
+    compaction.mark_due(view_id)
 
 
 def pause_connector(pipeline: Pipeline, view_name: str, connector_name: str) -> Connector:
@@ -116,6 +127,8 @@ def _set_paused(connector: Connector, paused: bool) -> Connector:
         .values(paused=paused)
         .execution_options(synchronize_session=False)
     )
+    if not paused:
+        due.mark_connector(connector.id)  # what it owes can go now
     db.session.commit()
     db.session.refresh(connector)
     return connector

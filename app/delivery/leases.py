@@ -16,10 +16,14 @@ renews, checks and gives back a lease.
   pause, a slow disk) finds its epoch gone, and its write counts for nothing.
 - Lease times come from the database's clock (:func:`app.database.db_time`),
   never a process's own: a host whose clock runs fast cannot take a live lease.
+- A held lease keeps the connector's ``due_at`` at the instant it runs out, so
+  a holder that dies leaves the connector to be found then; giving the lease
+  back says when the connector is due next (:mod:`app.delivery.due`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +47,15 @@ class Lease:
     owner: str
     epoch: int
     seconds: float
+    # The connector's ``wakes`` when the lease was taken: if it moved by the time
+    # the lease is given back, an event came in meanwhile (app.delivery.due).
+    wakes: int = 0
+
+
+# When a connector is due after its lease is given back: a SQL time, or None for
+# "not until an event marks it". The default, now, lets the next claim decide.
+Due = sa.ColumnElement[dt.datetime] | None
+NOW = "now"
 
 
 def lease_is_free(owner: str) -> sa.ColumnElement[bool]:
@@ -67,6 +80,7 @@ def take(connector_id: int, owner: str, seconds: float, **values: Any) -> Lease 
             lease_owner=owner,
             lease_epoch=Connector.lease_epoch + 1,
             lease_expires_at=db_time(seconds),
+            due_at=db_time(seconds),
             # A takeover: another holder's lease ran out without being given back.
             lease_takeovers=Connector.lease_takeovers
             + sa.case(
@@ -78,12 +92,12 @@ def take(connector_id: int, owner: str, seconds: float, **values: Any) -> Lease 
             ),
             **values,
         )
-        .returning(Connector.lease_epoch)
+        .returning(Connector.lease_epoch, Connector.wakes)
         .execution_options(synchronize_session=False)
     ).one_or_none()
     if row is None:
         return None
-    return Lease(connector_id, owner, int(row[0]), seconds)
+    return Lease(connector_id, owner, int(row[0]), seconds, int(row[1]))
 
 
 def held(lease: Lease) -> sa.ColumnElement[bool]:
@@ -102,10 +116,11 @@ def renew(lease: Lease, **values: Any) -> None:
     commits, so nothing done before that commit races with a takeover. Raises
     :class:`LeaseLost` (after a rollback) when the lease is gone.
     """
+    expires = db_time(lease.seconds)
     result = db.session.execute(
         sa.update(Connector)
         .where(held(lease))
-        .values(**{"lease_expires_at": db_time(lease.seconds), **values})
+        .values(**{"lease_expires_at": expires, "due_at": expires, **values})
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -134,16 +149,34 @@ def keep_alive(lease: Lease) -> KeepAlive:
     return renew_now
 
 
-def release(lease: Lease, **values: Any) -> bool:
+def given_back(lease: Lease, due: Due | str = NOW) -> dict[str, Any]:
+    """The connector's values that give ``lease`` back, due next at ``due``.
+
+    ``due`` is the holder's verdict from what it saw: None when it left
+    nothing to do, a time for a retry, ``NOW`` to let the next claim decide.
+    It holds only if no event marked the connector since the lease was taken
+    (``wakes`` unchanged, tested on the row as it is written); otherwise the
+    connector is due now. For the caller's ``UPDATE`` of the connector's row.
+    """
+    now = db_time()
+    verdict = now if isinstance(due, str) else (sa.null() if due is None else due)
+    return {
+        "lease_owner": None,
+        "lease_expires_at": now,
+        "due_at": sa.case((Connector.wakes == lease.wakes, verdict), else_=now),
+    }
+
+
+def release(lease: Lease, due: Due | str = NOW, **values: Any) -> bool:
     """Give the lease back (if still held), write ``values`` and commit; return whether held.
 
-    ``lease_expires_at`` keeps the release time: workers serve the connector
-    released longest ago first, so one busy connector cannot starve the others.
+    ``due``: when the connector has work next, as the holder sees it (see
+    :func:`given_back`). ``lease_expires_at`` keeps the release time.
     """
     result = db.session.execute(
         sa.update(Connector)
         .where(held(lease))
-        .values(lease_owner=None, lease_expires_at=db_time(), **values)
+        .values(**given_back(lease, due), **values)
         .execution_options(synchronize_session=False)
     )
     db.session.commit()

@@ -38,7 +38,7 @@ from flask import current_app
 
 from app.connectors.models import Connector, SyncState
 from app.database import db_time
-from app.delivery import leases, reader, sinks
+from app.delivery import due, leases, reader, sinks
 from app.delivery.leases import Lease, LeaseLost
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
@@ -46,6 +46,7 @@ from app.resets.models import Reset, ResetStatus
 from app.transports import TransportError, get_transport
 from app.transports.file import SinkFile, encode_texts
 from app.transports.tables import SinkDiverged, SinkMoved, TableSink, is_table_sink
+from app.view_data import compaction
 from app.view_data.models import ViewLog
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 # A claim delivers at most this many batches before giving the connector back.
 MAX_BATCHES_PER_CLAIM = 50
 MAX_ERROR_LENGTH = 1000
+# Due connectors one claim looks at (tenants in turn) when called on its own.
+CANDIDATES = 20
 
 
 def reset_pending(connector_id: sa.ColumnElement[int]) -> sa.Exists:
@@ -84,6 +87,8 @@ class Position:
     failures: int
     inflight: tuple[int, int] | None
     skipped_from: int | None = None
+    # Where the view's change log starts (compacted_seq): the changes up to it are gone.
+    log_start: int = 0
 
 
 class SinkFault(Exception):
@@ -113,38 +118,36 @@ class DeliveryWorker:
 
     # -- claiming -----------------------------------------------------------
 
-    def _claimable(self) -> sa.Select:
-        """In-sync, unpaused connectors of running pipelines with changes to deliver, unheld."""
-        return (
-            sa.select(Connector.id)
-            .join(View, View.id == Connector.view_id)
-            .join(Pipeline, Pipeline.id == View.pipeline_id)
-            .join(ViewLog, ViewLog.view_id == Connector.view_id)
-            .where(
-                Pipeline.status == PipelineStatus.RUNNING,
-                Connector.sync_state == SyncState.IN_SYNC,
-                Connector.paused.is_(False),
-                ViewLog.last_seq > Connector.delivered_seq,
-                leases.lease_is_free(self.owner),
-                sa.or_(Connector.next_attempt_at.is_(None), Connector.next_attempt_at <= db_time()),
-                ~reset_pending(Connector.id),
-            )
-            # Served longest ago first (a released lease keeps its release time).
-            .order_by(Connector.lease_expires_at.nulls_first(), Connector.id)
-            .limit(10)
-        )
-
     def claim(self) -> Lease | None:
-        """Take the lease of one connector that has changes to deliver, or return None."""
-        candidates = db.session.execute(self._claimable()).scalars().all()
-        db.session.rollback()
-        for connector_id in candidates:
-            lease = leases.take(connector_id, self.owner, self.lease_seconds)
+        """Take the lease of one connector that has changes to deliver, or return None.
+
+        Connectors are found through the due index (:mod:`app.delivery.due`),
+        tenants in turn; one found with nothing to deliver is settled (taken
+        out of the index until an event marks it again), one with other work
+        (a reset) is left for the reset executor.
+        """
+        for connector_id in due.in_turn(CANDIDATES):
+            lease = self.claim_connector(connector_id)
             if lease is not None:
-                db.session.commit()
                 return lease
-            db.session.rollback()
         return None
+
+    def claim_connector(self, connector_id: int, work: due.Work | None = None) -> Lease | None:
+        """Take a connector's lease if it has changes to deliver now; settle it if it has none."""
+        work = work or due.work_of(connector_id)
+        if work is None or work.kind is due.Kind.HELD:
+            return None
+        if work.kind is due.Kind.NONE:
+            due.settle(work)
+            return None
+        if work.kind is not due.Kind.DELIVER:
+            return None
+        lease = leases.take(connector_id, self.owner, self.lease_seconds)
+        if lease is None:
+            db.session.rollback()
+            return None
+        db.session.commit()
+        return lease
 
     def _may_go_on(self, connector_id: int) -> bool:
         """Whether the connector's pipeline still runs, it is in sync, unpaused, no reset waits."""
@@ -173,6 +176,11 @@ class DeliveryWorker:
         lease = self.claim()
         if lease is None:
             return False
+        self.work(lease)
+        return True
+
+    def work(self, lease: Lease) -> None:
+        """Deliver a claimed connector, giving its lease back whatever happens."""
         try:
             self.deliver(lease)
         except LeaseLost:
@@ -181,11 +189,11 @@ class DeliveryWorker:
         except Exception:
             db.session.rollback()
             try:
-                leases.release(lease)
+                # Not at once: an error that is not the sink's would come back each claim.
+                leases.release(lease, due=db_time(backoff_seconds(1)))
             except Exception:  # the database itself may be what failed; the lease expires
                 db.session.rollback()
             raise
-        return True
 
     def run_pending(self, limit: int = 10_000) -> int:
         """Deliver until no connector has anything to deliver (or ``limit`` claims)."""
@@ -203,12 +211,16 @@ class DeliveryWorker:
         inflight = None
         if connector.inflight_first_seq is not None and connector.inflight_last_seq is not None:
             inflight = (connector.inflight_first_seq, connector.inflight_last_seq)
+        log_start = db.session.execute(
+            sa.select(ViewLog.compacted_seq).where(ViewLog.view_id == connector.view_id)
+        ).scalar_one_or_none()
         position = Position(
             connector.delivered_seq,
             connector.committed_length,
             connector.consecutive_failures,
             inflight,
             connector.skipped_from,
+            log_start or 0,
         )
         db.session.rollback()
         return target, position
@@ -221,22 +233,26 @@ class DeliveryWorker:
             if sinks.is_file(target):
                 with get_transport("file").open(target) as sink:
                     self._recover_file(lease, sink, position)
-                    self._stream(lease, target, position, sink)
+                    drained = self._stream(lease, target, position, sink)
             elif is_table_sink(driver):
                 held = driver.position(target)
                 if position.skipped_from is not None:
                     held = self._record_skip(lease, target, driver, position, held)
                 self._catch_up(lease, position, held)
-                self._stream(lease, target, position, None, driver)
+                drained = self._stream(lease, target, position, None, driver)
             else:
-                self._stream(lease, target, position, None)
+                drained = self._stream(lease, target, position, None)
         except (SinkFault, SinkDiverged) as fault:
             self._out_of_sync(lease, str(fault))
             return
         except TransportError as exc:
             self._failed(lease, position.failures, exc)
             return
-        leases.release(lease)
+        # Drained: nothing more until the next push marks it (app.delivery.due).
+        leases.release(lease, due=None if drained else leases.NOW)
+        if position.delivered_seq - position.log_start >= compaction.batch_size():
+            # The view's log may have a batch to drop now that this connector moved on.
+            compaction.mark_due(target.view_id)
 
     def _record_skip(
         self,
@@ -333,17 +349,24 @@ class DeliveryWorker:
         position: Position,
         sink: SinkFile | None,
         table: TableSink | None = None,
-    ) -> None:
-        """Send batches until caught up, out of time, or told to stop.
+    ) -> bool:
+        """Send batches until caught up, out of time, or told to stop; return whether caught up.
 
         Stored records are passed on as their canonical JSON, never decoded,
         one write (or POST) per batch: ``make bench`` section b measures this.
         """
+        if position.inflight is None and position.delivered_seq < position.log_start:
+            # Added after the changes it starts from were compacted away.
+            raise SinkFault(
+                f"The change log no longer holds the changes after position "
+                f"{position.delivered_seq} that the sink lacks (it starts after "
+                f"{position.log_start})"
+            )
         deadline = time.monotonic() + lease.seconds / 3
         driver = get_transport(target.transport)
         for _batch in range(self.max_batches):
             if not self._may_go_on(lease.connector_id):
-                return
+                return False
             if position.inflight is not None:
                 first, last = position.inflight
                 rows = reader.read_log(target.view_id, first - 1, last - first + 1)
@@ -353,7 +376,7 @@ class DeliveryWorker:
                 )
             db.session.rollback()
             if not rows:
-                return
+                return True
             expected = position.delivered_seq + 1 if position.inflight is None else first
             if rows[0][0] != expected:
                 # Seqs are consecutive: a gap means the log lost what the sink lacks.
@@ -372,7 +395,7 @@ class DeliveryWorker:
                     lease, position, rows[-1][0], count, applied.size, False, applied.version
                 )
                 if time.monotonic() > deadline:
-                    return
+                    return False
                 continue
             changes = reader.change_texts(rows)
             first, last = rows[0][0], rows[-1][0]
@@ -395,7 +418,8 @@ class DeliveryWorker:
                 )
             self._delivered(lease, position, last, len(changes), size, sink is not None)
             if time.monotonic() > deadline:
-                return
+                return False
+        return False
 
     def _delivered(
         self,
@@ -432,6 +456,7 @@ class DeliveryWorker:
         log.warning("connector %s is out of sync: %s", lease.connector_id, reason)
         leases.release(
             lease,
+            due=leases.NOW,  # a redo of the snapshot is queued at the next claim
             sync_state=SyncState.RESETTING,
             sync_reason=reason[:MAX_ERROR_LENGTH],
             last_error=reason[:MAX_ERROR_LENGTH],
@@ -458,7 +483,9 @@ class DeliveryWorker:
             "consecutive_failures": failures,
             "next_attempt_at": db_time(backoff_seconds(failures)),
         }
+        retry: leases.Due = values["next_attempt_at"]
         if exc.poison:
             # Sending it again cannot succeed: stop here, visibly, until a reset.
             values.update(sync_state=SyncState.FAILED, sync_reason=message, next_attempt_at=None)
-        leases.release(lease, **values)
+            retry = None
+        leases.release(lease, due=retry, **values)

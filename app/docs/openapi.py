@@ -78,6 +78,12 @@ ERROR_EXAMPLES: dict[str, dict[str, Any]] = {
         "error_code": "DuplicateName",
         "details": {"pipeline_name": "orders"},
     },
+    "QuotaExceeded": {
+        "message": "The tenant has 10000 pipelines, its quota (TENANT_MAX_PIPELINES); "
+        "remove some, or ask an operator to raise it",
+        "error_code": "QuotaExceeded",
+        "details": {"quota": "pipelines", "limit": 10000, "current": 10000},
+    },
     "SinkInUse": {
         "message": "Another connector already writes to this sink",
         "error_code": "SinkInUse",
@@ -796,6 +802,8 @@ def _error_codes(
             codes.append("DuplicateName")
         if method == "post" and path.endswith("/connectors"):
             codes.append("SinkInUse")
+        if method == "post" and path.endswith(("/pipelines", "/connectors", "/reset")):
+            codes.append("QuotaExceeded")
         if _is_idempotent(operation):
             codes.append("IdempotencyKeyInProgress")
         return codes

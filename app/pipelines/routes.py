@@ -53,7 +53,9 @@ class Pipelines(MethodView):
     @idempotency.idempotent(blp)
     @blp.arguments(PipelineCreate)
     @blp.response(201, PipelineOut)
-    @documents_errors(blp, {409: "A pipeline of that name exists"})
+    @documents_errors(
+        blp, {409: "A pipeline of that name exists, or the tenant is at its quota (QuotaExceeded)"}
+    )
     def post(self, body):
         """Create a pipeline"""
         pipeline = service.create_pipeline(current_tenant(), **body)

@@ -11,8 +11,10 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.orm import selectinload
 
+from app import quotas
 from app.connectors.models import Connector, SyncState
 from app.database import commit_unique, utcnow
+from app.delivery import due
 from app.errors import (
     DuplicateName,
     IllegalPipelineAction,
@@ -90,6 +92,7 @@ def create_pipeline(
 ) -> Pipeline:
     """Create a stopped pipeline with the given output views."""
     names = _check_unique(views)
+    quotas.check_pipelines(tenant)
     pipeline = Pipeline(tenant=tenant, name=name, description=description or "")
     pipeline.views = [View(name=v, position=i) for i, v in enumerate(names)]
     db.session.add(pipeline)
@@ -183,6 +186,9 @@ def _transition(pipeline: Pipeline, action: str, allowed: dict[str, dict]) -> Pi
             )
             if current != PipelineStatus.STOPPED and ends_incarnation:
                 _abandon_resets(pipeline, now)
+            if values.get("status") == PipelineStatus.RUNNING:
+                # Its connectors may have work again: changes, resets, snapshots owed.
+                due.mark_pipeline(pipeline.id)
             db.session.commit()
             db.session.refresh(pipeline)
             return pipeline

@@ -48,7 +48,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.connectors.models import Connector, SyncState
 from app.database import db_time
-from app.delivery import leases, reader, sinks
+from app.delivery import due, leases, reader, sinks
 from app.delivery.leases import Lease, LeaseLost
 from app.delivery.worker import MAX_ERROR_LENGTH, backoff_seconds
 from app.extensions import db
@@ -58,10 +58,13 @@ from app.resets.tokens import reset_tokens
 from app.transports import TransportError, get_transport
 from app.transports.file import StagingFile, encode_texts
 from app.transports.tables import TableReset, is_table_sink
+from app.view_data import compaction
 
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH_SIZE = 10_000
+# Due connectors one claim looks at (tenants in turn) when called on its own.
+CANDIDATES = 20
 
 
 def new_owner_id() -> str:
@@ -69,7 +72,7 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-__all__ = ["REPLAY_BATCH_SIZE", "LeaseLost", "ResetExecutor", "new_owner_id", "queue_owed_resets"]
+__all__ = ["REPLAY_BATCH_SIZE", "LeaseLost", "ResetExecutor", "new_owner_id", "queue_owed_reset"]
 
 
 def _live() -> sa.ColumnElement[bool]:
@@ -90,13 +93,14 @@ def _no_reset_in_progress() -> sa.ColumnElement[bool]:
     )
 
 
-def _owed() -> sa.Select:
-    """Connectors of running pipelines that owe a snapshot and have no reset in progress."""
+def _owed(connector_id: int) -> sa.Select:
+    """The connector, if its pipeline runs and it owes a snapshot with no reset in progress."""
     return (
-        sa.select(Connector.id, Connector.sync_reason, Pipeline.id, Pipeline.incarnation)
+        sa.select(Connector.sync_reason, Pipeline.id, Pipeline.incarnation)
         .join(View, View.id == Connector.view_id)
         .join(Pipeline, Pipeline.id == View.pipeline_id)
         .where(
+            Connector.id == connector_id,
             Connector.sync_state == SyncState.RESETTING,
             Pipeline.status == PipelineStatus.RUNNING,
             _no_reset_in_progress(),
@@ -104,58 +108,50 @@ def _owed() -> sa.Select:
     )
 
 
-def queue_owed_resets() -> int:
-    """Queue a reset for every connector that owes a snapshot and has none in progress.
+def queue_owed_reset(connector_id: int) -> uuid.UUID | None:
+    """Queue a reset of a connector that owes a snapshot and has none in progress.
 
     Such a connector's reset was cut short by a stop (and abandoned with its
     incarnation), or its sink was found damaged. The new reset's origin is
-    ``redo``; its token and history are like any other reset's. Return how
-    many were queued.
+    ``redo``; its token and history are like any other reset's. Return its
+    id, or None when there was nothing to queue.
 
-    Each is queued in a transaction that first locks the connector's row and
-    then looks again: a reset is claimed under the same lock (its lease), so
-    two workers cannot both see "none in progress" and queue one each.
+    One transaction first locks the connector's row and then looks: a reset is
+    claimed under the same lock (its lease), so two workers cannot both see
+    "none in progress" and queue one each.
     """
-    owed = db.session.execute(_owed().limit(100)).all()
-    db.session.rollback()
-    queued = 0
-    for connector_id, _reason, _pipeline_id, _incarnation in owed:
-        locked = db.session.execute(
-            sa.update(Connector)
-            .where(Connector.id == connector_id, Connector.sync_state == SyncState.RESETTING)
-            .values(sync_state=Connector.sync_state)
-            .execution_options(synchronize_session=False)
+    locked = db.session.execute(
+        sa.update(Connector)
+        .where(Connector.id == connector_id, Connector.sync_state == SyncState.RESETTING)
+        .values(sync_state=Connector.sync_state)
+        .execution_options(synchronize_session=False)
+    )
+    row = db.session.execute(_owed(connector_id)).one_or_none() if locked.rowcount == 1 else None
+    if row is None:
+        db.session.rollback()
+        return None
+    reason, pipeline_id, incarnation = row
+    reset_id = uuid.uuid4()
+    db.session.add(
+        Reset(
+            id=reset_id,
+            pipeline_id=pipeline_id,
+            connector_id=connector_id,
+            incarnation=incarnation,
+            queued_connector_id=connector_id,
+            origin=ResetOrigin.REDO,
+            error=f"Redoing the snapshot the sink owes: {reason}" if reason else None,
+            token=reset_tokens().issue(pipeline_id, incarnation, reset_id),
         )
-        row = (
-            db.session.execute(_owed().where(Connector.id == connector_id)).one_or_none()
-            if locked.rowcount == 1
-            else None
-        )
-        if row is None:
-            db.session.rollback()
-            continue
-        _connector_id, reason, pipeline_id, incarnation = row
-        reset_id = uuid.uuid4()
-        db.session.add(
-            Reset(
-                id=reset_id,
-                pipeline_id=pipeline_id,
-                connector_id=connector_id,
-                incarnation=incarnation,
-                queued_connector_id=connector_id,
-                origin=ResetOrigin.REDO,
-                error=f"Redoing the snapshot the sink owes: {reason}" if reason else None,
-                token=reset_tokens().issue(pipeline_id, incarnation, reset_id),
-            )
-        )
-        try:
-            db.session.commit()
-            queued += 1
-            log.info("queued a redo of the reset of connector %s: %s", connector_id, reason)
-        except IntegrityError:
-            # A reset of it was queued meanwhile (by a request).
-            db.session.rollback()
-    return queued
+    )
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # A reset of it was queued meanwhile (by a request).
+        db.session.rollback()
+        return None
+    log.info("queued a redo of the reset of connector %s: %s", connector_id, reason)
+    return reset_id
 
 
 class ResetExecutor:
@@ -171,63 +167,78 @@ class ResetExecutor:
 
     # -- claiming -----------------------------------------------------------
 
-    def _claimable(self) -> sa.Select:
-        return (
-            sa.select(Reset.id, Reset.connector_id)
-            .join(Pipeline, Pipeline.id == Reset.pipeline_id)
-            .join(Connector, Connector.id == Reset.connector_id)
-            .where(
-                _live(),
-                sa.or_(Reset.next_attempt_at.is_(None), Reset.next_attempt_at <= db_time()),
-                leases.lease_is_free(self.owner),
-            )
-            .order_by(Reset.requested_at)
-            .limit(10)
-        )
-
     def claim(self) -> tuple[uuid.UUID, Lease] | None:
         """Take one due reset with its connector's lease, or return None.
+
+        Connectors are found through the due index (:mod:`app.delivery.due`),
+        tenants in turn. One that owes a snapshot with no reset gets a reset
+        queued first (origin ``redo``); one with nothing to do is settled; one
+        with changes to deliver is left for the delivery worker.
+        """
+        for connector_id in due.in_turn(CANDIDATES):
+            claimed = self.claim_connector(connector_id)
+            if claimed is not None:
+                return claimed
+        return None
+
+    def claim_connector(
+        self, connector_id: int, work: due.Work | None = None
+    ) -> tuple[uuid.UUID, Lease] | None:
+        """Claim the reset a connector has to run now, queueing a redo first if one is owed."""
+        work = work or due.work_of(connector_id)
+        if work is None or work.kind is due.Kind.HELD:
+            return None
+        if work.kind is due.Kind.NONE:
+            due.settle(work)
+            return None
+        reset_id = work.reset_id
+        if work.kind is due.Kind.REDO:
+            reset_id = queue_owed_reset(connector_id)
+        if reset_id is None:
+            return None
+        return self.claim_reset(reset_id, connector_id)
+
+    def claim_reset(self, reset_id: uuid.UUID, connector_id: int) -> tuple[uuid.UUID, Lease] | None:
+        """Take a reset with its connector's lease, if both are free; or return None.
 
         One transaction takes the lease (a new epoch), marks the connector as
         owing a snapshot, and stamps the reset with the epoch and an attempt.
         """
-        candidates = db.session.execute(self._claimable()).all()
-        db.session.rollback()
-        for reset_id, connector_id in candidates:
-            lease = leases.take(
-                connector_id,
-                self.owner,
-                self.lease_seconds,
-                sync_state=SyncState.RESETTING,
-                sync_reason=f"reset {reset_id} is under way",
-                inflight_first_seq=None,
-                inflight_last_seq=None,
-            )
-            if lease is None:
-                db.session.rollback()
-                continue
-            result = db.session.execute(
-                sa.update(Reset)
-                .where(
-                    Reset.id == reset_id,
-                    Reset.status == ResetStatus.IN_PROGRESS,
-                    sa.or_(Reset.next_attempt_at.is_(None), Reset.next_attempt_at <= db_time()),
-                )
-                .values(
-                    lease_owner=self.owner,
-                    epoch=lease.epoch,
-                    attempts=Reset.attempts + 1,
-                    next_attempt_at=None,
-                    queued_connector_id=None,
-                    started_at=sa.func.coalesce(Reset.started_at, db_time()),
-                    phase=ResetPhase.RESETTING_SINK,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount == 1:
-                db.session.commit()
-                return reset_id, lease
+        lease = leases.take(
+            connector_id,
+            self.owner,
+            self.lease_seconds,
+            sync_state=SyncState.RESETTING,
+            sync_reason=f"reset {reset_id} is under way",
+            inflight_first_seq=None,
+            inflight_last_seq=None,
+        )
+        if lease is None:
             db.session.rollback()
+            return None
+        result = db.session.execute(
+            sa.update(Reset)
+            .where(
+                Reset.id == reset_id,
+                Reset.connector_id == connector_id,
+                Reset.status == ResetStatus.IN_PROGRESS,
+                sa.or_(Reset.next_attempt_at.is_(None), Reset.next_attempt_at <= db_time()),
+            )
+            .values(
+                lease_owner=self.owner,
+                epoch=lease.epoch,
+                attempts=Reset.attempts + 1,
+                next_attempt_at=None,
+                queued_connector_id=None,
+                started_at=sa.func.coalesce(Reset.started_at, db_time()),
+                phase=ResetPhase.RESETTING_SINK,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            db.session.commit()
+            return reset_id, lease
+        db.session.rollback()
         return None
 
     def _advance(self, reset_id: uuid.UUID, lease: Lease, connector: dict | None = None, **values):
@@ -254,8 +265,7 @@ class ResetExecutor:
     # -- doing --------------------------------------------------------------
 
     def run_once(self) -> bool:
-        """Queue owed redos, then claim and carry out one reset; return whether there was one."""
-        queue_owed_resets()
+        """Claim and carry out one reset (a redo queued if owed); return whether there was one."""
         claimed = self.claim()
         if claimed is None:
             return False
@@ -307,6 +317,8 @@ class ResetExecutor:
                     db.session.commit()
                 self._complete(reset_id, lease, staging, snapshot.seq)
                 staging = None
+            # The connector jumped to the snapshot's position: the log behind may go.
+            compaction.mark_due(target.view_id)
         except LeaseLost:
             db.session.rollback()
             log.info("reset %s is no longer ours (epoch %s); leaving it", reset_id, lease.epoch)
@@ -385,8 +397,8 @@ class ResetExecutor:
             "resets_completed": Connector.resets_completed + 1,
             # The snapshot supersedes any skip a table sink had yet to record.
             "skipped_from": None,
-            "lease_owner": None,
-            "lease_expires_at": db_time(),
+            # Given back due now: changes pushed during the replay stream next.
+            **leases.given_back(lease),
         }
         if isinstance(staging, StagingFile):
             connector["committed_length"] = staging.length
@@ -455,20 +467,20 @@ class ResetExecutor:
             message,
         )
         connector: dict[str, Any] = {
-            "lease_owner": None,
-            "lease_expires_at": db_time(),
             "transport_errors": Connector.transport_errors + 1,
             "last_error": message,
             "last_error_at": db_time(),
         }
         values: dict[str, Any] = {"error": message, "lease_owner": None}
         if final:
+            # Failed until someone resets it again (a request marks it then).
             connector.update(sync_state=SyncState.FAILED, sync_reason=message)
+            connector.update(leases.given_back(lease, due=None))
             values.update(status=ResetStatus.FAILED, completed_at=db_time())
         else:
-            values.update(
-                phase=ResetPhase.QUEUED, next_attempt_at=db_time(backoff_seconds(attempts))
-            )
+            retry = db_time(backoff_seconds(attempts))
+            connector.update(leases.given_back(lease, due=retry))
+            values.update(phase=ResetPhase.QUEUED, next_attempt_at=retry)
         try:
             self._advance(reset_id, lease, connector=connector, **values)
             db.session.commit()

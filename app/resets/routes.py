@@ -42,6 +42,7 @@ def status_url(pipeline_name: str, token: str) -> str:
     blp,
     {
         404: "Unknown pipeline, view or connector",
+        409: "The tenant has as many resets queued as its quota allows (QuotaExceeded)",
         503: "The pipeline is stopped (PipelineNotRunning) or the database is busy",
     },
 )

@@ -9,9 +9,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from app import quotas
 from app.connectors.models import Connector
 from app.connectors.service import get_connector
 from app.database import utcnow
+from app.delivery import due
 from app.errors import (
     InvalidResetToken,
     PipelineNotRunning,
@@ -46,6 +48,7 @@ def request_reset(pipeline: Pipeline, view_name: str, connector_name: str) -> Re
                 return queued
             # A leftover of an ended incarnation: it will never run.
             abandon(queued, "The pipeline was restarted before the reset started")
+        quotas.check_queued_resets(pipeline.tenant)
         reset_id = uuid.uuid4()
         reset = Reset(
             id=reset_id,
@@ -57,6 +60,8 @@ def request_reset(pipeline: Pipeline, view_name: str, connector_name: str) -> Re
         )
         try:
             db.session.add(reset)
+            db.session.flush()
+            due.mark_connector(connector.id)  # a worker takes it at once
             db.session.commit()
             return reset
         except IntegrityError:

@@ -105,7 +105,7 @@ def compact_command(batch_size: int | None, as_json: bool) -> None:
     down to the last row: a view with no connector keeps only its contents.
     """
     removed = 0
-    while count := compaction.compact(batch_size=batch_size, min_rows=1):
+    while count := compaction.compact(batch_size=batch_size, min_rows=1, everything=True):
         removed += count
     if as_json:
         echo_json({"removed_rows": removed})

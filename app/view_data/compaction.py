@@ -33,13 +33,18 @@ once):
 4. the rows up to it go, and ``view_logs.compacted_seq`` says where the log
    now starts.
 
+Which views are looked at: those marked due (``view_logs.compact_due_at``, a
+partial index), so a pass costs nothing for views with nothing to drop. A
+push marks its view once a whole batch is past the log's start, a delivery
+once its connector is that far along, a removed connector its view; a pass
+clears the mark in the transaction that finds too little to remove. Marks
+are written on the view's row, which that transaction locks, so none is lost.
+
 A connector added *after* rows it would need are gone (the view compacted,
-the pipeline stopped, the connector added) starts before the log does.
-:func:`owe_snapshots` marks such in-sync connectors as owing a snapshot
-(``sync_state: resetting``); the worker queues a reset for them (origin
-``redo``) as for a damaged sink, so they start from a snapshot of the view.
-Until then the delivery worker, finding the log start past its position,
-sends it to a snapshot too: it never streams a log with a hole in it.
+the pipeline stopped, the connector added) starts before the log does. The
+delivery worker finds its position before the log's start and sends it to a
+snapshot (``sync_state: resetting``; the worker queues a reset with origin
+``redo``, as for a damaged sink): it never streams a log with a hole in it.
 
 A view's log is compacted a whole batch at a time, once that many rows can
 go: a log holds the largest lag plus less than one batch.
@@ -47,6 +52,7 @@ go: a log holds the largest lag plus less than one batch.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -54,17 +60,14 @@ import time
 import sqlalchemy as sa
 from flask import current_app
 
-from app.connectors.models import Connector, SyncState
+from app.connectors.models import Connector
+from app.database import db_time
 from app.extensions import db
 from app.pipelines.models import View
 from app.view_data.models import ViewChange, ViewLog
 
 log = logging.getLogger(__name__)
 
-OWED_REASON = (
-    "The change log of the view no longer holds the changes this connector starts "
-    "from (they were compacted away before it was added); its sink gets a snapshot"
-)
 # Views looked at per query, and batches one pass deletes at most (a pass stays short).
 VIEWS_PER_QUERY = 100
 MAX_BATCHES_PER_PASS = 20
@@ -97,32 +100,38 @@ def _bound() -> sa.ColumnElement[int]:
     return sa.func.coalesce(needed, ViewLog.last_seq)
 
 
-def owe_snapshots() -> int:
-    """Mark in-sync connectors that start before their view's log does as owing a snapshot.
+def batch_size() -> int:
+    """Rows removed per statement, and the least a view must have to drop before it is marked."""
+    return int(current_app.config["COMPACTION_BATCH_SIZE"])
 
-    Returns how many were marked. The ``UPDATE`` looks again at each one, so a
-    connector that a reset brought back in sync meanwhile is left alone.
+
+def due_now() -> sa.ColumnElement:
+    """``compact_due_at`` once a view may have rows to drop: kept if set, else now."""
+    return sa.func.coalesce(ViewLog.compact_due_at, db_time())
+
+
+def mark_due(view_id: int) -> None:
+    """Mark a view's log as maybe having a batch to drop, in a transaction of its own.
+
+    The row is written even when already marked, so that a pass deciding
+    "nothing to drop" under the row's lock is followed by this mark.
     """
-    start = (
-        sa.select(ViewLog.compacted_seq)
-        .where(ViewLog.view_id == Connector.view_id)
-        .scalar_subquery()
-    )
-    behind = sa.and_(Connector.sync_state == SyncState.IN_SYNC, Connector.delivered_seq < start)
-    ids = db.session.execute(sa.select(Connector.id).where(behind).limit(100)).scalars().all()
-    db.session.rollback()
-    if not ids:
-        return 0
-    marked = db.session.execute(
-        sa.update(Connector)
-        .where(Connector.id.in_(ids), behind)
-        .values(sync_state=SyncState.RESETTING, sync_reason=OWED_REASON)
+    db.session.execute(
+        sa.update(ViewLog)
+        .where(ViewLog.view_id == view_id)
+        .values(compact_due_at=due_now())
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )
     db.session.commit()
-    if marked:
-        log.info("%d connector(s) start before their view's change log: snapshots owed", marked)
-    return marked
+
+
+def next_due() -> dt.datetime | None:
+    """When the earliest marked view is due (None: none is), by the database clock."""
+    due = db.session.execute(
+        sa.select(sa.func.min(ViewLog.compact_due_at)).where(ViewLog.compact_due_at.is_not(None))
+    ).scalar_one_or_none()
+    db.session.rollback()
+    return due
 
 
 def compact_view(view_id: int, batch_size: int, min_rows: int | None = None) -> int:
@@ -153,7 +162,15 @@ def compact_view(view_id: int, batch_size: int, min_rows: int | None = None) -> 
     bound = db.session.execute(sa.select(_bound()).where(ViewLog.view_id == view_id)).scalar_one()
     upto = min(bound, start + batch_size)
     if upto - start < max(1, min_rows):
-        db.session.rollback()
+        # Too little to drop: the view leaves the index until it is marked again
+        # (under this row's lock, so a mark made meanwhile waits and lands after).
+        db.session.execute(
+            sa.update(ViewLog)
+            .where(ViewLog.view_id == view_id)
+            .values(compact_due_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
         return 0
     removed = db.session.execute(
         sa.delete(ViewChange)
@@ -174,29 +191,25 @@ def compact(
     batch_size: int | None = None,
     min_rows: int | None = None,
     max_batches: int = MAX_BATCHES_PER_PASS,
+    everything: bool = False,
 ) -> int:
-    """One pass: mark connectors behind their log, then compact views; return rows removed.
+    """One pass over the views marked due; return the rows removed.
 
     A view is compacted ``batch_size`` rows (default ``COMPACTION_BATCH_SIZE``)
     at a time, once at least ``min_rows`` (default: a whole batch) can go, for
-    at most ``max_batches`` batches in all.
+    at most ``max_batches`` batches in all. ``everything`` looks at every view
+    (``flask views compact``), not only the marked ones.
     """
     batch_size = int(batch_size or current_app.config["COMPACTION_BATCH_SIZE"])
     min_rows = max(1, batch_size if min_rows is None else min_rows)
-    owe_snapshots()
-    candidates = (
-        db.session.execute(
-            sa.select(ViewLog.view_id)
-            .where(
-                ViewLog.last_seq - ViewLog.compacted_seq >= min_rows,
-                _bound() - ViewLog.compacted_seq >= min_rows,
-            )
-            .order_by(ViewLog.view_id)
-            .limit(VIEWS_PER_QUERY)
-        )
-        .scalars()
-        .all()
-    )
+    query = sa.select(ViewLog.view_id)
+    if everything:
+        query = query.where(ViewLog.last_seq > ViewLog.compacted_seq).order_by(ViewLog.view_id)
+    else:
+        query = query.where(
+            ViewLog.compact_due_at.is_not(None), ViewLog.compact_due_at <= db_time()
+        ).order_by(ViewLog.compact_due_at)
+    candidates = db.session.execute(query.limit(VIEWS_PER_QUERY)).scalars().all()
     db.session.rollback()
     removed = 0
     batches = 0

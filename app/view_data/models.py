@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.database import UTCDateTime
 from app.extensions import db
 
 _VIEW_FK = "views.id"
@@ -20,6 +23,15 @@ class ViewLog(db.Model):
     """
 
     __tablename__ = "view_logs"
+    __table_args__ = (
+        # Views whose log may have rows to compact: compaction looks at these only.
+        sa.Index(
+            "ix_view_logs_compact_due",
+            "compact_due_at",
+            sqlite_where=sa.text("compact_due_at IS NOT NULL"),
+            postgresql_where=sa.text("compact_due_at IS NOT NULL"),
+        ),
+    )
 
     view_id: Mapped[int] = mapped_column(
         sa.ForeignKey(_VIEW_FK, ondelete="CASCADE"), primary_key=True
@@ -32,6 +44,10 @@ class ViewLog(db.Model):
     # counts n times), kept by every batch in the transaction that stores it, so a
     # snapshot knows its size without a pass over the records.
     records: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    # Set when rows may have become removable (a push to a view with no connector,
+    # a delivery far past compacted_seq, a connector removed); compaction clears
+    # it once nothing more can go (see app.view_data.compaction).
+    compact_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class ViewChange(db.Model):

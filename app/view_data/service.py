@@ -9,6 +9,7 @@ from typing import Any
 from flask import current_app
 
 from app import strict_json
+from app.delivery import due
 from app.errors import InvalidRequest, PayloadTooLarge, PipelineNotRunning, UnsupportedMediaType
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
@@ -234,6 +235,8 @@ def push_changes(
         return PushResult(0, 0, None, None, store.log_end(view.id))
     try:
         first, last = store.apply_changes(view.id, changes)
+        # The view's connectors have work now: their workers wake at the commit.
+        due.mark_view(view.id)
         result = PushResult(inserts, len(changes) - inserts, first, last, last)
         if before_commit is not None:
             before_commit(result)

@@ -13,8 +13,10 @@ from hashlib import sha256
 from typing import Any
 
 import sqlalchemy as sa
+from flask import current_app
 
 from app.database import (
+    db_time,
     executemany,
     insert_adding,
     insert_ignoring_duplicates,
@@ -67,15 +69,6 @@ _LOGS = ViewLog.__table__
 _CHANGES = ViewChange.__table__
 _RECORDS = ViewRecord.__table__
 # Statements of the ingestion hot path, built once (``make bench``, section b).
-_BUMP = (
-    sa.update(_LOGS)
-    .where(_LOGS.c.view_id == sa.bindparam("view"))
-    .values(
-        last_seq=_LOGS.c.last_seq + sa.bindparam("count"),
-        records=_LOGS.c.records + sa.bindparam("net"),
-    )
-    .returning(_LOGS.c.last_seq)
-)
 _APPEND = sa.insert(_CHANGES)
 _APPEND_NAMES = ("view_id", "seq", "weight", "record")
 _ADD_NAMES = ("view_id", "key", "record", "weight")
@@ -84,8 +77,39 @@ _SET_WEIGHT = (
     .where(_RECORDS.c.view_id == sa.bindparam("view"), _RECORDS.c.key == sa.bindparam("k"))
     .values(weight=sa.bindparam("w"))
 )
-# Per engine: INSERT ... ON CONFLICT DO UPDATE adding to the weight.
+# Per engine: INSERT ... ON CONFLICT DO UPDATE adding to the weight, and the bump
+# of the log's head (it reads the database clock, which each engine spells its way).
 _add_weights: dict[str, sa.Insert] = {}
+_bumps: dict[str, sa.Update] = {}
+
+
+def _bump_statement() -> sa.Update:
+    """The engine's statement that reserves a batch's seqs and counts its records.
+
+    It also marks the view due for compaction (``compact_due_at``) once a whole
+    batch (``threshold``) is past the log's start, if it is not marked yet: a
+    view with no connector needs no log, and compaction only looks at marked
+    views (app.view_data.compaction).
+    """
+    dialect = db.session.get_bind().dialect.name
+    statement = _bumps.get(dialect)
+    if statement is None:
+        last = _LOGS.c.last_seq + sa.bindparam("count")
+        mark = sa.and_(
+            _LOGS.c.compact_due_at.is_(None),
+            last - _LOGS.c.compacted_seq >= sa.bindparam("threshold"),
+        )
+        statement = _bumps[dialect] = (
+            sa.update(_LOGS)
+            .where(_LOGS.c.view_id == sa.bindparam("view"))
+            .values(
+                last_seq=last,
+                records=_LOGS.c.records + sa.bindparam("net"),
+                compact_due_at=sa.case((mark, db_time()), else_=_LOGS.c.compact_due_at),
+            )
+            .returning(_LOGS.c.last_seq)
+        )
+    return statement
 
 
 def _add_weight_statement() -> sa.Insert:
@@ -107,13 +131,15 @@ def _allocate(view_id: int, count: int, net: int) -> int:
     The ``UPDATE`` is the transaction's first write to the view, so it takes
     the lock that serializes the view's writers before anything is read.
     """
-    params = {"view": view_id, "count": count, "net": net}
-    last = db.session.execute(_BUMP, params).scalar_one_or_none()
+    threshold = int(current_app.config["COMPACTION_BATCH_SIZE"])
+    params = {"view": view_id, "count": count, "net": net, "threshold": threshold}
+    bump = _bump_statement()
+    last = db.session.execute(bump, params).scalar_one_or_none()
     if last is None:  # the view's first batch
         db.session.execute(
             insert_ignoring_duplicates(_LOGS, {"view_id": view_id, "last_seq": 0}, ["view_id"])
         )
-        last = db.session.execute(_BUMP, params).scalar_one()
+        last = db.session.execute(bump, params).scalar_one()
     return last
 
 

@@ -1,0 +1,334 @@
+"""The due index: which connectors have work, and from when, found without scanning.
+
+A connector is *due* when it may have work: changes past its position to
+deliver, a reset to run, a snapshot owed, a retry whose time has come, a lease
+that ran out. ``connectors.due_at`` says from when (database clock); NULL means
+nothing to do until something happens. A partial index on ``(tenant, due_at)``
+holds only the connectors that have a ``due_at``, so finding work costs a few
+index probes, whatever the number of idle connectors (``make bench-scale``
+measures the idle service at 100,000 of them).
+
+Who writes ``due_at``:
+
+- **an event marks** the connectors it may give work (:func:`mark_view`,
+  :func:`mark_pipeline`, :func:`mark_connector`), in the transaction that makes
+  the event: a push marks its view's connectors, a start or resume its
+  pipeline's, a reset request or a connector's start that connector. A mark
+  makes a connector due now (one whose lease is held stays due when the lease
+  runs out) and bumps its ``wakes``;
+- **a lease** sets ``due_at`` to when it runs out, at every take and renewal
+  (:mod:`app.delivery.leases`): a holder that dies leaves its connector due
+  at the instant another worker may take it over;
+- **whoever ends a piece of work** sets the next ``due_at`` from what it saw
+  (:func:`settle`, ``leases.release``): NULL, a retry time, or now. It does so
+  only if ``wakes`` has not moved since it looked; otherwise an event came in
+  meanwhile, and the connector stays due now. That test sits on the
+  connector's own row, in the ``UPDATE`` that writes ``due_at``, so no event is
+  lost on either engine: PostgreSQL evaluates the condition again on the row a
+  concurrent event wrote, after waiting for it; SQLite has one writer at a time.
+
+Work is taken tenant by tenant (:func:`due_tenants`, then :func:`candidates`
+of one tenant, oldest first), so one tenant's backlog waits its turn behind
+nobody else's, and a connector that just became due queues behind its
+tenant's older work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from app.connectors.models import Connector, SyncState
+from app.database import db_time, notify_work
+from app.delivery import wake
+from app.extensions import db
+from app.pipelines.models import Pipeline, PipelineStatus, View
+from app.resets.models import Reset, ResetStatus
+from app.view_data.models import ViewLog
+
+
+class Kind(enum.Enum):
+    """What a connector has to do now."""
+
+    DELIVER = "deliver"
+    # A reset of the live incarnation to run (``Work.reset_id``).
+    RESET = "reset"
+    # A snapshot owed with no reset to make it: one is queued (origin "redo").
+    REDO = "redo"
+    # Nothing now (``Work.next_due``: when, if ever, to look again).
+    NONE = "none"
+    # Someone holds its lease: the holder decides what comes next.
+    HELD = "held"
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one connector has to do, as one read saw it."""
+
+    connector_id: int
+    tenant: str
+    kind: Kind
+    wakes: int
+    next_due: dt.datetime | None = None
+    reset_id: uuid.UUID | None = None
+
+
+def held() -> sa.ColumnElement[bool]:
+    """A connector's lease is held and has not run out (database clock)."""
+    return sa.and_(Connector.lease_owner.is_not(None), Connector.lease_expires_at > db_time())
+
+
+def _marked_due_at() -> sa.ColumnElement:
+    """``due_at`` after a mark: now, or when the lease runs out while one is held."""
+    now = db_time()
+    return sa.case(
+        (held(), Connector.lease_expires_at),
+        (sa.or_(Connector.due_at.is_(None), Connector.due_at > now), now),
+        else_=Connector.due_at,
+    )
+
+
+def _mark(where: sa.ColumnElement[bool]) -> int:
+    """Mark the connectors ``where`` holds as due, in the caller's transaction; return how many.
+
+    Every row that matches is written, even one already due: its ``wakes``
+    moves, which is what tells a worker deciding "nothing to do" that it must
+    look again. Other processes' workers are told at commit (``NOTIFY`` on
+    PostgreSQL; SQLite's other connections see the file change), this one's
+    through its doorbell.
+    """
+    result = db.session.execute(
+        sa.update(Connector)
+        .where(where)
+        .values(wakes=Connector.wakes + 1, due_at=_marked_due_at())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount:
+        notify_work()
+        wake.ring_after_commit()
+    return result.rowcount
+
+
+def mark_view(view_id: int) -> int:
+    """Mark a view's connectors due (a push added changes); return how many it has."""
+    return _mark(Connector.view_id == view_id)
+
+
+def mark_pipeline(pipeline_id: uuid.UUID) -> int:
+    """Mark every connector of a pipeline due (it starts or resumes)."""
+    views = sa.select(View.id).where(View.pipeline_id == pipeline_id).scalar_subquery()
+    return _mark(Connector.view_id.in_(views))
+
+
+def mark_connector(connector_id: int) -> int:
+    """Mark one connector due (a reset requested, the connector started)."""
+    return _mark(Connector.id == connector_id)
+
+
+# -- what a connector has to do ----------------------------------------------------------------
+
+
+def _live_reset(column: sa.ColumnElement) -> sa.ScalarSelect:
+    """``column`` of the connector's oldest reset in progress in its live incarnation."""
+    return (
+        sa.select(column)
+        .where(
+            Reset.connector_id == Connector.id,
+            Reset.status == ResetStatus.IN_PROGRESS,
+            Reset.incarnation == Pipeline.incarnation,
+        )
+        .order_by(Reset.requested_at, Reset.id)
+        .limit(1)
+        .correlate(Connector, Pipeline)
+        .scalar_subquery()
+    )
+
+
+def _work_query(connector_id: int) -> sa.Select:
+    return (
+        sa.select(
+            Connector.tenant,
+            Connector.wakes,
+            Connector.sync_state,
+            Connector.paused,
+            Connector.delivered_seq,
+            Connector.next_attempt_at,
+            Connector.lease_owner,
+            Connector.lease_expires_at,
+            Pipeline.status,
+            ViewLog.last_seq,
+            _live_reset(Reset.id),
+            _live_reset(Reset.next_attempt_at),
+            db_time(),
+        )
+        .select_from(Connector)
+        .join(View, View.id == Connector.view_id)
+        .join(Pipeline, Pipeline.id == View.pipeline_id)
+        .outerjoin(ViewLog, ViewLog.view_id == Connector.view_id)
+        .where(Connector.id == connector_id)
+    )
+
+
+def _as_utc(value: dt.datetime | str | None) -> dt.datetime | None:
+    """A timestamp read through a scalar subquery (SQLite hands those back as text)."""
+    if value is None or isinstance(value, dt.datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+
+
+def work_of(connector_id: int) -> Work | None:
+    """Read what a connector has to do now (None: it is gone). Ends the read transaction."""
+    row = db.session.execute(_work_query(connector_id)).one_or_none()
+    db.session.rollback()
+    if row is None:
+        return None
+    (
+        tenant,
+        wakes,
+        sync_state,
+        paused,
+        delivered_seq,
+        next_attempt_at,
+        lease_owner,
+        lease_expires_at,
+        status,
+        last_seq,
+        reset_id,
+        reset_next,
+        now,
+    ) = row
+    reset_next = _as_utc(reset_next)
+
+    def work(kind: Kind, next_due: dt.datetime | None = None, reset: object = None) -> Work:
+        return Work(connector_id, tenant, kind, wakes, next_due, _as_uuid(reset))
+
+    if lease_owner is not None and lease_expires_at is not None and lease_expires_at > now:
+        return work(Kind.HELD, lease_expires_at)
+    if status != PipelineStatus.RUNNING:
+        return work(Kind.NONE)  # a start or resume marks it again
+    if reset_id is not None:
+        if reset_next is not None and reset_next > now:
+            return work(Kind.NONE, reset_next)
+        return work(Kind.RESET, reset=reset_id)
+    if sync_state == SyncState.RESETTING:
+        return work(Kind.REDO)
+    if sync_state != SyncState.IN_SYNC or paused:
+        return work(Kind.NONE)  # a reset, or the connector's start, marks it again
+    if delivered_seq < (last_seq or 0):
+        if next_attempt_at is not None and next_attempt_at > now:
+            return work(Kind.NONE, next_attempt_at)
+        return work(Kind.DELIVER)
+    return work(Kind.NONE)  # the next push marks it again
+
+
+def _as_uuid(value: object) -> uuid.UUID | None:
+    if value is None or isinstance(value, uuid.UUID):
+        return value  # type: ignore[return-value]
+    return uuid.UUID(str(value))
+
+
+def settle(work: Work) -> bool:
+    """Record that a connector has nothing to do before ``work.next_due``; commit.
+
+    Written only if no event marked it since ``work`` was read (its ``wakes``
+    is unchanged) and no one holds its lease; return whether it was.
+    """
+    next_due = work.next_due
+    result = db.session.execute(
+        sa.update(Connector)
+        .where(Connector.id == work.connector_id, Connector.wakes == work.wakes, ~held())
+        .values(due_at=next_due)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    return result.rowcount == 1
+
+
+# -- finding work -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DueTenant:
+    """A tenant with due connectors: when its earliest is due, and the database's now."""
+
+    tenant: str
+    next_due: dt.datetime
+    now: dt.datetime
+
+    @property
+    def ready(self) -> bool:
+        """Whether some of its connectors are due now."""
+        return self.next_due <= self.now
+
+
+def _due_tenants_query() -> sa.Select:
+    """Each tenant with due connectors and its earliest ``due_at``: a skip scan of the index.
+
+    A recursive query steps from one tenant to the next through the partial
+    index (one probe each), then reads each one's earliest entry: the cost
+    grows with the tenants that have work, never with idle connectors.
+    """
+    c = Connector.__table__
+    first = sa.select(sa.func.min(c.c.tenant).label("tenant")).where(c.c.due_at.is_not(None))
+    tenants = first.cte("due_tenants", recursive=True)
+    step = c.alias("step")
+    after = (
+        sa.select(sa.func.min(step.c.tenant))
+        .where(step.c.due_at.is_not(None), step.c.tenant > tenants.c.tenant)
+        .scalar_subquery()
+    )
+    tenants = tenants.union_all(sa.select(after).where(tenants.c.tenant.is_not(None)))
+    head = c.alias("head")
+    earliest = (
+        sa.select(sa.func.min(head.c.due_at))
+        .where(head.c.tenant == tenants.c.tenant, head.c.due_at.is_not(None))
+        .scalar_subquery()
+    )
+    return sa.select(tenants.c.tenant, earliest, db_time()).where(tenants.c.tenant.is_not(None))
+
+
+def due_tenants() -> list[DueTenant]:
+    """The tenants that have due connectors, now or later; ends the read transaction."""
+    rows = db.session.execute(_due_tenants_query()).all()
+    db.session.rollback()
+    return [
+        DueTenant(tenant, _as_utc(next_due), _as_utc(now))  # type: ignore[arg-type]
+        for tenant, next_due, now in rows
+        if next_due is not None
+    ]
+
+
+def candidates(tenant: str, limit: int, skip: Iterable[int] = ()) -> list[int]:
+    """A tenant's connectors due now, longest due first (at most ``limit``, none of ``skip``)."""
+    skip = list(skip)
+    query = (
+        sa.select(Connector.id)
+        .where(
+            Connector.tenant == tenant,
+            Connector.due_at.is_not(None),
+            Connector.due_at <= db_time(),
+        )
+        .order_by(Connector.due_at)
+        .limit(limit + len(skip))
+    )
+    ids = [i for i in db.session.execute(query).scalars() if i not in skip]
+    db.session.rollback()
+    return ids[:limit]
+
+
+def in_turn(limit: int) -> list[int]:
+    """Up to ``limit`` connectors due now, taking the tenants in turn (one each, then again)."""
+    ready = [t.tenant for t in due_tenants() if t.ready]
+    per_tenant = {tenant: candidates(tenant, limit) for tenant in ready}
+    found: list[int] = []
+    for turn in range(limit):
+        for tenant in ready:
+            ids = per_tenant[tenant]
+            if turn < len(ids) and len(found) < limit:
+                found.append(ids[turn])
+    return found

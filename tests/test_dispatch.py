@@ -1,0 +1,332 @@
+"""The worker finds work by the due index, tenants in turn, and is woken rather than polling.
+
+- an idle poll runs the same statements, reading the same rows, whatever the
+  number of idle connectors;
+- tenants take turns, and none holds every thread of a process;
+- a push is delivered through the wake-up alone, with the safety-net poll at
+  60 s: in the pushing process, and in a ``flask worker`` process of its own
+  (SQLite's ``data_version``; PostgreSQL's ``NOTIFY`` in ``make test-postgres``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from app.connectors.models import Connector
+from app.delivery import due
+from app.delivery.models import WorkerProcess
+from app.extensions import db
+from app.pipelines.models import Pipeline, View
+from app.view_data.models import ViewLog
+from app.worker import Dispatcher
+from tests.faults import kill, sink_lines, start_worker, wait_for
+
+SAFETY_NET = 60.0
+
+
+def _sink(app: Flask, tenant: str, path: str) -> Path:
+    return Path(app.config["SINK_DIR"]) / tenant / path
+
+
+def add_idle_connectors(app: Flask, count: int, tenant: str = "idle") -> None:
+    """``count`` running pipelines with one view and one in-sync file connector each, idle.
+
+    Built with bulk inserts (the API would take minutes for thousands).
+    """
+    now = dt.datetime.now(dt.UTC)
+    with app.app_context():
+        start = db.session.execute(sa.select(sa.func.count()).select_from(Pipeline)).scalar()
+        ids = [uuid.uuid4() for _ in range(count)]
+        db.session.execute(
+            sa.insert(Pipeline),
+            [
+                {
+                    "id": pid,
+                    "tenant": tenant,
+                    "name": f"idle-{start + n}",
+                    "status": "running",
+                    "incarnation": 1,
+                    "created_at": now,
+                    "status_since": now,
+                }
+                for n, pid in enumerate(ids)
+            ],
+        )
+        db.session.execute(
+            sa.insert(View), [{"pipeline_id": pid, "name": "v", "position": 0} for pid in ids]
+        )
+        view_ids = db.session.execute(sa.select(View.id).where(View.pipeline_id.in_(ids))).scalars()
+        rows = list(view_ids)
+        db.session.execute(
+            sa.insert(Connector),
+            [
+                {
+                    "view_id": view_id,
+                    "tenant": tenant,
+                    "name": "sink",
+                    "transport": "file",
+                    "config": {"path": f"idle/{view_id}.jsonl"},
+                    "sink_key": f"{tenant}/idle/{view_id}.jsonl",
+                    "uid": uuid.uuid4(),
+                    "created_at": now,
+                }
+                for view_id in rows
+            ],
+        )
+        db.session.execute(sa.insert(ViewLog), [{"view_id": v, "last_seq": 0} for v in rows])
+        db.session.commit()
+        db.session.remove()
+
+
+@contextmanager
+def measured(app: Flask) -> Iterator[dict[str, Any]]:
+    """Count the statements run inside the block, and the work the database did for them.
+
+    The work: on SQLite, virtual-machine steps (a progress handler counts them,
+    so a scan shows as steps per row); on PostgreSQL, the rows every plan node
+    produced (``EXPLAIN ANALYZE`` of each statement, run again after it).
+    """
+    seen: dict[str, Any] = {"statements": [], "work": 0}
+    engine = db.engine
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        seen["statements"].append(statement)
+        if conn.dialect.name == "sqlite":
+            raw = conn.connection.driver_connection
+
+            def step() -> int:
+                seen["work"] += 1
+                return 0
+
+            raw.set_progress_handler(step, 1)
+
+    def after(conn, cursor, statement, parameters, context, executemany):
+        if conn.dialect.name == "sqlite":
+            conn.connection.driver_connection.set_progress_handler(None, 1)
+        elif statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            plan = cursor.connection.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters
+            ).fetchone()[0]
+            seen["work"] += _rows_of(plan[0]["Plan"])
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+        sa.event.remove(engine, "after_cursor_execute", after)
+
+
+def _rows_of(node: dict) -> int:
+    rows = int(node.get("Actual Rows", 0)) * int(node.get("Actual Loops", 1))
+    return rows + sum(_rows_of(child) for child in node.get("Plans", []))
+
+
+def idle_poll(app: Flask) -> dict[str, Any]:
+    """One round of a dispatcher's poller on an idle database; what it cost."""
+    dispatcher = Dispatcher(app, threading.Event(), threads=2)
+    with app.app_context():
+        db.session.remove()
+        with measured(app) as seen:
+            wait = dispatcher.poll()
+        db.session.remove()
+    assert wait > 1  # nothing to do: it sleeps until woken (or the safety net)
+    return seen
+
+
+def test_an_idle_poll_costs_the_same_with_50_or_3000_idle_connectors(app):
+    add_idle_connectors(app, 50)
+    small = idle_poll(app)
+    add_idle_connectors(app, 2950)
+    large = idle_poll(app)
+    assert len(small["statements"]) == len(large["statements"]) <= 3
+    assert large["work"] <= small["work"] * 1.1 + 5, (small["work"], large["work"])
+
+
+def test_an_idle_poll_reads_nothing_of_connectors_that_were_served(app, api, client):
+    """Connectors that delivered everything leave the index: polls do not read them again."""
+    api.create_pipeline()
+    for n in range(20):
+        api.add_file_connector(name=f"s{n}", path=f"out/{n}.jsonl")
+    api.action("orders", "start")
+    assert (
+        client.post(
+            "/v0/pipelines/orders/views/totals/changes", json=[{"insert": {"a": 1}}]
+        ).status_code
+        == 200
+    )
+    with app.app_context():
+        assert len(due.in_turn(100)) == 20
+    dispatcher = Dispatcher(app, threading.Event(), threads=1)
+    for _ in range(40):  # one thread, run by hand: take a claim, do it, give it back
+        with app.app_context():
+            dispatcher.poll()
+            db.session.remove()
+        for slot in dispatcher.slots:
+            while not slot.inbox.empty():
+                job = slot.inbox.get()
+                with app.app_context():
+                    dispatcher._do(slot, job)
+                    db.session.remove()
+                dispatcher._give_back(slot, job)
+    with app.app_context():
+        assert due.in_turn(100) == []
+        left = db.session.execute(
+            sa.select(sa.func.count()).where(Connector.due_at.is_not(None))
+        ).scalar()
+        db.session.remove()
+    assert left == 0
+    for n in range(20):
+        assert len(sink_lines(_sink(app, "default", f"out/{n}.jsonl"))) == 1
+
+
+# -- tenants in turn ----------------------------------------------------------------------------
+
+
+def _tenant_with_pushes(make_key, app, tenant: str, connectors: int) -> Any:
+    """A tenant's running pipeline with ``connectors`` file connectors on one view, pushed to."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = make_key(tenant, "admin")["Authorization"]
+    from tests.conftest import Api
+
+    api = Api(client)
+    api.create_pipeline()
+    for n in range(connectors):
+        api.add_file_connector(name=f"s{n}", path=f"out/{n}.jsonl")
+    api.action("orders", "start")
+    r = client.post("/v0/pipelines/orders/views/totals/changes", json=[{"insert": {"t": tenant}}])
+    assert r.status_code == 200, r.get_json()
+    return client
+
+
+def handed(dispatcher: Dispatcher) -> list[str]:
+    """The tenants of the jobs handed to the dispatcher's threads (not started: they wait)."""
+    tenants = []
+    for slot in dispatcher.slots:
+        while not slot.inbox.empty():
+            tenants.append(slot.inbox.get().tenant)
+    return tenants
+
+
+def test_a_tenant_with_a_backlog_waits_its_turn_behind_nobody(app, make_key):
+    _tenant_with_pushes(make_key, app, "big", 40)
+    time.sleep(0.01)  # the small tenant's work is newer than all of the big one's
+    _tenant_with_pushes(make_key, app, "small", 1)
+    dispatcher = Dispatcher(app, threading.Event(), threads=2)
+    dispatcher.tenant_cap = 2
+    with app.app_context():
+        dispatcher.poll()
+        db.session.remove()
+    assert sorted(handed(dispatcher)) == ["big", "small"]
+
+
+def test_one_tenant_never_holds_every_thread_of_a_process(app, make_key):
+    _tenant_with_pushes(make_key, app, "big", 10)
+    dispatcher = Dispatcher(app, threading.Event(), threads=4)
+    assert dispatcher.tenant_cap == 3  # the default: all threads but one
+    with app.app_context():
+        dispatcher.poll()
+        db.session.remove()
+    assert dispatcher._has_free()
+    # Another tenant's work, arriving later, finds the thread left free.
+    _tenant_with_pushes(make_key, app, "small", 1)
+    with app.app_context():
+        dispatcher.poll()
+        db.session.remove()
+    assert sorted(handed(dispatcher)) == ["big", "big", "big", "small"]
+
+
+def test_within_a_tenant_work_is_taken_oldest_first(app, make_key):
+    client = _tenant_with_pushes(make_key, app, "t", 3)
+    with app.app_context():
+        first = due.candidates("t", 10)
+        db.session.remove()
+    assert len(first) == 3
+    # A new connector's work (started after the others were due) comes last.
+    r = client.post("/v0/pipelines", json={"name": "later", "views": ["v"]})
+    assert r.status_code == 201
+    transport = {"name": "file", "config": {"path": "later.jsonl"}}
+    r = client.post(
+        "/v0/pipelines/later/views/v/connectors", json={"name": "c", "transport": transport}
+    )
+    assert r.status_code == 201
+    assert client.post("/v0/pipelines/later/start").status_code == 200
+    assert (
+        client.post("/v0/pipelines/later/views/v/changes", json=[{"insert": {}}]).status_code == 200
+    )
+    with app.app_context():
+        order = due.candidates("t", 10)
+        db.session.remove()
+    assert order[:3] == first and len(order) == 4
+
+
+# -- woken, not polled ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    """The safety-net poll far away: only a wake-up can deliver within the tests' waits."""
+    return {**app_config, "WORKER_POLL_INTERVAL": SAFETY_NET, "WORKER_LEASE_SECONDS": 10}
+
+
+def _pushed_and_delivered(app: Flask, client, n: int) -> float:
+    """Push one record; return the seconds until it is in the file sink."""
+    before = len(sink_lines(_sink(app, "default", "out/totals.jsonl")))
+    started = time.monotonic()
+    r = client.post("/v0/pipelines/orders/views/totals/changes", json=[{"insert": {"n": n}}])
+    assert r.status_code == 200, r.get_json()
+    wait_for(
+        lambda: len(sink_lines(_sink(app, "default", "out/totals.jsonl"))) > before,
+        timeout=SAFETY_NET / 4,
+        what="the push to reach the sink",
+    )
+    return time.monotonic() - started
+
+
+def test_a_push_wakes_the_worker_of_its_own_process(app, running_pipeline, client):
+    stop = threading.Event()
+    dispatcher = Dispatcher(app, stop, threads=2)
+    thread = threading.Thread(target=dispatcher.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)  # the worker is idle, asleep until woken
+        took = [_pushed_and_delivered(app, client, n) for n in range(5)]
+    finally:
+        stop.set()
+        dispatcher.doorbell.ring()
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+    assert max(took) < 5, took
+
+
+def test_a_push_wakes_a_worker_in_another_process(
+    app, app_config, running_pipeline, client, tmp_path
+):
+    settings = {k: v for k, v in app_config.items() if k != "TESTING"}
+    worker = start_worker(settings, tmp_path / "worker.log")
+    try:
+        # Running and asleep: its heartbeat is written.
+        def started() -> bool:
+            with app.app_context():
+                found = db.session.execute(sa.select(sa.func.count(WorkerProcess.id))).scalar()
+                db.session.remove()
+            return bool(found)
+
+        wait_for(started, timeout=30, what="the worker to start")
+        time.sleep(0.3)
+        took = [_pushed_and_delivered(app, client, n) for n in range(5)]
+    finally:
+        kill(worker)
+    assert max(took) < 5, (took, (tmp_path / "worker.log").read_text()[-2000:])
