@@ -96,8 +96,16 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "METRICS_PUBLIC": False,
         # Credentials of this tenant see every tenant's series on /metrics (None: none do).
         "METRICS_OPERATOR_TENANT": None,
-        # The most connectors, and views, one scrape lists.
-        "METRICS_MAX_ROWS": 10_000,
+        # The most connectors, and views, one scrape lists one by one (those that need
+        # attention first; an operator scrape shares it fairly among tenants). A listed
+        # connector and its view cost about 1.7 KB of text with short names (up to
+        # ~8 KB with 100-character ones): 500 keep a scrape under 1 MB with short
+        # names (python -m bench.metrics_scale). Per-tenant totals are always all there.
+        "METRICS_MAX_ROWS": 500,
+        # Seconds each process keeps a scope's (a tenant's, or every tenant's)
+        # database series; concurrent scrapes of one scope wait for one computation
+        # (0: compute at every scrape, still once for concurrent ones).
+        "METRICS_CACHE_SECONDS": 5.0,
         # Log lines as "text" or "json" (one object per line), from this level up.
         "LOG_FORMAT": "text",
         "LOG_LEVEL": "INFO",
@@ -127,6 +135,9 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "SESSION_COOKIE_PATH": "/console",
         "SESSION_COOKIE_SAMESITE": "Strict",
         "PERMANENT_SESSION_LIFETIME": 12 * 3600,
+        # Pipelines per page of the console's list, and connectors per page of a
+        # pipeline (what one page, and its one poll, loads and renders).
+        "CONSOLE_PAGE_SIZE": 25,
         "API_TITLE": "Pipeline manager",
         "API_VERSION": "v0",
         "OPENAPI_VERSION": "3.0.3",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -19,13 +21,17 @@ from flask.testing import FlaskClient
 
 from app.auth import service as auth_service
 from app.auth.models import ApiKey
+from app.connectors import service as connectors_service
 from app.console import access
 from app.extensions import db
+from app.pipelines import service as pipelines_service
+from app.resets import service as resets_service
 from tests.conftest import Api
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 FLASH_RE = re.compile(r'<li class="flash flash-(\w+)"[^>]*>([^<]*)</li>')
-PANEL = "/console/pipelines/orders/views/totals/connectors/sink1/panel"
+POLL = "/console/pipelines/orders/panels"
+HX = {"HX-Request": "true"}
 RESET = "/console/pipelines/orders/views/totals/connectors/sink1/reset"
 
 
@@ -116,7 +122,7 @@ def test_pages_send_a_signed_out_browser_to_sign_in(console: Console):
     response = console.get("/console/pipelines/orders")
     assert response.headers["Location"] == "/console/sign-in?next=/console/pipelines/orders"
     # A poll (htmx) is told to load the sign-in page whole.
-    response = console.get(PANEL, headers={"HX-Request": "true"})
+    response = console.get(POLL, headers=HX)
     assert response.status_code == 401
     assert response.headers["HX-Redirect"].startswith("/console/sign-in")
     page = console.get("/console/sign-in")
@@ -415,10 +421,8 @@ def test_the_list_of_a_tenant_with_no_pipelines_says_so(console, make_key):
     assert "has no pipelines yet" in console.page("/console/")
 
 
-def test_the_list_pages_by_name(writer: Console, running_pipeline: Api, monkeypatch):
-    from app.console import views
-
-    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+def test_the_list_pages_by_name(writer: Console, running_pipeline: Api, app):
+    app.config["CONSOLE_PAGE_SIZE"] = 2
     for name in ("a1", "a2", "a3"):
         running_pipeline.create_pipeline(name)
     html = writer.page("/console/")
@@ -441,12 +445,17 @@ def test_the_pipeline_page_shows_each_connector(writer: Console, running_pipelin
     assert 'data-field="delivered">0 records' in card
     assert "Last error" in card and "No resets yet." in card
     assert "out/totals.jsonl" in card
-    # The panel is polled alone.
-    response = writer.get(PANEL, headers={"HX-Request": "true"})
+    # The page polls its panels with one request: the poller again, then each panel by id.
+    assert html.count("hx-trigger=") == 1 and f'hx-get="{POLL}"' in html
+    response = writer.get(POLL, headers=HX)
     assert response.status_code == 200
     fragment = response.get_data(as_text=True)
-    assert fragment.lstrip().startswith('<div class="panel"') and "<html" not in fragment
-    assert 'hx-trigger="every 5s"' in fragment
+    assert fragment.lstrip().startswith('<p class="poller') and "<html" not in fragment
+    assert 'hx-trigger="every 5s"' in fragment and f'hx-get="{POLL}"' in fragment
+    assert re.findall(r'<div class="panel" id="(panel-\d+)" hx-swap-oob="true">', fragment) == (
+        re.findall(r'<div class="panel" id="(panel-\d+)">', html)
+    )
+    assert re.search(r'data-field="lag">1 records', fragment)
 
 
 def test_the_pipeline_page_shows_a_delivery_error(writer: Console, running_pipeline, app):
@@ -548,7 +557,7 @@ def test_reset_through_the_form_shows_progress_then_completion(
     )
 
     assert run_resets() == 1
-    fragment = writer.get(PANEL, headers={"HX-Request": "true"}).get_data(as_text=True)
+    fragment = writer.get(POLL, headers=HX).get_data(as_text=True)
     assert 'data-status="complete" data-phase="done" data-percent="100"' in fragment
     assert '<progress max="100" value="100"' in fragment
     assert "30 / 30 snapshot records replayed" in fragment
@@ -565,11 +574,291 @@ def test_a_reset_of_an_ended_incarnation_is_history_not_progress(writer: Console
     assert '<tr class="reset-row status-abandoned">' in html
 
 
+# -- many connectors: a page at a time, one poll a page ---------------------------------------
+
+CARD_RE = re.compile(r'<article class="connector card" id="connector-\d+" data-view="([^"]+)"')
+SHOWN_RE = re.compile(r'data-view="([^"]+)" data-connector="([^"]+)"')
+OOB_RE = re.compile(r'<div class="panel" id="(panel-\d+)" hx-swap-oob="true">')
+PANEL_RE = re.compile(r'<div class="panel" id="(panel-\d+)">')
+
+
+def _many_connectors(
+    app: Flask, counts: dict[str, int], name: str = "big", start: bool = False
+) -> list[tuple[str, str]]:
+    """Create pipeline ``name`` whose views have that many file connectors each (through the
+    service, about a millisecond a connector); return their (view, connector) keys in page
+    order: by view name, then connector name."""
+    with app.app_context():
+        found = pipelines_service.create_pipeline("default", name, "", list(counts))
+        for view, count in counts.items():
+            for n in range(count):
+                config = {"path": f"{name}/{view}/c{n:03d}.jsonl"}
+                connectors_service.add_connector(
+                    found, view, f"c{n:03d}", {"name": "file", "config": config}
+                )
+        if start:
+            pipelines_service.start(found)
+        db.session.remove()
+    return sorted((view, f"c{n:03d}") for view, count in counts.items() for n in range(count))
+
+
+def shown(html: str) -> list[tuple[str, str]]:
+    """The (view, connector) of each connector card on a page, in order."""
+    return SHOWN_RE.findall(html)
+
+
+def link(html: str, page: str) -> str | None:
+    """The href of the page's ``next``, ``previous`` or ``first`` link, if it has one."""
+    found = re.search(rf'href="([^"]+)" data-page="{page}"', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+@contextmanager
+def statements(app: Flask) -> Iterator[list[str]]:
+    """Record the SQL statements the app's engine runs meanwhile."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_pipeline_with_many_connectors_shows_one_page_and_links_to_the_next(writer: Console, app):
+    keys = _many_connectors(app, {"beta": 50, "alpha": 70})
+    assert app.config["CONSOLE_PAGE_SIZE"] == 25  # the default
+    html = writer.page("/console/pipelines/big")
+    assert shown(html) == keys[:25]  # view alpha first (by name), then by connector name
+    assert "Connectors 1 to 25 of 120 · page 1 of 5" in html
+    assert link(html, "next") == "/console/pipelines/big?after=alpha.c024"
+    assert link(html, "previous") is None and link(html, "first") is None
+    # Every view is named with its count, the ones not on this page too.
+    assert re.search(r'<span class="view">beta</span> 50 connectors', html)
+    assert re.search(r'<span class="view">alpha</span> 70 connectors', html)
+    assert html.count("<article ") == 25 and html.count("hx-trigger=") == 1
+
+
+def test_the_second_page_shows_the_rest_and_links_back(writer: Console, app):
+    app.config["CONSOLE_PAGE_SIZE"] = 100
+    keys = _many_connectors(app, {"alpha": 70, "beta": 50})
+    html = writer.page("/console/pipelines/big")
+    assert shown(html) == keys[:100]
+    assert "Connectors 1 to 100 of 120 · page 1 of 2" in html
+    html = writer.page(link(html, "next"))
+    assert shown(html) == keys[100:] == [("beta", f"c{n:03d}") for n in range(30, 50)]
+    assert "Connectors 101 to 120 of 120 · page 2 of 2" in html
+    assert link(html, "next") is None
+    assert link(html, "previous") == "/console/pipelines/big"
+
+
+def test_paging_walks_every_connector_once_forward_and_back(writer: Console, app):
+    keys = _many_connectors(app, {"alpha": 70, "beta": 0, "gamma": 50})
+    pages, url = [], "/console/pipelines/big"
+    while url:
+        html = writer.page(url)
+        pages.append((url, shown(html)))
+        assert f"page {len(pages)} of 5" in html
+        url = link(html, "next")
+    assert [key for _, page in pages for key in page] == keys
+    assert [len(page) for _, page in pages] == [25, 25, 25, 25, 20]
+    # Back from the last page, each previous page is the one seen going forward.
+    html = writer.page(pages[-1][0])
+    for url, page in reversed(pages[:-1]):
+        assert link(html, "previous") == url
+        html = writer.page(url)
+        assert shown(html) == page
+    assert link(html, "previous") is None
+    assert 'class="view">beta</span> 0 connectors' in html
+
+
+def test_the_page_size_setting_is_honoured(writer: Console, app):
+    keys = _many_connectors(app, {"alpha": 20})
+    app.config["CONSOLE_PAGE_SIZE"] = 7
+    html = writer.page("/console/pipelines/big")
+    assert shown(html) == keys[:7] and "page 1 of 3" in html
+    html = writer.page(link(html, "next"))
+    assert shown(html) == keys[7:14]
+    poll = writer.get(link(html, "next").replace("big?", "big/panels?"), headers=HX)
+    assert len(OOB_RE.findall(poll.get_data(as_text=True))) == 6
+    # The pipeline list pages by it too.
+    assert re.findall(r'<tr data-pipeline="([^"]+)">', writer.page("/console/")) == [
+        "big",
+        "orders",
+    ]
+    app.config["CONSOLE_PAGE_SIZE"] = 1
+    assert re.findall(r'<tr data-pipeline="([^"]+)">', writer.page("/console/")) == ["big"]
+
+
+def test_a_poll_refreshes_the_page_s_connectors_and_no_others(writer: Console, app):
+    _many_connectors(app, {"alpha": 60})
+    first = writer.page("/console/pipelines/big")
+    second = writer.page(link(first, "next"))
+    poller = re.search(r'hx-get="([^"]+)" hx-trigger="every 5s"', second).group(1)
+    assert poller == "/console/pipelines/big/panels?after=alpha.c024"
+    assert second.count("hx-trigger=") == 1  # one poller for the page, none per connector
+    fragment = writer.get(poller, headers=HX).get_data(as_text=True)
+    assert OOB_RE.findall(fragment) == PANEL_RE.findall(second)
+    assert len(set(OOB_RE.findall(fragment)) & set(PANEL_RE.findall(first))) == 0
+    # Panels only (stats, progress, history): no cards, no buttons, no tokens.
+    assert "<article" not in fragment and "<form" not in fragment and "csrf" not in fragment
+    assert fragment.count('id="poller"') == 1 and 'hx-sync="this:drop"' in fragment
+
+
+def _reset_every_other(app: Flask, name: str = "big") -> None:
+    """Queue a reset of every other connector of the (running) pipeline."""
+    from app.connectors.models import Connector
+
+    with app.app_context():
+        found = pipelines_service.get_pipeline("default", name)
+        for view in found.views:
+            rows = connectors_service.list_connectors(view)
+            for connector in rows[::2]:
+                resets_service.request_reset(found, view.name, connector.name)
+        assert db.session.execute(sa.select(sa.func.count()).select_from(Connector)).scalar()
+        db.session.remove()
+
+
+def test_a_poll_runs_the_same_few_statements_for_5_or_50_connectors(writer: Console, app, client):
+    _many_connectors(app, {"alpha": 30, "beta": 60}, start=True)
+    _reset_every_other(app)
+    client.post("/v0/pipelines/big/views/alpha/changes", json=[{"insert": {"n": 1}}])
+    counts = {}
+    # The first page (one view), and one that starts near a view's end (both views).
+    for path in ("/console/pipelines/big/panels", "/console/pipelines/big/panels?after=alpha.c028"):
+        for size in (5, 50):
+            app.config["CONSOLE_PAGE_SIZE"] = size
+            with statements(app) as seen:
+                response = writer.get(path, headers=HX)
+            assert response.status_code == 200
+            fragment = response.get_data(as_text=True)
+            assert len(OOB_RE.findall(fragment)) == size
+            assert "<progress" in fragment  # the resets' progress is there
+            counts[path, size] = len(seen)
+        # The session's key, the pipeline, the page's connectors (the rest of a view, then
+        # the next views), their views' log ends, their resets: never one per connector.
+        assert counts[path, 5] == counts[path, 50] <= 6, counts
+    # The whole page too: its cost does not grow with the page, nor with the pipeline.
+    pages = {}
+    for size in (5, 50):
+        app.config["CONSOLE_PAGE_SIZE"] = size
+        for path in ("/console/pipelines/big", "/console/pipelines/big?after=alpha.c028"):
+            with statements(app) as seen:
+                assert writer.get(path).status_code == 200
+            pages[path, size] = len(seen)
+    # A later page adds its place (a COUNT) and the previous page's cursor (a walk back of
+    # at most one page, in one or two statements).
+    assert pages["/console/pipelines/big", 5] == pages["/console/pipelines/big", 50] <= 6, pages
+    assert max(pages.values()) <= 10, pages
+
+
+def test_the_list_counts_a_big_view_and_names_a_small_one(writer: Console, app):
+    from app.connectors.models import Connector
+
+    with statements(app) as few:
+        writer.page("/console/")
+    _many_connectors(app, {"alpha": 120, "beta": 3})
+    with app.app_context():
+        db.session.execute(sa.update(Connector).where(Connector.name < "c002").values(paused=True))
+        db.session.execute(
+            sa.update(Connector).where(Connector.name == "c005").values(sync_state="failed")
+        )
+        db.session.commit()
+    with statements(app) as many:
+        html = writer.page("/console/")
+    big = html[html.index('data-pipeline="big"') : html.index('data-pipeline="orders"')]
+    alpha = big[big.index('data-view="alpha"') : big.index('data-view="beta"')]
+    assert 'data-field="connectors">120 connectors' in alpha and ">c000<" not in alpha
+    assert ">2 paused<" in alpha and ">1 failed<" in alpha
+    beta = big[big.index('data-view="beta"') :]
+    assert [n for n in ("c000", "c001", "c002") if f">{n}</span>" in beta] == [
+        "c000",
+        "c001",
+        "c002",
+    ]
+    # Counted in SQL: no more statements for 123 connectors than for 1.
+    assert len(many) == len(few)
+
+
+def test_a_button_on_a_later_page_comes_back_to_that_page(writer: Console, app):
+    _many_connectors(app, {"alpha": 30}, start=True)
+    html = writer.page("/console/pipelines/big?after=alpha.c024")
+    assert shown(html) == [("alpha", f"c{n:03d}") for n in range(25, 30)]
+    forms = re.findall(r'<input type="hidden" name="after" value="([^"]+)">', html)
+    assert forms and set(forms) == {"alpha.c024"}  # every button, lifecycle ones too
+    base = "/console/pipelines/big"
+    response = writer.post(f"{base}/views/alpha/connectors/c027/reset", {"after": "alpha.c024"})
+    assert re.fullmatch(rf"{base}\?after=alpha\.c024#connector-\d+", response.headers["Location"])
+    response = writer.post(f"{base}/pause", {"after": "alpha.c024"})
+    assert response.headers["Location"] == f"{base}?after=alpha.c024"
+    # Anything that is no cursor goes back to the first page.
+    response = writer.post(f"{base}/resume", {"after": "//evil.example/x"})
+    assert response.headers["Location"] == base
+
+
+def test_a_cursor_that_is_no_connector_s_is_the_first_page_or_an_empty_one(writer: Console, app):
+    keys = _many_connectors(app, {"alpha": 30})
+    for after in ("%00", "alpha", "a.b.c", "alpha.", ".c001", "x" * 200 + ".c001"):
+        html = writer.page(f"/console/pipelines/big?after={after}")
+        assert shown(html) == keys[:25], after
+    html = writer.page("/console/pipelines/big?after=alpha.zzz")  # after the last one
+    assert shown(html) == [] and "No connectors after this page." in html
+    assert 'href="/console/pipelines/big">Back to the first page' in html
+    assert "hx-trigger" not in html  # nothing to poll
+
+
+def test_a_panel_shows_what_the_api_serves(
+    app, running_pipeline: Api, client, writer: Console, run_resets
+):
+    """The panels' numbers are computed a page at a time; they must be the API's."""
+    from app.console import panels
+    from app.delivery import service as delivery_service
+    from app.errors import ApiError
+
+    client.post(
+        "/v0/pipelines/orders/views/totals/changes",
+        json=[{"insert": {"n": n}} for n in range(30)],
+    )
+    token = running_pipeline.reset()
+
+    def compare() -> dict | None:
+        with app.test_request_context():
+            found = pipelines_service.get_pipeline("default", "orders")
+            connector = connectors_service.get_connector(found, "totals", "sink1")
+            (panel,) = panels.load_panels(found, [connector])
+            stats = delivery_service.connector_stats(found, "totals", "sink1")
+            for field in ("health", "queued_records", "log_end"):
+                assert panel["stats"][field] == stats[field], field
+            progress = panel["progress"]
+            try:
+                status = resets_service.reset_status("default", "orders", token)
+            except ApiError:
+                assert progress is None  # reset_status refuses the token: no bar either
+                return None
+            for field in ("status", "phase", "snapshot_records", "replayed_records", "error"):
+                assert progress[field] == status[field], field
+            assert progress["requested_at"].isoformat() == status["requested_at"]
+            return progress
+
+    assert compare()["status"] == "inprogress"
+    assert run_resets() == 1
+    assert compare()["percent"] == 100
+    running_pipeline.action("orders", "restart")
+    assert compare() is None
+    running_pipeline.action("orders", "stop")
+    assert compare() is None
+
+
 # -- roles ------------------------------------------------------------------------------------
 
 
 def test_a_read_key_sees_no_buttons(reader: Console):
-    for path in ("/console/", "/console/pipelines/orders", PANEL):
+    for path in ("/console/", "/console/pipelines/orders", POLL):
         html = reader.page(path)
         assert post_forms(html) == [], path
         assert "Reset</button>" not in html and "Stop</button>" not in html
@@ -653,13 +942,10 @@ def test_unknown_console_paths_are_pages_not_json(writer: Console):
         response = writer.get(path)
         assert response.status_code == 404, path
         assert response.mimetype == "text/html"
-    response = writer.get(
-        "/console/pipelines/orders/views/totals/connectors/nope/panel",
-        headers={"HX-Request": "true"},
-    )
+    response = writer.get("/console/pipelines/gone/panels", headers=HX)
     assert response.status_code == 404
     fragment = response.get_data(as_text=True)
-    assert "panel-error" in fragment and "has no connector &#39;nope&#39;" in fragment
+    assert "panel-error" in fragment and "Unknown pipeline name &#39;gone&#39;" in fragment
     assert "hx-trigger" not in fragment  # a 404 stops the polling
 
 
@@ -690,7 +976,7 @@ def test_a_busy_database_is_a_503_page(writer: Console, monkeypatch, app):
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "The database is busy" in response.get_data(as_text=True)
     # A poll keeps polling, slower.
-    response = writer.get(PANEL, headers={"HX-Request": "true"})
+    response = writer.get(POLL, headers=HX)
     assert response.status_code == 503
     assert 'hx-trigger="every 5s"' in response.get_data(as_text=True)
 
@@ -703,7 +989,9 @@ def test_pages_load_only_the_console_s_own_files(writer: Console):
     sources = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert sources and all(s.startswith(("/", "#")) for s in sources), sources
     assert "/console/static/htmx-2.0.11.min.js" in sources
+    assert "/console/static/console.js" in sources
     for path in (
+        "/console/static/console.js",
         "/console/static/htmx-2.0.11.min.js",
         "/console/static/htmx-LICENSE.txt",
         "/console/static/console.css",
@@ -741,7 +1029,7 @@ def test_a_failed_reset_shows_its_error(writer: Console, app):
             )
         )
         db.session.commit()
-    fragment = writer.get(PANEL, headers={"HX-Request": "true"}).get_data(as_text=True)
+    fragment = writer.get(POLL, headers=HX).get_data(as_text=True)
     assert 'data-status="failed"' in fragment
     assert '<p class="flash flash-error reset-error">POST http://sink.example/in: 500' in fragment
     assert 'hx-trigger="every 5s"' in fragment

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from werkzeug.serving import make_server
 
 from app import worker
+from app.connectors.models import Connector
+from app.extensions import db
 from tests.chromium import ARTIFACTS_DIR, local_page
 from tests.chromium import browser as browser
 from tests.conftest import Api
@@ -188,6 +191,56 @@ def test_sign_in_see_a_pipeline_and_watch_a_reset_reach_100_percent(
     assert page.outside_requests == []
 
 
+def _set_hidden(page: Any, hidden: bool) -> None:
+    """Make the page's tab look hidden (in the background) or shown, as its scripts see it."""
+    getter = "() => true" if hidden else "() => false"
+    page.evaluate(
+        f"Object.defineProperty(document, 'hidden', {{configurable: true, get: {getter}}})"
+    )
+
+
+def test_a_page_of_connectors_polls_once_for_all_its_panels(
+    page, server, app: Flask, api: Api, auth_headers
+):
+    """60 connectors: 25 on a page, one poll for them (swapped in by id), none while hidden."""
+    api.create_pipeline("big", views=("alpha",))
+    for n in range(60):
+        api.add_file_connector("big", "alpha", f"c{n:03d}", f"big/c{n:03d}.jsonl")
+    api.action("big", "start")
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if "/panels" in r.url else None)
+    _sign_in(page, server, _key(auth_headers))
+    page.get_by_role("link", name="big").click()
+    page.locator("#pipeline-status", has_text="running").wait_for()
+    assert page.locator("article.connector").count() == 25
+    assert "Connectors 1 to 25 of 60 · page 1 of 3" in page.locator("nav.pager").first.inner_text()
+    page.locator("nav.pager").first.get_by_role("link", name="Next →").click()
+    page.locator(".pager .position", has_text="page 2 of 3").first.wait_for()
+    cards = page.locator("article.connector")
+    assert cards.count() == 25 and cards.first.get_attribute("data-connector") == "c025"
+    # What a poll brings shows in its panel: an error that came in meanwhile.
+    with app.app_context():
+        db.session.execute(
+            sa.update(Connector).where(Connector.name == "c030").values(last_error="sink gone")
+        )
+        db.session.commit()
+        db.session.remove()
+    polls.clear()
+    card = page.locator('article[data-connector="c030"] [data-field="last_error"]')
+    card.filter(has_text="sink gone").wait_for(timeout=8_000)
+    assert set(polls) == {f"{server}/console/pipelines/big/panels?after=alpha.c024"}, polls
+    # A hidden tab asks for nothing; shown again, it polls again.
+    _set_hidden(page, True)
+    polls.clear()
+    page.wait_for_timeout(6_000)
+    assert polls == []
+    _set_hidden(page, False)
+    page.wait_for_timeout(6_000)
+    assert 1 <= len(polls) <= 2, polls  # every 5 s
+    _screenshot(page, "console-connector-page.png")
+    assert page.outside_requests == []
+
+
 def test_a_read_key_has_no_reset_button(page, server, running_pipeline, read_headers):
     _sign_in(page, server, _key(read_headers))
     page.get_by_role("link", name="orders").click()
@@ -210,7 +263,7 @@ def test_another_tenant_s_pipeline_is_not_reachable(
     response = page.goto(f"{server}/console/pipelines/orders")
     assert response.status == 404
     assert "Unknown pipeline name 'orders'" in page.locator(".error-page").inner_text()
-    response = page.goto(f"{server}/console/pipelines/orders/views/totals/connectors/sink1/panel")
+    response = page.goto(f"{server}/console/pipelines/orders/panels")
     assert response.status == 404
     _screenshot(page, "console-other-tenant.png")
 

@@ -2,32 +2,57 @@
 
 The database series (connectors, resets, change logs) are read at scrape time,
 so they are the same whichever process answers and whichever process did the
-work; the request histogram adds up every gunicorn worker's samples.
+work; the request histogram adds up every gunicorn worker's samples. A scrape
+lists at most METRICS_MAX_ROWS connectors and views (shared fairly among
+tenants), keeps every per-tenant total, and is cached per scope for
+METRICS_CACHE_SECONDS (off in this module unless a test turns it on).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import threading
+import time
 import timeit
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter
+from typing import Any
 
 import pytest
 import requests
 import sqlalchemy as sa
 from flask import Flask, Response
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
+from app.connectors.models import Connector
 from app.delivery.worker import DeliveryWorker
 from app.extensions import db
+from app.pipelines.models import Pipeline, View
+from app.resets.models import Reset
+from app.view_data.models import ViewLog
 from tests import faults
 from tests.conftest import Api, assert_error
 
 CHANGES = "/v0/pipelines/orders/views/totals/changes"
 HISTOGRAM = "pipeline_manager_http_request_duration_seconds"
 PUSH_ROUTE = "/v0/pipelines/<pipeline_name>/views/<view_name>/changes"
+LAG = "pipeline_manager_connector_lag_records"
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    """No cache: most tests here scrape, change something, and scrape again.
+
+    The tests of the cache turn it on themselves.
+    """
+    return {**app_config, "METRICS_CACHE_SECONDS": 0}
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -62,6 +87,81 @@ def deliver(app: Flask) -> None:
     with app.app_context():
         DeliveryWorker("test-worker").run_pending()
         db.session.remove()
+
+
+def build(
+    app: Flask,
+    tenant: str,
+    count: int,
+    prefix: str = "bulk",
+    status: str = "running",
+    connector_of: Callable[[int], dict] = lambda i: {},
+    log_end_of: Callable[[int], int] = lambda i: 0,
+) -> None:
+    """Add ``count`` pipelines ``{prefix}-00000``... of ``tenant`` in bulk (a few statements).
+
+    Each has one view ``totals`` whose log ends at ``log_end_of(i)`` and one
+    file connector ``sink`` with the columns ``connector_of(i)`` gives.
+    """
+    with app.app_context():
+        session = db.session
+        pipelines = [
+            {"id": uuid.uuid4(), "tenant": tenant, "name": f"{prefix}-{i:05d}", "status": status}
+            for i in range(count)
+        ]
+        session.execute(sa.insert(Pipeline), pipelines)
+        view_ids = session.scalars(
+            sa.insert(View).returning(View.id, sort_by_parameter_order=True),
+            [{"pipeline_id": p["id"], "name": "totals"} for p in pipelines],
+        ).all()
+        session.execute(
+            sa.insert(ViewLog),
+            [{"view_id": v, "last_seq": log_end_of(i)} for i, v in enumerate(view_ids)],
+        )
+        # The connector's tenant, where the model keeps a copy of it (the due index).
+        extra = {"tenant": tenant} if "tenant" in Connector.__table__.c else {}
+        session.execute(
+            sa.insert(Connector),
+            [
+                {"view_id": v, "name": "sink", "transport": "file", **extra, **connector_of(i)}
+                for i, v in enumerate(view_ids)
+            ],
+        )
+        session.commit()
+        db.session.remove()
+
+
+def listed(parsed: dict, tenant: str) -> list[str]:
+    """The pipelines of ``tenant`` whose connector has series in a scrape, sorted."""
+    return sorted(
+        dict(labels)["pipeline"]
+        for name, labels in parsed
+        if name == LAG and dict(labels)["tenant"] == tenant
+    )
+
+
+@contextmanager
+def database_series_queries(app: Flask, hold: float = 0.0) -> Iterator[list[str]]:
+    """Collect the SQL statements that read the database series (they all join pipelines).
+
+    Authentication's look-ups (api_keys) are left out: they are not the scrape's.
+    ``hold``: seconds the first such statement is held up before it runs.
+    """
+    seen: list[str] = []
+
+    def note(conn, cursor, statement: str, *args: object) -> None:
+        if "pipelines" in statement:
+            seen.append(statement)
+            if len(seen) == 1:
+                time.sleep(hold)
+
+    with app.app_context():
+        engine = db.engine
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
 
 
 # -- who may scrape ---------------------------------------------------------------------------
@@ -229,6 +329,335 @@ def test_a_database_that_does_not_answer_leaves_the_request_series_and_database_
     assert value(parsed, "pipeline_manager_database_up") == 0
     assert [key for key in parsed if key[0] == f"{HISTOGRAM}_count"]
     assert not [key for key in parsed if key[0].startswith("pipeline_manager_connector_")]
+
+
+# -- the budget -------------------------------------------------------------------------------
+
+
+def test_a_scrape_lists_at_most_the_budget_however_many_connectors(
+    app: Flask, read_headers: dict
+) -> None:
+    budget = app.config["METRICS_MAX_ROWS"]
+    assert budget == 500  # the default
+    build(app, "default", 3 * budget, log_end_of=lambda i: 5)
+    r = app.test_client().get("/metrics", headers=read_headers)
+    assert r.status_code == 200
+    # The default budget keeps the database series well under 2 MB (the issue's target
+    # at 100k). The request histogram beside them is the process's: in a test session
+    # it holds every route and status the earlier tests hit, so it is left out here.
+    database_part = [
+        line
+        for line in r.get_data(as_text=True).splitlines()
+        if "pipeline_manager_http_request_duration_seconds" not in line
+    ]
+    assert len("\n".join(database_part)) < 1_000_000
+    parsed = samples(r.get_data(as_text=True))
+    assert len(listed(parsed, "default")) == budget
+    views = [key for key in parsed if key[0] == "pipeline_manager_view_changes_total"]
+    assert len(views) == budget
+    tenant = {"tenant": "default"}
+    healthy = value(parsed, "pipeline_manager_tenant_connectors", **tenant, state="healthy")
+    assert healthy == 3 * budget
+    assert value(parsed, "pipeline_manager_tenant_lag_records", **tenant) == 5 * 3 * budget
+    assert value(parsed, "pipeline_manager_tenant_views", **tenant) == 3 * budget
+    assert value(parsed, "pipeline_manager_metrics_listed_connectors", **tenant) == budget
+    assert value(parsed, "pipeline_manager_metrics_tenant_truncated", **tenant) == 1
+    assert value(parsed, "pipeline_manager_metrics_truncated") == 1
+
+
+def _attention_case(i: int) -> dict:
+    """Connector ``i`` of the totals test: every state, and counters that add up to known sums."""
+    return {
+        "sync_state": "failed" if i % 10 == 3 else "resetting" if i % 10 == 6 else "in_sync",
+        "consecutive_failures": 2 if i % 10 == 8 else 0,
+        "paused": i % 25 == 1,
+        "transmitted_records": i,
+        "transmitted_bytes": 10 * i,
+        "transport_errors": i % 3,
+        "lease_takeovers": int(i % 50 == 0),
+        "delivered_seq": 4 if i % 4 == 0 else 10,
+    }
+
+
+def _expected_health(i: int) -> str:
+    """What the stats route would say of a running pipeline's connector ``i`` (above)."""
+    case = _attention_case(i)
+    if case["paused"]:
+        return "paused"
+    if case["sync_state"] != "in_sync":
+        return case["sync_state"]
+    return "failing" if case["consecutive_failures"] else "healthy"
+
+
+def test_tenant_totals_are_exact_and_the_listed_connectors_need_attention_first(
+    app: Flask, read_headers: dict
+) -> None:
+    app.config["METRICS_MAX_ROWS"] = 10
+    build(app, "default", 200, connector_of=_attention_case, log_end_of=lambda i: 10)
+    build(app, "default", 20, prefix="halted", status="stopped")
+    build(app, "default", 15, prefix="held", status="paused")
+    with app.app_context():
+        targets = db.session.execute(
+            sa.select(View.pipeline_id, Connector.id).join(View).order_by(Connector.id).limit(7)
+        ).all()
+        db.session.execute(
+            sa.insert(Reset),
+            [
+                {"pipeline_id": pipeline_id, "connector_id": connector_id, "incarnation": 1,
+                 "status": "complete" if n < 5 else "inprogress",
+                 "phase": "done" if n < 5 else "queued", "replayed_records": 100}
+                for n, (pipeline_id, connector_id) in enumerate(targets)
+            ],
+        )  # fmt: skip
+        db.session.commit()
+        db.session.remove()
+    parsed = scrape(app.test_client(), read_headers)
+
+    # Given up on first, by name: those with i % 10 == 3.
+    assert listed(parsed, "default") == [f"bulk-{i:05d}" for i in range(3, 100, 10)]
+    first = {"tenant": "default", "pipeline": "bulk-00003", "view": "totals", "connector": "sink"}
+    assert value(parsed, "pipeline_manager_connector_state", **first, state="failed") == 1
+
+    tenant = {"tenant": "default"}
+    states = [_expected_health(i) for i in range(200)] + ["stopped"] * 20 + ["paused"] * 15
+    for state in ("healthy", "failing", "resetting", "failed", "paused", "stopped"):
+        count = value(parsed, "pipeline_manager_tenant_connectors", **tenant, state=state)
+        assert count == states.count(state), state
+    cases = [_attention_case(i) for i in range(200)]
+    sync = [c["sync_state"] for c in cases] + ["in_sync"] * 35
+    for state in ("in_sync", "resetting", "failed"):
+        count = value(parsed, "pipeline_manager_tenant_connectors_sync_state", **tenant,
+                      sync_state=state)  # fmt: skip
+        assert count == sync.count(state), state
+    sums = {
+        "pipeline_manager_tenant_connectors_paused": sum(c["paused"] for c in cases),
+        "pipeline_manager_tenant_delivered_records_total": sum(range(200)),
+        "pipeline_manager_tenant_delivered_bytes_total": 10 * sum(range(200)),
+        "pipeline_manager_tenant_transport_errors_total": sum(i % 3 for i in range(200)),
+        "pipeline_manager_tenant_lease_takeovers_total": 4,
+        "pipeline_manager_tenant_lag_records": 6 * 50,
+        "pipeline_manager_connector_leases_expired": 0,
+        "pipeline_manager_tenant_views": 235,
+        "pipeline_manager_tenant_view_changes_total": 10 * 200,
+        "pipeline_manager_tenant_view_change_log_records": 10 * 200,
+        "pipeline_manager_metrics_listed_connectors": 10,
+        "pipeline_manager_metrics_tenant_truncated": 1,
+    }
+    assert {name: value(parsed, name, **tenant) for name in sums} == sums
+    resets = "pipeline_manager_resets"
+    assert value(parsed, resets, **tenant, status="complete", phase="done") == 5
+    assert value(parsed, resets, **tenant, status="inprogress", phase="queued") == 2
+    assert value(parsed, "pipeline_manager_reset_replayed_records_total", **tenant) == 700
+
+    # With room for all, the per-connector states add up to the totals (SQL and
+    # Python agree on what each state means).
+    app.config["METRICS_MAX_ROWS"] = 1_000
+    everything = scrape(app.test_client(), read_headers)
+    per_state = {}
+    for (name, labels), number in everything.items():
+        if name == "pipeline_manager_connector_state" and number == 1:
+            state = dict(labels)["state"]
+            per_state[state] = per_state.get(state, 0) + 1
+    assert per_state == {state: states.count(state) for state in set(states)}
+    assert value(everything, "pipeline_manager_metrics_tenant_truncated", **tenant) == 0
+
+
+def test_the_operator_scrape_shares_the_budget_so_no_tenant_hides_another(
+    app: Flask, make_key
+) -> None:
+    app.config.update(METRICS_OPERATOR_TENANT="ops", METRICS_MAX_ROWS=50)
+    # The big tenant's connectors are the oldest and its name sorts first.
+    build(app, "aaa-big", 300)
+    build(app, "mid", 30)
+    build(app, "small", 4)
+    parsed = scrape(app.test_client(), make_key("ops", "read"))
+    assert len(listed(parsed, "small")) == 4
+    assert len(listed(parsed, "mid")) == 23
+    assert len(listed(parsed, "aaa-big")) == 23
+    truncated = "pipeline_manager_metrics_tenant_truncated"
+    assert [value(parsed, truncated, tenant=t) for t in ("aaa-big", "mid", "small")] == [1, 1, 0]
+    healthy = [
+        value(parsed, "pipeline_manager_tenant_connectors", tenant=t, state="healthy")
+        for t in ("aaa-big", "mid", "small")
+    ]
+    assert healthy == [300, 30, 4]
+    # A tenant's own scrape has the whole budget to itself.
+    mine = scrape(app.test_client(), make_key("mid", "read"))
+    assert len(listed(mine, "mid")) == 30
+    assert value(mine, truncated, tenant="mid") == 0
+
+
+def test_with_more_tenants_than_the_budget_each_listed_tenant_gets_one_and_all_keep_totals(
+    app: Flask, make_key
+) -> None:
+    """More tenants cut than the UNION ALL takes: one ranking statement lists them."""
+    tenants = [f"t{i:02d}" for i in range(metrics._CUT_TENANTS + 18)]
+    app.config.update(METRICS_OPERATOR_TENANT="ops", METRICS_MAX_ROWS=40)
+    for tenant in tenants:
+        build(app, tenant, 2)
+    parsed = scrape(app.test_client(), make_key("ops", "read"))
+    shown = {tenant: len(listed(parsed, tenant)) for tenant in tenants}
+    # Shares of 0 and 1; the odd rows go to the last tenants by name.
+    assert shown == {tenant: int(i >= len(tenants) - 40) for i, tenant in enumerate(tenants)}
+    for tenant in tenants:
+        assert value(parsed, "pipeline_manager_tenant_connectors", tenant=tenant,
+                     state="healthy") == 2  # fmt: skip
+        assert value(parsed, "pipeline_manager_metrics_tenant_truncated", tenant=tenant) == 1
+
+
+@pytest.mark.parametrize(
+    ("counts", "budget", "shares"),
+    [
+        ({"big": 300, "mid": 30, "small": 4}, 50, {"big": 23, "mid": 23, "small": 4}),
+        ({"a": 10, "b": 10}, 100, {"a": 10, "b": 10}),
+        ({"a": 5, "b": 5, "c": 5}, 10, {"a": 3, "b": 3, "c": 4}),
+        ({"a": 1, "b": 1, "c": 1}, 2, {"a": 0, "b": 1, "c": 1}),
+        ({"a": 7, "b": 2}, 0, {"a": 0, "b": 0}),
+        ({}, 10, {}),
+    ],
+)
+def test_fair_shares_give_each_tenant_an_equal_share_and_hand_on_what_it_leaves(
+    counts: dict, budget: int, shares: dict
+) -> None:
+    got = metrics.fair_shares(counts, budget)
+    assert got == shares
+    assert sum(got.values()) == min(budget, sum(counts.values()))
+    assert all(got[t] <= counts[t] for t in counts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    counts=st.dictionaries(st.text("abc", min_size=1, max_size=3), st.integers(1, 40)),
+    budget=st.integers(0, 150),
+)
+def test_fair_shares_spend_the_budget_and_differ_by_at_most_one_among_tenants_cut(
+    counts: dict, budget: int
+) -> None:
+    got = metrics.fair_shares(counts, budget)
+    assert set(got) == set(counts)
+    assert sum(got.values()) == min(budget, sum(counts.values()))
+    assert all(0 <= got[t] <= counts[t] for t in counts)
+    cut = [got[t] for t in counts if got[t] < counts[t]]
+    if cut:
+        assert max(got.values()) <= min(cut) + 1
+
+
+# -- the cache --------------------------------------------------------------------------------
+
+
+def test_a_scrape_within_metrics_cache_seconds_runs_no_query_and_a_later_one_does(
+    app: Flask, client, running_pipeline: Api
+) -> None:
+    app.config["METRICS_CACHE_SECONDS"] = 5
+    now = [1000.0]
+    app.extensions[metrics.CACHE_EXTENSION].clock = lambda: now[0]
+    with database_series_queries(app) as seen:
+        assert value(scrape(client), LAG, **connector()) == 0
+        assert seen
+        assert client.post(CHANGES, json=[{"insert": {"id": 1}}]).status_code == 200
+        seen.clear()
+        now[0] += 4.9
+        cached = scrape(client)
+        assert seen == []
+        assert value(cached, LAG, **connector()) == 0  # as it was 4.9 s ago
+        now[0] += 0.2
+        fresh = scrape(client)
+        assert seen
+        assert value(fresh, LAG, **connector()) == 1
+
+
+def test_a_tenants_cached_series_never_reach_another_tenant(
+    app: Flask, running_pipeline: Api, make_key
+) -> None:
+    app.config.update(METRICS_CACHE_SECONDS=60, METRICS_OPERATOR_TENANT="ops")
+    other = Api(app.test_client())
+    other.client.environ_base["HTTP_AUTHORIZATION"] = make_key("other", "write")["Authorization"]
+    other.create_pipeline("secret-plans")
+    other.add_file_connector("secret-plans", name="hidden")
+    hidden = connector("hidden", "secret-plans", "other")
+    keys = {tenant: make_key(tenant, "read") for tenant in ("default", "other", "ops")}
+
+    for _ in range(2):  # the second round is served from the cache
+        mine = scrape(app.test_client(), keys["default"])
+        theirs = scrape(app.test_client(), keys["other"])
+        everything = scrape(app.test_client(), keys["ops"])
+        assert not [key for key in mine if ("tenant", "other") in key[1]]
+        assert not [key for key in theirs if ("tenant", "default") in key[1]]
+        assert value(mine, LAG, **connector()) == 0
+        assert value(theirs, LAG, **hidden) == 0
+        assert value(everything, LAG, **connector()) == 0
+        assert value(everything, LAG, **hidden) == 0
+
+
+def test_concurrent_scrapes_of_one_tenant_run_the_queries_once(
+    app: Flask, running_pipeline: Api, read_headers: dict
+) -> None:
+    app.config["METRICS_CACHE_SECONDS"] = 5
+    with database_series_queries(app) as seen:
+        alone = scrape(app.test_client(), read_headers)
+    once = len(seen)
+    app.extensions[metrics.CACHE_EXTENSION].clear()
+
+    scrapers = 8
+    start = threading.Barrier(scrapers)
+    bodies: list[str] = []
+
+    def scrape_once() -> None:
+        client = app.test_client()
+        start.wait()
+        r = client.get("/metrics", headers=read_headers)
+        assert r.status_code == 200
+        bodies.append(r.get_data(as_text=True))
+
+    # The first query is held up, so the other scrapes come in while it runs.
+    with database_series_queries(app, hold=0.3) as seen:
+        threads = [threading.Thread(target=scrape_once) for _ in range(scrapers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert len(bodies) == scrapers
+    assert len(seen) == once
+    for body in bodies:
+        assert value(samples(body), LAG, **connector()) == value(alone, LAG, **connector())
+
+
+def test_an_unanswered_scrape_is_not_kept_and_a_failed_computation_is_tried_again() -> None:
+    cache = metrics.ScrapeCache()
+    calls: list[str] = []
+
+    def down() -> tuple[bytes, bool]:
+        calls.append("down")
+        return b"database_up 0", False
+
+    assert cache.get("scope", 5, down) == cache.get("scope", 5, down) == b"database_up 0"
+    assert calls == ["down", "down"]
+
+    entered, release = threading.Event(), threading.Event()
+
+    def broken() -> tuple[bytes, bool]:
+        entered.set()
+        release.wait(10)
+        raise RuntimeError("a bug")
+
+    def leader() -> None:
+        with pytest.raises(RuntimeError):
+            cache.get("scope", 5, broken)
+
+    first = threading.Thread(target=leader)
+    first.start()
+    entered.wait(10)
+    got: list[bytes] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(cache.get("scope", 5, lambda: (b"up", True)))
+    )
+    waiter.start()
+    time.sleep(0.05)
+    release.set()
+    first.join(10)
+    waiter.join(10)
+    assert got == [b"up"]
+    assert cache.get("scope", 5, down) == b"up"  # kept this time
 
 
 # -- under gunicorn ---------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """The operator console: server-rendered pages at ``/console/`` for people, beside the API.
 
 Jinja templates render every page; htmx (vendored in ``static/``, with its
-license) polls the parts that change: a connector's stats and its running
-reset's progress. Everything the pages show or do goes through the same
-services as the API (pipelines, connectors, resets, delivery stats), acting
-for the tenant of the API key the operator signed in with.
+license) polls the parts that change: the stats and reset progress of the
+connectors on a pipeline page, one request for the page (``static/console.js``
+skips polls while the tab is hidden). Every button goes through the same
+services as the API (pipelines, connectors, resets), acting for the tenant of
+the API key the operator signed in with.
 
 Sign-in, the session cookie, CSRF tokens and the role each page needs live in
-:mod:`app.console.access`; the pages in :mod:`app.console.views`.
+:mod:`app.console.access`; the pages in :mod:`app.console.views`; what a page
+shows of its connectors, loaded a page at a time in a few statements, in
+:mod:`app.console.panels`.
 
 ``static/htmx-2.0.11.min.js`` is ``dist/htmx.min.js`` of the ``htmx.org``
 package, version 2.0.11, unchanged (SHA-256 below, checked by

@@ -69,7 +69,7 @@ ROUTE_ROLES: dict[str, dict[str, str]] = {
     "console.sign_out": {"POST": _READ},
     "console.index": {"GET": _READ},
     "console.pipeline": {"GET": _READ},
-    "console.connector_panel": {"GET": _READ},
+    "console.pipeline_panels": {"GET": _READ},
     "console.pipeline_action": {"POST": _WRITE},
     "console.connector_action": {"POST": _WRITE},
     "console.reset_connector": {"POST": _WRITE},

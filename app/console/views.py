@@ -1,12 +1,15 @@
 """The console's pages, fragments and buttons.
 
-Pages render whole; the connector panels (stats, the running reset's progress,
-its history) are also served alone, for htmx to poll: every second while a
-reset runs, every few seconds otherwise. The progress comes from
-:func:`app.resets.service.reset_status`, the same answer the API's
-``reset_status`` gives for the reset's token. Buttons are plain forms (each
-with its CSRF token) that answer with a redirect back to the page, so they
-work without JavaScript too; htmx boosts them into in-page requests.
+Pages render whole. A pipeline's page lists its connectors a page at a time
+(``CONSOLE_PAGE_SIZE``, by view then connector name; see
+:mod:`app.console.panels`), and polls them with one request for the page,
+not one per connector: the answer holds the page's panels (stats, the latest
+reset's progress, its history), swapped in by id (htmx ``hx-swap-oob``), and
+the poller itself, whose interval follows the page: every second while a
+reset on it runs, every few seconds otherwise. Buttons are plain forms (each
+with its CSRF token) that answer with a redirect back to the page they were
+on, so they work without JavaScript too; htmx boosts them into in-page
+requests.
 
 Every error is a page or, after a button, a flash message on the page it
 came back to: never the API's JSON nor a traceback. Another tenant's pipeline
@@ -38,16 +41,14 @@ from app.auth import current_tenant
 from app.auth.models import Role
 from app.connectors import service as connectors_service
 from app.connectors.models import Connector
-from app.connectors.schemas import shown_transport
-from app.console import access
+from app.console import access, panels
+from app.console.panels import Cursor
 from app.database import is_transient_error, utcnow
-from app.delivery import service as delivery_service
 from app.errors import ApiError, NotFoundError, request_id
 from app.extensions import db
 from app.pipelines import service as pipelines_service
-from app.pipelines.models import Pipeline, PipelineStatus, View, is_valid_name
+from app.pipelines.models import Pipeline, PipelineStatus, is_valid_name
 from app.resets import service as resets_service
-from app.resets.models import Reset, ResetStatus
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,7 @@ bp = Blueprint(
     static_folder="static",
 )
 
-# Pipelines per page of the list, and resets shown per connector.
-PAGE_SIZE = 50
-HISTORY_SIZE = 10
-# Seconds between polls of a connector panel: while a reset runs, and otherwise.
+# Seconds between polls of a pipeline page: while a reset on it runs, and otherwise.
 POLL_RESET_SECONDS = 1
 POLL_IDLE_SECONDS = 5
 # Which lifecycle buttons a pipeline shows in each status (all five exist as routes).
@@ -196,6 +194,7 @@ def _template_helpers() -> dict[str, Any]:
         "operator": g.get("principal"),
         "number": _number,
         "when": _when,
+        "history_size": panels.HISTORY_SIZE,
     }
 
 
@@ -324,106 +323,120 @@ def sign_out() -> Any:
 # -- pages ------------------------------------------------------------------------------------
 
 
+def _page_size() -> int:
+    """Pipelines per page of the list, and connectors per page of a pipeline."""
+    return max(1, int(current_app.config["CONSOLE_PAGE_SIZE"]))
+
+
 @bp.route("/")
 def index() -> Any:
     """The caller's pipelines: status, incarnation, views and their connectors."""
     after = request.args.get("after") or None
     if after is not None and not is_valid_name(after):
         after = None
-    found = pipelines_service.list_pipelines(current_tenant(), PAGE_SIZE + 1, after)
-    page = found[:PAGE_SIZE]
+    size = _page_size()
+    found = pipelines_service.list_pipelines(current_tenant(), size + 1, after)
+    page = found[:size]
+    summaries = panels.view_summaries([view for p in page for view in p.views])
     rows = [
-        {
-            "pipeline": pipeline,
-            "views": [(view, connectors_service.list_connectors(view)) for view in pipeline.views],
-        }
-        for pipeline in page
+        {"pipeline": p, "views": [(view, summaries[view.id]) for view in p.views]} for p in page
     ]
-    next_after = page[-1].name if len(found) > PAGE_SIZE else None
+    next_after = page[-1].name if len(found) > size else None
     return render_template("console/index.html", rows=rows, next_after=next_after, after=after)
 
 
 def _load_pipeline(pipeline_name: str) -> Pipeline:
+    """The caller's pipeline of that name (another tenant's answers 404, as an unknown one)."""
     return pipelines_service.get_pipeline(current_tenant(), pipeline_name)
 
 
-def _progress(pipeline: Pipeline, latest: Reset | None) -> dict[str, Any] | None:
-    """The latest reset's progress, as reset_status answers for its token; None if none to show.
-
-    A reset of an ended incarnation (or of a stopped pipeline) has no status to
-    poll: reset_status refuses its token, and the history shows how it ended.
-    """
-    if latest is None or latest.status == ResetStatus.ABANDONED:
-        return None
-    if latest.incarnation != pipeline.incarnation or not latest.token:
-        return None
-    try:
-        status = resets_service.reset_status(current_tenant(), pipeline.name, latest.token)
-    except ApiError:
-        db.session.rollback()
-        return None
-    snapshot, replayed = status["snapshot_records"], status["replayed_records"]
-    if status["status"] == ResetStatus.COMPLETE:
-        percent = 100
-    elif snapshot:
-        percent = min(100, replayed * 100 // snapshot)
-    else:
-        percent = 0
-    rate = None
-    if status["started_at"] is not None:
-        started = dt.datetime.fromisoformat(status["started_at"])
-        ended = status["completed_at"]
-        until = dt.datetime.fromisoformat(ended) if ended else utcnow()
-        seconds = (until - started).total_seconds()
-        if seconds > 0 and replayed:
-            rate = replayed / seconds
-    return {**status, "percent": percent, "rate": rate, "running": status["status"] == "inprogress"}
+def _cursor_arg(cursor: Cursor | None) -> str | None:
+    """A cursor as a URL's ``after`` (None: the first page, no argument)."""
+    return None if cursor is None else str(cursor)
 
 
-def _panel(pipeline: Pipeline, view: View, connector: Connector) -> dict[str, Any]:
-    """What a connector's panel shows: stats, the latest reset's progress, the reset history."""
-    history = resets_service.history(connector, HISTORY_SIZE)
-    progress = _progress(pipeline, history[0] if history else None)
-    running = progress is not None and progress["running"]
+def _connector_page(found: Pipeline) -> tuple[Cursor | None, list[Connector], Cursor | None]:
+    """The page asked for: its cursor, its connectors, and the next page's cursor (or None)."""
+    after = Cursor.parse(request.args.get("after"))
+    size = _page_size()
+    connectors = panels.connectors_after(found, after, size + 1)
+    shown = connectors[:size]
+    last = shown[-1] if shown else None
+    following = Cursor(last.view.name, last.name) if last and len(connectors) > size else None
+    return after, shown, following
+
+
+def _poller(found: Pipeline, after: Cursor | None, shown: list[dict[str, Any]]) -> dict[str, Any]:
+    """The page's one poller: what it asks for, and how often."""
     return {
-        "view": view,
-        "connector": connector,
-        "transport": shown_transport(connector),
-        "stats": delivery_service.connector_stats(pipeline, view.name, connector.name),
-        "history": history,
-        "progress": progress,
-        "poll_seconds": POLL_RESET_SECONDS if running else POLL_IDLE_SECONDS,
+        "url": url_for(".pipeline_panels", pipeline_name=found.name, after=_cursor_arg(after)),
+        "seconds": POLL_RESET_SECONDS if panels.is_running(shown) else POLL_IDLE_SECONDS,
+        "at": utcnow(),
+    }
+
+
+def _pager(
+    found: Pipeline,
+    after: Cursor | None,
+    connectors: list[Connector],
+    following: Cursor | None,
+    total: int,
+) -> dict[str, Any]:
+    """Where the page stands among the pipeline's connectors, and the links to its neighbours.
+
+    Counts are ``COUNT`` in SQL; the previous page's cursor is found by walking
+    back at most one page (see :mod:`app.console.panels`).
+    """
+    size = _page_size()
+    before = panels.count_through(found, after) if after is not None else 0
+    previous = None
+    if connectors and after is not None:
+        first = Cursor(connectors[0].view.name, connectors[0].name)
+        previous = {"after": _cursor_arg(panels.cursor_before(found, first, size))}
+    return {
+        "after": _cursor_arg(after),
+        "first": before + 1,
+        "last": before + len(connectors),
+        "total": total,
+        "number": -(-before // size) + 1,
+        "pages": max(1, -(-total // size)),
+        "previous": previous,
+        "next": _cursor_arg(following),
     }
 
 
 @bp.route("/pipelines/<pipeline_name>")
 def pipeline(pipeline_name: str) -> Any:
-    """A pipeline: its lifecycle buttons, and every connector of every view."""
+    """A pipeline: its lifecycle buttons, its views, and one page of its connectors."""
     found = _load_pipeline(pipeline_name)
-    views = [
-        (view, [_panel(found, view, c) for c in connectors_service.list_connectors(view)])
-        for view in found.views
-    ]
+    after, connectors, following = _connector_page(found)
+    shown = panels.load_panels(found, connectors)
+    views = panels.view_counts(found)
+    total = sum(count for _, count in views)
     return render_template(
         "console/pipeline.html",
         pipeline=found,
         views=views,
+        sections=panels.by_view(shown),
+        poll=_poller(found, after, shown),
+        pager=_pager(found, after, connectors, following, total),
         actions=LIFECYCLE.get(found.status, ()),
         confirm={k: v.format(name=found.name) for k, v in CONFIRM.items()},
     )
 
 
-_CONNECTOR = "/pipelines/<pipeline_name>/views/<view_name>/connectors/<connector_name>"
-
-
-@bp.route(f"{_CONNECTOR}/panel")
-def connector_panel(pipeline_name: str, view_name: str, connector_name: str) -> Any:
-    """One connector's panel alone, for htmx to poll."""
+@bp.route("/pipelines/<pipeline_name>/panels")
+def pipeline_panels(pipeline_name: str) -> Any:
+    """The panels of one page of a pipeline's connectors, for htmx to poll (one request a page)."""
     found = _load_pipeline(pipeline_name)
-    connector = connectors_service.get_connector(found, view_name, connector_name)
+    after, connectors, _ = _connector_page(found)
+    shown = panels.load_panels(found, connectors)
     return render_template(
-        "console/_panel.html", pipeline=found, item=_panel(found, connector.view, connector)
+        "console/_poll.html", pipeline=found, panels=shown, poll=_poller(found, after, shown)
     )
+
+
+_CONNECTOR = "/pipelines/<pipeline_name>/views/<view_name>/connectors/<connector_name>"
 
 
 # -- buttons ----------------------------------------------------------------------------------
@@ -432,8 +445,9 @@ def connector_panel(pipeline_name: str, view_name: str, connector_name: str) -> 
 def _act(found: Pipeline, act: Callable[[], str], anchor: str = "") -> Response:
     """Run a button's action on the caller's pipeline; flash how it went; back to its page.
 
-    An unknown pipeline, view or connector answers the 404 page; any other refusal
-    of the service (a conflict, a stopped pipeline) is flashed on the page.
+    Back to the page of connectors the button was on (the form's ``after``).
+    An unknown pipeline, view or connector answers the 404 page; any other
+    refusal of the service (a conflict, a stopped pipeline) is flashed on the page.
     """
     try:
         message = act()
@@ -444,7 +458,9 @@ def _act(found: Pipeline, act: Callable[[], str], anchor: str = "") -> Response:
         flash(exc.message, "error")
     else:
         flash(message, "success")
-    return redirect(url_for(".pipeline", pipeline_name=found.name) + anchor, 303)
+    after = Cursor.parse(request.form.get("after"))
+    page = url_for(".pipeline", pipeline_name=found.name, after=_cursor_arg(after))
+    return redirect(page + anchor, 303)
 
 
 @bp.route("/pipelines/<pipeline_name>/<any(start, stop, pause, resume, restart):action>",
@@ -465,6 +481,7 @@ def pipeline_action(pipeline_name: str, action: str) -> Response:
 
 
 def _anchor(connector: Connector) -> str:
+    """Where a connector's card is on its page."""
     return f"#connector-{connector.id}"
 
 
