@@ -367,6 +367,7 @@ class _PostgresListener(WorkListener):
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.raw: Any = None
+        self.broken = False
 
     def _connect(self) -> Any:
         raw = self.engine.raw_connection()
@@ -378,6 +379,9 @@ class _PostgresListener(WorkListener):
             raw.invalidate()
             raise
         self.raw = raw
+        if self.broken:
+            log.info("work listener connected again")
+            self.broken = False
         return driver
 
     def wait(self, timeout: float, doorbell: int) -> bool:
@@ -391,10 +395,12 @@ class _PostgresListener(WorkListener):
                     pass
             return bool(ready)
         except Exception as exc:  # the server restarted, the network dropped...
-            log.warning("work listener lost its connection (%s); reconnecting", type(exc).__name__)
+            if not self.broken:  # said once per outage, not at every try
+                log.warning("work listener lost its connection (%s)", type(exc).__name__)
+            self.broken = True
             self.close()
-            # Notifications may have been missed meanwhile: look for work once.
-            time.sleep(min(1.0, max(0.0, timeout)))
+            # Notifications may have been missed meanwhile: look for work once after.
+            time.sleep(max(0.0, timeout))
             return True
 
     def close(self) -> None:

@@ -59,6 +59,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.connectors.models import Connector, SyncState
 from app.database import db_time
+from app.delivery.models import WorkerProcess
 from app.delivery.service import Health, health
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
@@ -474,6 +475,36 @@ class DatabaseCollector:
         yield from self._view_families(_trimmed(view_rows, view_shares))
         yield from self._reset_families(resets)
         yield from self._cut(tenants, connector_counts, connector_shares, view_counts, view_shares)
+        yield from self._worker_families()
+
+    @staticmethod
+    def _worker_families() -> Iterator[Metric]:
+        """The worker processes alive (a heartbeat within a lease) and how far ahead a clock runs.
+
+        On SQLite each process writes its heartbeat by its own clock: one that
+        runs fast shows as a heartbeat ahead of the scraper's now (its leases
+        count as run out, see app.delivery.leases). Nothing of any tenant's.
+        """
+        lease = float(current_app.config["WORKER_LEASE_SECONDS"])
+        count, latest, now = db.session.execute(
+            sa.select(
+                sa.func.count(WorkerProcess.id), sa.func.max(WorkerProcess.heartbeat_at), db_time()
+            ).where(WorkerProcess.heartbeat_at > db_time(-lease))
+        ).one()
+        alive = _gauge(
+            "worker_processes", "Worker processes whose heartbeat is within a lease.", ()
+        )
+        alive.add_metric([], int(count))
+        yield alive
+        ahead = _gauge(
+            "worker_clock_ahead_seconds",
+            "How far the fastest worker process's clock runs ahead of this one's (SQLite; "
+            "0 on PostgreSQL, whose clock is the server's).",
+            (),
+        )
+        seconds = 0.0 if latest is None else (latest - now).total_seconds()
+        ahead.add_metric([], max(0.0, seconds))
+        yield ahead
 
     @staticmethod
     def _totals(tenants: list[str], connectors: dict, views: dict) -> Iterator[Metric]:

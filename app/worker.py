@@ -40,7 +40,13 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask, current_app
 
-from app.database import db_time, insert_ignoring_duplicates, schema_problem, work_listener
+from app.database import (
+    db_time,
+    insert_ignoring_duplicates,
+    is_transient_error,
+    schema_problem,
+    work_listener,
+)
 from app.delivery import due, wake
 from app.delivery.leases import Lease
 from app.delivery.models import WorkerProcess
@@ -141,6 +147,7 @@ class Dispatcher:
         self._last_compaction = 0.0
         self._last_beat = 0.0
         self._last_tenant: str | None = None
+        self._failures = 0
 
     # -- the poller ---------------------------------------------------------------------------
 
@@ -176,10 +183,11 @@ class Dispatcher:
                             self._beat()
                             self.doorbell.drain()
                             wait = self.poll()
-                    except Exception:
-                        log.exception("worker poll failed; retrying")
+                    except Exception as exc:
                         db.session.rollback()
-                        wait = min(wait, 1.0)
+                        wait = self._failed(exc)
+                    else:
+                        self._recovered()
                     finally:
                         db.session.remove()
                 if wait > 0 and not self.stop.is_set():
@@ -213,6 +221,33 @@ class Dispatcher:
                 db.session.remove()
         log.info("worker %s stopped", self.identity)
 
+    def _failed(self, exc: Exception) -> float:
+        """Note a failed round: one log line when the trouble starts, then back off.
+
+        While the database is down every round fails the same way: a line (and a
+        traceback for what is not the database's trouble) per change of state,
+        not per round, and rounds spaced out up to the safety net's interval.
+        """
+        self._failures += 1
+        if self._failures == 1:
+            if is_transient_error(exc):
+                log.warning(
+                    "worker %s: database unavailable (%s); backing off",
+                    self.identity,
+                    type(exc).__name__,
+                )
+            else:
+                log.exception("worker %s: poll failed; retrying", self.identity)
+        return min(self.safety_net, 0.1 * 2 ** min(self._failures, 10))
+
+    def _recovered(self) -> None:
+        """Say once that rounds succeed again."""
+        if self._failures:
+            log.info(
+                "worker %s: working again after %d failed rounds", self.identity, self._failures
+            )
+        self._failures = 0
+
     def poll(self) -> float:
         """One round: hand due connectors to free threads; return the seconds to wait.
 
@@ -228,6 +263,7 @@ class Dispatcher:
         later = [t.next_due - t.now for t in tenants if not t.ready]
         if later:
             wait = min(wait, max(0.0, min(later).total_seconds()) + 0.001)
+        skewed = {t.tenant for t in tenants if t.skewed}
         names = sorted(t.tenant for t in tenants if t.ready)
         if not names:
             return wait
@@ -245,7 +281,7 @@ class Dispatcher:
                 if self._busy[tenant] >= self.tenant_cap:
                     continue
                 outcome = "empty"
-                for connector_id in due.candidates(tenant, CANDIDATES_PER_TENANT):
+                for connector_id in due.candidates(tenant, CANDIDATES_PER_TENANT, tenant in skewed):
                     looked += 1
                     outcome = self._claim(connector_id)
                     if outcome == "handed":
@@ -264,7 +300,7 @@ class Dispatcher:
 
     def _claim(self, connector_id: int) -> str:
         """Claim one connector for a free thread: "handed", "settled" or "skipped"."""
-        work = due.work_of(connector_id)
+        work = due.work_of(connector_id, self.lease_seconds)
         if work is None or work.kind is due.Kind.HELD:
             return "skipped"
         if work.kind is due.Kind.NONE:

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -30,7 +32,17 @@ from app.extensions import db
 from app.pipelines.models import Pipeline, View
 from app.view_data.models import ViewLog
 from app.worker import Dispatcher
-from tests.faults import kill, sink_lines, start_worker, wait_for
+from tests.conftest import sqlite_only
+from tests.faults import (
+    FLASK,
+    ROOT,
+    kill,
+    pause_when,
+    sink_lines,
+    start_worker,
+    wait_for,
+    worker_env,
+)
 
 SAFETY_NET = 60.0
 
@@ -330,3 +342,71 @@ def test_a_push_wakes_a_worker_in_another_process(
     finally:
         kill(worker)
     assert max(took) < 5, (took, (tmp_path / "worker.log").read_text()[-2000:])
+
+
+# -- a clock that runs fast --------------------------------------------------------------------
+
+LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))), None)
+
+
+@sqlite_only
+@pytest.mark.skipif(
+    LIBFAKETIME is None and not os.environ.get("CI"), reason="needs libfaketime (apt faketime)"
+)
+def test_a_worker_an_hour_fast_leaves_nothing_stuck_when_it_dies(
+    app, app_config, running_pipeline, client, tmp_path
+):
+    """On SQLite each process's clock is the database's: a worker an hour fast writes leases
+    ending an hour ahead. Killed holding one, it must not keep the connector for that hour:
+    a lease ending further ahead than a lease can counts as run out, and the log says why."""
+    assert LIBFAKETIME is not None, "CI installs faketime"
+    settings = {
+        **{k: v for k, v in app_config.items() if k != "TESTING"},
+        "WORKER_LEASE_SECONDS": 3,
+        "DELIVERY_BATCH_SIZE": 1,
+        "DELIVERY_CONCURRENCY": 1,
+    }
+    fast_env = {
+        **worker_env(settings),
+        # The preload form: the worker is this process's child, so signals reach it.
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME": "+1h",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    changes = "/v0/pipelines/orders/views/totals/changes"
+    for start in range(0, 1500, 500):
+        batch = [{"insert": {"id": i}} for i in range(start, start + 500)]
+        assert client.post(changes, json=batch).status_code == 200
+    log = open(tmp_path / "fast.log", "ab")  # noqa: SIM115 (closed below)
+    fast = subprocess.Popen(
+        [FLASK, "--app", "wsgi", "worker"], cwd=ROOT, env=fast_env, stdout=log, stderr=log
+    )
+    try:
+
+        def lease_ahead() -> float:
+            with app.app_context():
+                row = db.session.execute(
+                    sa.select(Connector.lease_owner, Connector.lease_expires_at)
+                ).one()
+                db.session.remove()
+            owner, until = row
+            if owner is None or until is None:
+                return 0.0
+            return (until - dt.datetime.now(dt.UTC)).total_seconds()
+
+        sink = _sink(app, "default", "out/totals.jsonl")
+        wait_for(lambda: sink_lines(sink), timeout=30, what="the fast worker to deliver")
+        # Killed while it holds the lease, which ends an hour ahead.
+        pause_when(fast, lambda: lease_ahead() > 3000)
+        kill(fast)
+    finally:
+        kill(fast)
+        log.close()
+    heir = start_worker(settings, tmp_path / "heir.log")
+    try:
+        sink = _sink(app, "default", "out/totals.jsonl")
+        wait_for(lambda: len(sink_lines(sink)) == 1500, timeout=60, what="the heir to deliver")
+    finally:
+        kill(heir)
+    assert sorted(line["insert"]["id"] for line in sink_lines(sink)) == list(range(1500))
+    assert "clock runs fast" in (tmp_path / "heir.log").read_text()

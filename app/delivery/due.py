@@ -37,19 +37,22 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import logging
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from flask import current_app
 
 from app.connectors.models import Connector, SyncState
 from app.database import db_time, notify_work
-from app.delivery import wake
+from app.delivery import leases, wake
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.resets.models import Reset, ResetStatus
 from app.view_data.models import ViewLog
+
+log = logging.getLogger(__name__)
 
 
 class Kind(enum.Enum):
@@ -181,8 +184,13 @@ def _as_utc(value: dt.datetime | str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
 
 
-def work_of(connector_id: int) -> Work | None:
-    """Read what a connector has to do now (None: it is gone). Ends the read transaction."""
+def work_of(connector_id: int, lease_seconds: float | None = None) -> Work | None:
+    """Read what a connector has to do now (None: it is gone). Ends the read transaction.
+
+    A lease that ends further ahead than one of ``lease_seconds`` can (default
+    ``WORKER_LEASE_SECONDS``) is not held: its holder's clock runs fast (said
+    in the log once per such lease).
+    """
     row = db.session.execute(_work_query(connector_id)).one_or_none()
     db.session.rollback()
     if row is None:
@@ -208,7 +216,18 @@ def work_of(connector_id: int) -> Work | None:
         return Work(connector_id, tenant, kind, wakes, next_due, _as_uuid(reset))
 
     if lease_owner is not None and lease_expires_at is not None and lease_expires_at > now:
-        return work(Kind.HELD, lease_expires_at)
+        ahead = (lease_expires_at - now).total_seconds()
+        seconds = lease_seconds or float(current_app.config["WORKER_LEASE_SECONDS"])
+        if ahead <= leases.lease_bound(seconds):
+            return work(Kind.HELD, lease_expires_at)
+        log.warning(
+            "connector %s: its lease, held by %s, ends %.0f s from now, further than a lease "
+            "can (%s s): that process's clock runs fast; the lease counts as run out",
+            connector_id,
+            lease_owner,
+            ahead,
+            seconds,
+        )
     if status != PipelineStatus.RUNNING:
         return work(Kind.NONE)  # a start or resume marks it again
     if reset_id is not None:
@@ -252,18 +271,39 @@ def settle(work: Work) -> bool:
 # -- finding work -------------------------------------------------------------------------------
 
 
+def horizon() -> float:
+    """Seconds ahead beyond which no due time is right (a lease, a retry): a fast clock wrote it.
+
+    SQLite's clock is each process's own: a process whose clock runs fast
+    writes lease ends and retry times too far ahead. Those connectors are due
+    now, not when that clock says (see ``app.delivery.leases``).
+    """
+    config = current_app.config
+    longest = max(
+        float(config["WORKER_LEASE_SECONDS"]), float(config["DELIVERY_RETRY_MAX_SECONDS"])
+    )
+    return leases.lease_bound(longest)
+
+
 @dataclass(frozen=True)
 class DueTenant:
-    """A tenant with due connectors: when its earliest is due, and the database's now."""
+    """A tenant with due connectors: its earliest and latest due times, and the database's now."""
 
     tenant: str
     next_due: dt.datetime
     now: dt.datetime
+    latest: dt.datetime | None = None
+    beyond: float = float("inf")
+
+    @property
+    def skewed(self) -> bool:
+        """Whether some of its due times lie further ahead than any can rightly be."""
+        return self.latest is not None and (self.latest - self.now).total_seconds() > self.beyond
 
     @property
     def ready(self) -> bool:
         """Whether some of its connectors are due now."""
-        return self.next_due <= self.now
+        return self.next_due <= self.now or self.skewed
 
 
 def _due_tenants_query() -> sa.Select:
@@ -284,47 +324,58 @@ def _due_tenants_query() -> sa.Select:
     )
     tenants = tenants.union_all(sa.select(after).where(tenants.c.tenant.is_not(None)))
     head = c.alias("head")
+    tail = c.alias("tail")
     earliest = (
         sa.select(sa.func.min(head.c.due_at))
         .where(head.c.tenant == tenants.c.tenant, head.c.due_at.is_not(None))
         .scalar_subquery()
     )
-    return sa.select(tenants.c.tenant, earliest, db_time()).where(tenants.c.tenant.is_not(None))
+    latest = (
+        sa.select(sa.func.max(tail.c.due_at))
+        .where(tail.c.tenant == tenants.c.tenant, tail.c.due_at.is_not(None))
+        .scalar_subquery()
+    )
+    return sa.select(tenants.c.tenant, earliest, latest, db_time()).where(
+        tenants.c.tenant.is_not(None)
+    )
 
 
 def due_tenants() -> list[DueTenant]:
     """The tenants that have due connectors, now or later; ends the read transaction."""
     rows = db.session.execute(_due_tenants_query()).all()
     db.session.rollback()
+    beyond = horizon()
     return [
-        DueTenant(tenant, _as_utc(next_due), _as_utc(now))  # type: ignore[arg-type]
-        for tenant, next_due, now in rows
+        DueTenant(tenant, _as_utc(next_due), _as_utc(now), _as_utc(latest), beyond)  # type: ignore[arg-type]
+        for tenant, next_due, latest, now in rows
         if next_due is not None
     ]
 
 
-def candidates(tenant: str, limit: int, skip: Iterable[int] = ()) -> list[int]:
-    """A tenant's connectors due now, longest due first (at most ``limit``, none of ``skip``)."""
-    skip = list(skip)
-    query = (
-        sa.select(Connector.id)
-        .where(
-            Connector.tenant == tenant,
-            Connector.due_at.is_not(None),
-            Connector.due_at <= db_time(),
-        )
-        .order_by(Connector.due_at)
-        .limit(limit + len(skip))
+def candidates(tenant: str, limit: int, skewed: bool = False) -> list[int]:
+    """A tenant's connectors due now, longest due first (at most ``limit``).
+
+    With ``skewed`` (see :class:`DueTenant`), also those whose due time lies
+    further ahead than any can rightly be.
+    """
+    base = sa.select(Connector.id).where(Connector.tenant == tenant, Connector.due_at.is_not(None))
+    ids = list(
+        db.session.execute(
+            base.where(Connector.due_at <= db_time()).order_by(Connector.due_at).limit(limit)
+        ).scalars()
     )
-    ids = [i for i in db.session.execute(query).scalars() if i not in skip]
+    if skewed and len(ids) < limit:
+        far = base.where(Connector.due_at > db_time(horizon())).order_by(Connector.due_at)
+        ids += db.session.execute(far.limit(limit - len(ids))).scalars()
     db.session.rollback()
-    return ids[:limit]
+    return ids
 
 
 def in_turn(limit: int) -> list[int]:
     """Up to ``limit`` connectors due now, taking the tenants in turn (one each, then again)."""
-    ready = [t.tenant for t in due_tenants() if t.ready]
-    per_tenant = {tenant: candidates(tenant, limit) for tenant in ready}
+    ready = [t for t in due_tenants() if t.ready]
+    per_tenant = {t.tenant: candidates(t.tenant, limit, t.skewed) for t in ready}
+    ready = [t.tenant for t in ready]  # type: ignore[misc]
     found: list[int] = []
     for turn in range(limit):
         for tenant in ready:

@@ -16,6 +16,11 @@ renews, checks and gives back a lease.
   pause, a slow disk) finds its epoch gone, and its write counts for nothing.
 - Lease times come from the database's clock (:func:`app.database.db_time`),
   never a process's own: a host whose clock runs fast cannot take a live lease.
+  SQLite's clock is each process's own, though: a process whose clock runs
+  fast (or was stepped) writes leases that end too far ahead. No lease can
+  rightly end further away than one lease length (:data:`SKEW_MARGIN` aside),
+  so one that does counts as run out: a skewed holder cannot keep connectors
+  stuck for the length of its skew.
 - A held lease keeps the connector's ``due_at`` at the instant it runs out, so
   a holder that dies leaves the connector to be found then; giving the lease
   back says when the connector is due next (:mod:`app.delivery.due`).
@@ -56,14 +61,26 @@ class Lease:
 # "not until an event marks it". The default, now, lets the next claim decide.
 Due = sa.ColumnElement[dt.datetime] | None
 NOW = "now"
+# Seconds a lease may end beyond one lease length from now (clocks a little apart).
+SKEW_MARGIN = 1.0
 
 
-def lease_is_free(owner: str) -> sa.ColumnElement[bool]:
-    """The condition under which ``owner`` may take a connector's lease (database clock)."""
+def lease_bound(seconds: float) -> float:
+    """The furthest ahead, in seconds, that a lease of ``seconds`` can rightly end."""
+    return float(seconds) + SKEW_MARGIN
+
+
+def lease_is_free(owner: str, seconds: float) -> sa.ColumnElement[bool]:
+    """The condition under which ``owner`` may take a connector's lease (database clock).
+
+    Free, ours, run out, or ending further ahead than a lease of ``seconds``
+    can (its holder's clock runs fast).
+    """
     return sa.or_(
         Connector.lease_owner.is_(None),
         Connector.lease_owner == owner,
         Connector.lease_expires_at < db_time(),
+        Connector.lease_expires_at > db_time(lease_bound(seconds)),
     )
 
 
@@ -75,7 +92,7 @@ def take(connector_id: int, owner: str, seconds: float, **values: Any) -> Lease 
     """
     row = db.session.execute(
         sa.update(Connector)
-        .where(Connector.id == connector_id, lease_is_free(owner))
+        .where(Connector.id == connector_id, lease_is_free(owner, seconds))
         .values(
             lease_owner=owner,
             lease_epoch=Connector.lease_epoch + 1,
