@@ -87,6 +87,10 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "COMPACTION_INTERVAL_SECONDS": 1.0,
         # Seconds an Idempotency-Key is remembered after its first request (24 h).
         "IDEMPOTENCY_RETENTION_SECONDS": 24 * 3600,
+        # Error answers larger than this release their key instead of being kept.
+        "IDEMPOTENCY_MAX_ERROR_BYTES": 64 * 1024,
+        # Keys a tenant may hold at once (409 QuotaExceeded past it; 0: no quota).
+        "IDEMPOTENCY_MAX_KEYS_PER_TENANT": 1_000_000,
         # Run the worker loop in a background thread of each serving process.
         "BACKGROUND_WORKER": True,
         # Seconds a client is told to wait when the database is busy.

@@ -10,14 +10,26 @@ and stores nothing new. The same key with another request answers 422
 ``IdempotencyKeyReused``; a retry that arrives while the first is still
 running waits a little, then answers 409 ``IdempotencyKeyInProgress``.
 
-Answers below 500 are kept, errors included (a 404 stays a 404 for that key);
-a 5xx answer or a crash releases the key, so that the retry runs. Keys are
-forgotten ``IDEMPOTENCY_RETENTION_SECONDS`` after their first use; expired rows
-are deleted a few at a time by the requests that claim keys.
+Answers below 500 are kept, errors included (a 404 stays a 404 for that key),
+except error answers over ``IDEMPOTENCY_MAX_ERROR_BYTES``, which release the key
+instead (a retry works them out again). A 5xx answer or a crash releases the
+key, so that the retry runs. Keys are forgotten
+``IDEMPOTENCY_RETENTION_SECONDS`` after their first use; expired rows are
+deleted a few at a time by the requests that claim keys. A tenant holds at most
+``IDEMPOTENCY_MAX_KEYS_PER_TENANT`` keys (409 ``QuotaExceeded`` past it).
 
 A route whose work commits in one transaction writes the answer in that same
 transaction (:func:`save_in_transaction`): a crash then cannot leave the work
 stored without its key. The push of view changes does that.
+
+When the work fails with an outcome the request cannot know (the database's
+reply to a COMMIT was lost: the commit may have happened), the key's row says
+which: ``done`` (its answer was committed with the work) is answered as if
+nothing had failed; ``pending`` is released. Only a key still ``pending`` is
+ever released, so a committed answer is never deleted. A release the database
+refuses (it is down) is tried again before this process's next claim; until
+then, or the pending timeout, retries answer 409 ``IdempotencyKeyInProgress``
+with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -43,6 +56,7 @@ from app.errors import (
     ApiError,
     ConflictError,
     InvalidRequest,
+    QuotaExceeded,
     handle_api_error,
     handle_http_exception,
 )
@@ -61,6 +75,11 @@ WAIT_SECONDS = 2.0
 WAIT_STEP_SECONDS = 0.05
 # Expired rows deleted per claimed key: keeps the table bounded at little cost.
 CLEANUP_BATCH = 20
+# A failed request's release (or look at its key) is tried this often, so long apart.
+RELEASE_TRIES = 3
+RELEASE_BACKOFF_SECONDS = 0.2
+# Seconds a tenant's key count is trusted before it is counted again.
+COUNT_SECONDS = 5.0
 
 PENDING = "pending"
 DONE = "done"
@@ -182,24 +201,38 @@ def _run_once(
     except (ApiError, HTTPException) as exc:
         status = exc.status_code if isinstance(exc, ApiError) else (exc.code or 500)
         if status >= 500 or isinstance(exc, IdempotencyKeyInProgress):
-            _release(claim)
+            committed = _settle_failed(claim)
+            if committed is not None:
+                return committed
             raise
         if isinstance(exc, ApiError):
             response = handle_api_error(exc)
         else:
             response = handle_http_exception(exc)
     except BaseException:
-        _release(claim)
+        committed = _settle_failed(claim)
+        if committed is not None:
+            return committed
         raise
     finally:
         g.pop("idempotency_claim", None)
     if response.status_code >= 500:
-        _release(claim)
-    elif not claim.saved:
+        committed = _settle_failed(claim)
+        return response if committed is None else committed
+    if not claim.saved:
+        body = _stored_body(response, secret_fields)
+        if response.status_code >= 400 and len(body) > _max_error_bytes():
+            # Too big to keep for a day: a retry works the error out again.
+            _settle_failed(claim)
+            return response
         kept = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
-        _complete(claim, response.status_code, _stored_body(response, secret_fields), kept)
+        _complete(claim, response.status_code, body, kept)
         db.session.commit()
     return response
+
+
+def _max_error_bytes() -> int:
+    return int(current_app.config["IDEMPOTENCY_MAX_ERROR_BYTES"])
 
 
 def _stored_body(response: Response, secret_fields: tuple[str, ...]) -> bytes:
@@ -261,6 +294,8 @@ def _claim_or_find(tenant: str, key: str, request_hash: str) -> _Claim | Idempot
     Raises 422 for a key used with another request, 409 if its first request
     is still running after a short wait.
     """
+    if _unreleased:
+        _retry_releases()
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
         row = _find(tenant, key)
@@ -271,6 +306,7 @@ def _claim_or_find(tenant: str, key: str, request_hash: str) -> _Claim | Idempot
         if row is None:
             owner = uuid.uuid4().hex
             _delete_expired()
+            _check_quota(tenant)
             claimed = IdempotencyKey(
                 tenant=tenant,
                 key=key,
@@ -303,8 +339,41 @@ def _claim_or_find(tenant: str, key: str, request_hash: str) -> _Claim | Idempot
             raise IdempotencyKeyInProgress(
                 f"A request with the {HEADER} '{key}' is still running; retry shortly",
                 details={"idempotency_key": key},
+                headers=_retry_after(),
             )
         time.sleep(WAIT_STEP_SECONDS)
+
+
+# Where each app keeps, per tenant, (keys counted, when): a claim counts every few seconds.
+_COUNTS = "pipeline_manager.idempotency_counts"
+
+
+def _check_quota(tenant: str) -> None:
+    """Raise ``QuotaExceeded`` when the tenant holds ``IDEMPOTENCY_MAX_KEYS_PER_TENANT`` keys.
+
+    Counted again every ``COUNT_SECONDS`` per process and added to in between,
+    so the quota holds to within what a few seconds of claims add.
+    """
+    limit = int(current_app.config["IDEMPOTENCY_MAX_KEYS_PER_TENANT"] or 0)
+    if not limit:
+        return
+    _counts: dict[str, tuple[int, float]] = current_app.extensions.setdefault(_COUNTS, {})
+    count, when = _counts.get(tenant, (0, 0.0))
+    if time.monotonic() - when > COUNT_SECONDS:
+        count = db.session.execute(
+            sa.select(sa.func.count()).where(IdempotencyKey.tenant == tenant)
+        ).scalar_one()
+        when = time.monotonic()
+    if count >= limit:
+        _counts[tenant] = (count, when)
+        raise QuotaExceeded(
+            f"The tenant holds {count} idempotency keys, its quota "
+            "(IDEMPOTENCY_MAX_KEYS_PER_TENANT); keys are forgotten "
+            "IDEMPOTENCY_RETENTION_SECONDS after their first use",
+            details={"quota": "idempotency_keys", "limit": limit, "current": count},
+            headers=_retry_after(),
+        )
+    _counts[tenant] = (count + 1, when)
 
 
 def _delete_expired() -> None:
@@ -336,30 +405,84 @@ def _complete(claim: _Claim, status: int, body: bytes, headers: dict[str, str]) 
         raise IdempotencyKeyInProgress(
             f"Another request took over this {HEADER}; retry to get its answer",
             details={},
+            headers=_retry_after(),
         )
 
 
-def _release(claim: _Claim) -> None:
-    """Give the key up, so that a retry runs the request again."""
-    try:
-        db.session.rollback()
-        db.session.execute(
-            sa.delete(IdempotencyKey)
-            .where(IdempotencyKey.id == claim.row_id, IdempotencyKey.owner == claim.owner)
-            .execution_options(synchronize_session=False)
+def _retry_after() -> dict[str, str]:
+    return {"Retry-After": str(current_app.config["RETRY_AFTER_SECONDS"])}
+
+
+# Releases the database refused, (row id, owner): tried again before the next claim.
+_unreleased: set[tuple[int, str]] = set()
+_unreleased_lock = threading.Lock()
+
+
+def _release_statement(row_id: int, owner: str) -> sa.Delete:
+    """Delete a claimed key only while it is pending: an answer committed with its work stays."""
+    return (
+        sa.delete(IdempotencyKey)
+        .where(
+            IdempotencyKey.id == row_id,
+            IdempotencyKey.owner == owner,
+            IdempotencyKey.state == PENDING,
         )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _settle_failed(claim: _Claim) -> Response | None:
+    """After the route failed: its committed answer if the work committed after all, else release.
+
+    The failure may hide a commit that happened (a COMMIT whose reply was
+    lost): the key's row, committed with the work, says so. Returns that
+    answer, or None once the pending key is released (or, the database
+    refusing, noted for :func:`_retry_releases`).
+    """
+    for attempt in range(RELEASE_TRIES):
+        try:
+            db.session.rollback()
+            row = db.session.execute(
+                sa.select(IdempotencyKey).where(
+                    IdempotencyKey.id == claim.row_id, IdempotencyKey.owner == claim.owner
+                )
+            ).scalar_one_or_none()
+            if row is not None and row.state == DONE:
+                return _answer(row)
+            db.session.execute(_release_statement(claim.row_id, claim.owner))
+            db.session.commit()
+            return None
+        except Exception:
+            db.session.rollback()
+            if attempt + 1 < RELEASE_TRIES:
+                time.sleep(RELEASE_BACKOFF_SECONDS * (attempt + 1))
+    with _unreleased_lock:
+        _unreleased.add((claim.row_id, claim.owner))
+    return None
+
+
+def _retry_releases() -> None:
+    """Release the keys whose release the database refused earlier (now that it answers)."""
+    with _unreleased_lock:
+        pending = list(_unreleased)
+    for row_id, owner in pending:
+        db.session.execute(_release_statement(row_id, owner))
         db.session.commit()
-    except Exception:
-        # The database is failing; the pending row expires after the pending timeout.
-        db.session.rollback()
+        with _unreleased_lock:
+            _unreleased.discard((row_id, owner))
 
 
-def _replay(row: IdempotencyKey) -> Response:
-    """Answer with a stored answer."""
+def _answer(row: IdempotencyKey) -> Response:
+    """A stored answer as a response (ends the read transaction)."""
     headers = json.loads(row.response_headers or "{}")
     body = (row.response_body or "").encode("utf-8")
     db.session.rollback()
-    response = Response(body, status=row.response_status, headers=headers)
+    return Response(body, status=row.response_status, headers=headers)
+
+
+def _replay(row: IdempotencyKey) -> Response:
+    """Answer a retry with a stored answer."""
+    response = _answer(row)
     response.headers[REPLAYED_HEADER] = "true"
     return response
 

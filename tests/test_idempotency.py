@@ -204,3 +204,155 @@ def test_create_api_key_is_idempotent(app, make_key):
     with app.app_context():
         stored = db.session.execute(sa.select(IdempotencyKey.response_body)).scalars().all()
     assert not any(secret in body for body in stored)
+
+
+# -- faults: a lost COMMIT reply, a database that is down ----------------------------------------
+
+
+def _lose_the_commit_reply(app, monkeypatch) -> list[str]:
+    """Make the next commit that stores view changes commit, then fail as a lost reply would.
+
+    The work and its key's answer are committed by the database; the request
+    sees the connection drop (a driver-level fault: what a network blip or a
+    failover between the COMMIT and its reply does).
+    """
+    import psycopg
+
+    with app.app_context():
+        engine = db.engine
+    dialect = engine.dialect
+    real_commit = dialect.do_commit
+    armed: list[str] = []
+
+    def watch(conn, cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("INSERT INTO VIEW_CHANGES"):
+            armed.append("armed")
+
+    def commit_then_lose_the_reply(dbapi_connection):
+        real_commit(dbapi_connection)
+        if armed and armed[-1] == "armed":
+            armed[-1] = "lost"
+            if dialect.name == "postgresql":
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            import sqlite3
+
+            raise sqlite3.OperationalError("database is locked")
+
+    sa.event.listen(engine, "before_cursor_execute", watch)
+    monkeypatch.setattr(dialect, "do_commit", commit_then_lose_the_reply)
+    return armed
+
+
+def test_a_push_whose_commit_reply_was_lost_is_stored_once(
+    app, client, running_pipeline, monkeypatch
+):
+    """The COMMIT happened, its reply did not come: the request finds its committed answer
+    instead of answering 503, and a retry with the key is a replay, not a second batch."""
+    lost = _lose_the_commit_reply(app, monkeypatch)
+    first = client.post(CHANGES, json=BATCH, headers=key("blip"))
+    assert lost == ["lost"]
+    assert first.status_code == 200, first.get_json()
+    assert "Idempotent-Replayed" not in first.headers
+    again = client.post(CHANGES, json=BATCH, headers=key("blip"))
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_data() == first.get_data()
+    log_end, contents = view_state(client)
+    assert log_end == len(BATCH)  # one seq range: the batch was stored once
+    assert [weight for _record, weight in contents] == [1, 1]
+
+
+class _DatabaseDown:
+    """While on, every statement fails as a database that is busy or unreachable."""
+
+    def __init__(self, app) -> None:
+        with app.app_context():
+            self.engine = db.engine
+        self.on = False
+        sa.event.listen(self.engine, "before_cursor_execute", self._refuse)
+
+    def _refuse(self, *_args):
+        if self.on:
+            raise sa.exc.OperationalError("SELECT", {}, Exception("database is locked"))
+
+    def close(self) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._refuse)
+
+
+def test_a_release_the_database_refused_is_made_before_the_next_claim(
+    app, client, running_pipeline, monkeypatch
+):
+    """The database fails during the push, and again while the key is released: the key
+    stays pending. Once the database answers, the retry is not refused for a minute: the
+    release is made first, and the retry runs."""
+    from app.view_data import service
+
+    down = _DatabaseDown(app)
+    real_push = service.push_changes
+
+    def push_while_the_database_goes_down(*args, **kwargs):
+        down.on = True
+        return real_push(*args, **kwargs)
+
+    monkeypatch.setattr(service, "push_changes", push_while_the_database_goes_down)
+    monkeypatch.setattr("app.idempotency.RELEASE_BACKOFF_SECONDS", 0.01)
+    try:
+        failed = client.post(CHANGES, json=BATCH, headers=key("k"))
+        assert_error(failed, 503, "ServiceUnavailable")
+        down.on = False
+        with app.app_context():
+            (state,) = db.session.execute(sa.select(IdempotencyKey.state)).scalars()
+            db.session.remove()
+        assert state == "pending"  # the release could not be made
+        monkeypatch.setattr(service, "push_changes", real_push)
+        retry = client.post(CHANGES, json=BATCH, headers=key("k"))
+        assert retry.status_code == 200, retry.get_json()
+        assert "Idempotent-Replayed" not in retry.headers
+    finally:
+        down.close()
+    assert view_state(client)[0] == len(BATCH)
+
+
+def test_a_key_in_progress_says_when_to_retry(app, client, running_pipeline):
+    import hashlib
+
+    body = b'[{"insert": {"id": 1}}]'
+    digest = hashlib.sha256(f"POST {CHANGES}\n".encode() + body).hexdigest()
+    with app.app_context():
+        db.session.add(
+            IdempotencyKey(
+                tenant="default",
+                key="busy",
+                request_hash=digest,
+                state="pending",
+                owner="someone",
+                created_at=dt.datetime.now(dt.UTC),
+            )
+        )
+        db.session.commit()
+        db.session.remove()
+    r = client.post(CHANGES, data=body, headers={**key("busy"), "Content-Type": "application/json"})
+    assert_error(r, 409, "IdempotencyKeyInProgress")
+    assert r.headers["Retry-After"]
+
+
+def test_a_big_error_answer_is_not_kept_for_a_day(app, client, running_pipeline):
+    app.config["IDEMPOTENCY_MAX_ERROR_BYTES"] = 64
+    bad = [{"insert": {"id": 1}}, {"upsert": {"id": 2, "padding": "x" * 200}}]
+    first = client.post(CHANGES, json=bad, headers=key("big"))
+    assert_error(first, 400, "InvalidRequest")
+    with app.app_context():
+        assert db.session.execute(sa.select(sa.func.count(IdempotencyKey.id))).scalar() == 0
+        db.session.remove()
+    again = client.post(CHANGES, json=bad, headers=key("big"))
+    assert_error(again, 400, "InvalidRequest")
+    assert "Idempotent-Replayed" not in again.headers
+
+
+def test_a_tenant_holds_at_most_its_quota_of_keys(app, client, running_pipeline):
+    app.config["IDEMPOTENCY_MAX_KEYS_PER_TENANT"] = 2
+    for name in ("a", "b"):
+        assert client.post(CHANGES, json=[], headers=key(name)).status_code == 200
+    r = client.post(CHANGES, json=[], headers=key("c"))
+    body = assert_error(r, 409, "QuotaExceeded")
+    assert body["details"]["quota"] == "idempotency_keys"
+    assert client.post(CHANGES, json=[], headers=key("a")).status_code == 200  # a replay
