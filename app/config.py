@@ -53,9 +53,16 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # The most of those threads one tenant's connectors hold at once in a process
         # (None: all but one, so another tenant's work always finds a thread).
         "TENANT_MAX_CONCURRENT_CLAIMS": None,
-        # Attempts a reset makes (a failed one is retried with the delivery backoff)
-        # before it fails and its connector is marked failed.
+        # A connector whose sink diverges again and again (each time redoing its
+        # snapshot) is failed after this many redos within this many seconds; the
+        # redos before that wait longer and longer (the delivery backoff).
+        "REDO_MAX_IN_WINDOW": 5,
+        "REDO_WINDOW_SECONDS": 3600,
+        # A reset whose sink fails is retried with the delivery backoff; it fails (and
+        # its connector is marked failed) once it made this many attempts *and* has
+        # been going on this many seconds: a sink down for minutes is ridden out.
         "RESET_MAX_ATTEMPTS": 5,
+        "RESET_RETRY_SECONDS": 900,
         # The worker is woken when there is work (app/delivery/wake.py); it also
         # looks on its own every this many seconds, a safety net.
         "WORKER_POLL_INTERVAL": 5.0,

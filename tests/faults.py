@@ -119,20 +119,26 @@ def _fold_keys(changes: list[tuple[str, str]]) -> Counter:
 
 
 def time_passes() -> None:
-    """Let time pass for the due index: every connector with timed work is due now.
+    """Let time pass: every backoff runs out, and every connector with timed work is due now.
 
-    Tests that run a backoff or a lease out by writing its time into the past
-    call this too (inside an app context, before their commit): the due index
-    keeps each connector's next time of its own (``app.delivery.due``).
+    Call it inside an app context, before a commit. Tests that run a lease out
+    by writing its time into the past call it too: the due index keeps each
+    connector's next time of its own (``app.delivery.due``).
     """
     import sqlalchemy as sa
 
     from app.connectors.models import Connector
     from app.database import db_time
     from app.extensions import db
+    from app.resets.models import Reset
 
+    past = db_time(-3600)
+    for model in (Connector, Reset):
+        db.session.execute(
+            sa.update(model).where(model.next_attempt_at.is_not(None)).values(next_attempt_at=past)
+        )
     db.session.execute(
-        sa.update(Connector).where(Connector.due_at.is_not(None)).values(due_at=db_time(-3600))
+        sa.update(Connector).where(Connector.due_at.is_not(None)).values(due_at=past)
     )
 
 

@@ -73,6 +73,7 @@ class Receiver:
         self._refusal: tuple[int, bytes] | None = None
         self._hanging = False
         self._lose = 0
+        self._behind_always = False
         self._closed = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.server.daemon_threads = True
@@ -118,6 +119,12 @@ class Receiver:
         with self._cond:
             self._hanging = on
             self._cond.notify_all()
+
+    def behind_at_every_batch(self, on: bool = True) -> None:
+        """While on, answer every batch 409 ``{"applied_seq": 0}`` (resets and snapshots are
+        applied): a receiver that claims to lose what it holds, batch after batch."""
+        with self._cond:
+            self._behind_always = on
 
     def lose_answers(self, count: int = 1) -> None:
         """Apply the next ``count`` messages, then drop the connection instead of answering."""
@@ -303,6 +310,8 @@ class Receiver:
         if self._fail:
             status, extra = self._fail.pop(0)
             return status, extra, b'{"error":"failing on purpose"}', "failed"
+        if self._behind_always and message.get("type") == "batch":
+            return 409, {}, b'{"applied_seq": 0}', "behind"
         try:
             outcome = self._handle(message, headers)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

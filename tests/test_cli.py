@@ -441,7 +441,7 @@ def test_wait_times_out_with_status_3(cli, running):
 
 
 def test_wait_exits_1_when_the_reset_fails(app, cli, tmp_path: Path, run_resets):
-    app.config["RESET_MAX_ATTEMPTS"] = 1  # no retries: the first failure is final
+    app.config.update(RESET_MAX_ATTEMPTS=1, RESET_RETRY_SECONDS=0)  # the first failure is final
     ok(cli("pipelines", "create", "orders", "--view", "totals"))
     ok(
         cli(

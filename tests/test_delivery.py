@@ -390,7 +390,7 @@ def test_a_failed_reset_is_retried_then_fails_the_connector_visibly(
 ):
     push(client, inserts(0, 3))
     deliver(app)
-    app.config["RESET_MAX_ATTEMPTS"] = 2
+    app.config.update(RESET_MAX_ATTEMPTS=2, RESET_RETRY_SECONDS=0)
 
     def refuse(self, connector, epoch):
         raise TransportError("cannot reset")
@@ -542,3 +542,91 @@ def test_a_batch_the_http_sink_refuses_fails_the_connector_until_a_reset(
     kinds = [m["type"] for m in receiver.messages]
     assert kinds == ["reset", "snapshot"]
     assert [rec for rec in receiver.messages[1]["records"]] == inserts(0, 2)
+
+
+def test_a_sink_that_diverges_at_every_batch_is_redone_a_few_times_then_failed(api, client, app):
+    """A receiver answering every batch 409 {"applied_seq": 0} would have its snapshot
+    redone at every pushed change, for ever: the redos back off, and after
+    REDO_MAX_IN_WINDOW of them within the window the connector is failed, saying why."""
+    from app.worker import run_once
+    from tests.receiver import Receiver as ReferenceReceiver
+
+    app.config.update(REDO_MAX_IN_WINDOW=3, DELIVERY_RETRY_BASE_SECONDS=30)
+    with ReferenceReceiver() as sink:
+        transport = {"name": "http", "config": {"url": sink.url, "max_retries": 0}}
+        api.create_pipeline()
+        r = client.post(
+            "/v0/pipelines/orders/views/totals/connectors",
+            json={"name": "hook", "transport": transport},
+        )
+        assert r.status_code == 201
+        api.action("orders", "start")
+
+        def work_until_idle() -> None:
+            with app.app_context():
+                while run_once():
+                    pass
+                db.session.remove()
+
+        push(client, inserts(1000, 5))
+        work_until_idle()  # delivered: the receiver holds up to position 5
+        sink.behind_at_every_batch()
+
+        redos = []
+        for n in range(12):
+            push(client, inserts(n, 1))
+            work_until_idle()
+            body = stats(client, "hook")
+            redos.append(body["resets"]["count"])
+            if body["health"] == "failed":
+                break
+            if body["next_attempt_at"]:
+                # Backing off: a push does not bring the redo forward; time passing does.
+                push(client, inserts(100 + n, 1))
+                work_until_idle()
+                assert stats(client, "hook")["resets"]["count"] == redos[-1]
+                with app.app_context():
+                    time_passes()
+                    db.session.commit()
+                    db.session.remove()
+                work_until_idle()
+    body = stats(client, "hook")
+    assert body["health"] == "failed", body
+    assert "redone 3 times" in body["sync_reason"]
+    assert body["resets"]["count"] == 3
+    assert "applied_seq" in body["last_error"] or "position 0" in body["last_error"]
+
+
+def test_a_reset_rides_out_a_sink_outage_of_minutes(running_pipeline, client, app, monkeypatch):
+    """Ten failed attempts in a row, well past RESET_MAX_ATTEMPTS, within the retry
+    budget in time: the reset goes on (its next attempt shown in its status and in the
+    connector's stats), and completes once the sink is back."""
+    push(client, inserts(0, 3))
+    deliver(app)
+    app.config.update(RESET_MAX_ATTEMPTS=3, RESET_RETRY_SECONDS=600)
+    real = FileTransport.staging
+    outage = {"on": True}
+
+    def staging(self, connector, epoch):
+        if outage["on"]:
+            raise TransportError("No space left on device")
+        return real(self, connector, epoch)
+
+    monkeypatch.setattr(FileTransport, "staging", staging)
+    token = running_pipeline.reset()
+    for _attempt in range(10):
+        with app.app_context():
+            assert ResetExecutor("r").run_pending() == 1
+            time_passes()  # the backoff runs out; the reset itself is a minute old at most
+            db.session.commit()
+            db.session.remove()
+        body = running_pipeline.status(token).get_json()
+        assert body["status"] == "inprogress" and body["next_attempt_at"], body
+        assert stats(client)["next_attempt_at"]
+    outage["on"] = False
+    with app.app_context():
+        assert ResetExecutor("r").run_pending() == 1
+        db.session.remove()
+    body = running_pipeline.status(token).get_json()
+    assert body["status"] == "complete" and body["attempts"] == 11
+    assert stats(client)["health"] == "healthy"

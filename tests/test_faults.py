@@ -577,7 +577,7 @@ def test_reset_out_of_attempts_or_refused_fails_and_marks_the_connector_failed(
         http_pipeline(c, receiver)
         work = Workload(5)
         c.push(work.batch(200))
-        c.worker(RESET_MAX_ATTEMPTS=2)
+        c.worker(RESET_MAX_ATTEMPTS=2, RESET_RETRY_SECONDS=0)
         c.wait_caught_up("hook")
         if fault == "unavailable":
             receiver.fail_next(2)  # both attempts' reset messages: 503

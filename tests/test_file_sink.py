@@ -39,7 +39,7 @@ def add(api: Api, path: str, name: str = "sink1") -> Any:
 @pytest.fixture
 def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     """One attempt per reset: the first failure is final (retries are tested elsewhere)."""
-    return {**app_config, "RESET_MAX_ATTEMPTS": 1}
+    return {**app_config, "RESET_MAX_ATTEMPTS": 1, "RESET_RETRY_SECONDS": 0}
 
 
 def reset_and_run(api: Api, run_resets: Any) -> dict[str, Any]:

@@ -235,6 +235,8 @@ def work_of(connector_id: int, lease_seconds: float | None = None) -> Work | Non
             return work(Kind.NONE, reset_next)
         return work(Kind.RESET, reset=reset_id)
     if sync_state == SyncState.RESETTING:
+        if next_attempt_at is not None and next_attempt_at > now:
+            return work(Kind.NONE, next_attempt_at)  # a redo backing off: not before then
         return work(Kind.REDO)
     if sync_state != SyncState.IN_SYNC or paused:
         return work(Kind.NONE)  # a reset, or the connector's start, marks it again

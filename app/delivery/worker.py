@@ -42,7 +42,7 @@ from app.delivery import due, leases, reader, sinks
 from app.delivery.leases import Lease, LeaseLost
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
-from app.resets.models import Reset, ResetStatus
+from app.resets.models import Reset, ResetOrigin, ResetStatus
 from app.transports import TransportError, get_transport
 from app.transports.file import SinkFile, encode_texts
 from app.transports.tables import SinkDiverged, SinkMoved, TableSink, is_table_sink
@@ -451,18 +451,55 @@ class DeliveryWorker:
         position.inflight, position.failures = None, 0
 
     def _out_of_sync(self, lease: Lease, reason: str) -> None:
-        """Mark the connector out of sync (a snapshot is owed) and give it back."""
+        """Mark the connector out of sync (a snapshot is owed) and give it back.
+
+        The redo of its snapshot is queued at once the first time; when the sink
+        diverges again and again (a receiver that claims to have lost everything
+        at every batch), each redo waits longer (the delivery backoff), and after
+        ``REDO_MAX_IN_WINDOW`` redos within ``REDO_WINDOW_SECONDS`` the
+        connector is ``failed``, with the reason, until a reset.
+        """
         db.session.rollback()
+        config = current_app.config
+        window = float(config["REDO_WINDOW_SECONDS"])
+        redone = db.session.execute(
+            sa.select(sa.func.count(Reset.id)).where(
+                Reset.connector_id == lease.connector_id,
+                Reset.origin == ResetOrigin.REDO,
+                Reset.requested_at > db_time(-window),
+            )
+        ).scalar_one()
+        db.session.rollback()
+        values: dict = {
+            "last_error": reason[:MAX_ERROR_LENGTH],
+            "last_error_at": db_time(),
+            "inflight_first_seq": None,
+            "inflight_last_seq": None,
+        }
+        if redone >= int(config["REDO_MAX_IN_WINDOW"]):
+            reason = (
+                f"{reason}; its snapshot was redone {redone} times in the last {window:.0f} s, "
+                "so it is given up on until a reset (check the sink)"
+            )
+            log.warning("connector %s failed: %s", lease.connector_id, reason)
+            leases.release(
+                lease,
+                due=None,
+                sync_state=SyncState.FAILED,
+                sync_reason=reason[:MAX_ERROR_LENGTH],
+                **{**values, "last_error": reason[:MAX_ERROR_LENGTH]},
+            )
+            return
         log.warning("connector %s is out of sync: %s", lease.connector_id, reason)
+        # The first redo at once, the next ones further apart (the delivery backoff).
+        redo_at = db_time(backoff_seconds(redone)) if redone else leases.NOW
         leases.release(
             lease,
-            due=leases.NOW,  # a redo of the snapshot is queued at the next claim
+            due=redo_at,
             sync_state=SyncState.RESETTING,
             sync_reason=reason[:MAX_ERROR_LENGTH],
-            last_error=reason[:MAX_ERROR_LENGTH],
-            last_error_at=db_time(),
-            inflight_first_seq=None,
-            inflight_last_seq=None,
+            next_attempt_at=None if redone == 0 else redo_at,
+            **values,
         )
 
     def _failed(self, lease: Lease, failures: int, exc: TransportError) -> None:

@@ -12,8 +12,9 @@ taken for in sync:
 
 - a worker that died or stalled: the lease runs out, another executor takes
   the reset over and does it again from the start;
-- a sink that failed: the attempt is retried with backoff, up to
-  ``RESET_MAX_ATTEMPTS``; then the reset fails and the connector is ``failed``;
+- a sink that failed: the attempt is retried with backoff, for at least
+  ``RESET_MAX_ATTEMPTS`` attempts and ``RESET_RETRY_SECONDS``; then the reset
+  fails and the connector is ``failed``;
 - the pipeline stopped: the reset is abandoned with its incarnation, and after
   the next start :func:`queue_owed_resets` queues a new one (origin ``redo``).
 
@@ -162,6 +163,7 @@ class ResetExecutor:
         self.owner = owner or new_owner_id()
         self.lease_seconds = float(lease_seconds or config["WORKER_LEASE_SECONDS"])
         self.max_attempts = int(config["RESET_MAX_ATTEMPTS"])
+        self.retry_seconds = float(config["RESET_RETRY_SECONDS"])
         self.batch_size = int(config.get("REPLAY_BATCH_SIZE") or REPLAY_BATCH_SIZE)
         self.batch_bytes = int(config["DELIVERY_BATCH_BYTES"])
 
@@ -449,20 +451,29 @@ class ResetExecutor:
     def _attempt_failed(
         self, reset_id: uuid.UUID, lease: Lease, message: str, give_up: bool = False
     ) -> None:
-        """Retry a failed attempt with backoff, or, out of attempts, fail reset and connector."""
+        """Retry a failed attempt with backoff, or, out of its budget, fail reset and connector.
+
+        The budget: ``RESET_MAX_ATTEMPTS`` attempts *and* ``RESET_RETRY_SECONDS``
+        since the reset started, so that a sink down for minutes (a database
+        restarting, a disk remounted) is ridden out as streaming rides it out.
+        A sink that refused a message (``give_up``) fails it at once.
+        """
         message = message[:MAX_ERROR_LENGTH]
-        attempts = db.session.execute(
-            sa.select(Reset.attempts).where(Reset.id == reset_id)
-        ).scalar_one_or_none()
+        row = db.session.execute(
+            sa.select(Reset.attempts, Reset.started_at, db_time()).where(Reset.id == reset_id)
+        ).one_or_none()
         db.session.rollback()
-        if attempts is None:
+        if row is None:
             return self._let_go(lease)
-        final = give_up or attempts >= self.max_attempts
+        attempts, started_at, now = row
+        elapsed = 0.0 if started_at is None else (now - started_at).total_seconds()
+        final = give_up or (attempts >= self.max_attempts and elapsed >= self.retry_seconds)
         log.warning(
-            "reset %s: attempt %d of %d failed%s: %s",
+            "reset %s: attempt %d failed after %.0f s of a %.0f s budget%s: %s",
             reset_id,
             attempts,
-            self.max_attempts,
+            elapsed,
+            self.retry_seconds,
             "; giving up" if final else "",
             message,
         )
@@ -479,7 +490,8 @@ class ResetExecutor:
             values.update(status=ResetStatus.FAILED, completed_at=db_time())
         else:
             retry = db_time(backoff_seconds(attempts))
-            connector.update(leases.given_back(lease, due=retry))
+            # The connector's stats show when the reset is tried again.
+            connector.update(leases.given_back(lease, due=retry), next_attempt_at=retry)
             values.update(phase=ResetPhase.QUEUED, next_attempt_at=retry)
         try:
             self._advance(reset_id, lease, connector=connector, **values)
