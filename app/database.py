@@ -36,7 +36,17 @@ _PG_TRANSIENT_CLASSES = ("08", "53", "57")
 _PG_TRANSIENT_CODES = {"40001", "40P01", "55P03"}
 # WAL pages (4 KiB each) between SQLite's automatic checkpoints.
 SQLITE_WAL_CHECKPOINT_PAGES = 10_000
-_SQLITE_TRANSIENT_MESSAGES = ("database is locked", "database is busy", "database table is locked")
+_SQLITE_TRANSIENT_MESSAGES = (
+    "database is locked",
+    "database is busy",
+    "database table is locked",
+    # The disk is full, or failing: the operator's to fix, not a bug; retry later.
+    "database or disk is full",
+    "disk i/o error",
+)
+# PostgreSQL's "disk full" (53100) and SQLite's: see storage_full().
+_FULL = ("database or disk is full",)
+_PG_FULL = "53100"
 
 
 def utcnow() -> dt.datetime:
@@ -125,6 +135,35 @@ def is_transient_error(exc: BaseException) -> bool:
     # SQLite's OperationalError (no such table, ...) is a bug, not a busy server.
     driver = type(orig).__module__.split(".")[0]
     return driver in ("psycopg", "psycopg2") and type(orig).__name__ == "OperationalError"
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Tell whether a database error says its disk is full (SQLite's or PostgreSQL's)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return sqlstate == _PG_FULL or any(text in str(orig).lower() for text in _FULL)
+
+
+# When this process last saw the database's disk full (time.monotonic()), for /readyz.
+_full_at: float | None = None
+# Seconds a disk-full error keeps this process unready (unless another comes).
+FULL_SECONDS = 30.0
+
+
+def note_storage_full() -> None:
+    """Remember that a write just failed on a full disk (``app.health`` reports it)."""
+    global _full_at
+    _full_at = time.monotonic()
+
+
+def storage_full_lately() -> float | None:
+    """Seconds since this process saw the disk full, if within ``FULL_SECONDS`` (else None)."""
+    if _full_at is None:
+        return None
+    age = time.monotonic() - _full_at
+    return age if age <= FULL_SECONDS else None
 
 
 def _dialect_insert(table: sa.Table) -> Any:
@@ -263,6 +302,22 @@ def init_app(app: Flask) -> None:
             busy_timeout_ms = int(app.config["SQLITE_BUSY_TIMEOUT_MS"])
             event.listen(engine, "connect", _sqlite_configurer(busy_timeout_ms))
     app.before_request(require_schema)
+    # Registered after Flask-SQLAlchemy's, so it runs first (teardowns run in reverse).
+    app.teardown_appcontext(_remove_session)
+
+
+def _remove_session(_exc: BaseException | None) -> None:
+    """End the context's session; a rollback on a connection the server dropped is no error.
+
+    Flask-SQLAlchemy's own teardown would raise it after the answer was made
+    (a PostgreSQL restart), and the server would answer a bare 500 instead.
+    """
+    try:
+        db.session.remove()
+    except Exception:
+        log.warning("could not end a database session cleanly (the connection was lost)")
+        with contextlib.suppress(Exception):
+            db.session.registry.clear()
 
 
 MIGRATE_HINT = "run `make migrate` (or `pipeline-manager db upgrade`)"

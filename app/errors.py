@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app.database import is_transient_error
+from app.database import is_transient_error, note_storage_full, storage_full
 from app.extensions import db
 
 log = logging.getLogger(__name__)
@@ -344,9 +344,14 @@ def handle_http_exception(error: HTTPException) -> Response:
 
 def handle_unexpected(error: BaseException) -> Response:
     """Answer 500 (or 503 for a busy database) without telling anything internal."""
-    db.session.rollback()
+    try:
+        db.session.rollback()
+    except Exception:  # the connection died with the error: the pool replaces it
+        log.debug("rollback after an error failed", exc_info=True)
     original = getattr(error, "original_exception", None) or error
     if is_transient_error(original):
+        if storage_full(original):
+            note_storage_full()
         log.warning("database busy or unreachable: %s", type(original).__name__)
         seconds = current_app.config["RETRY_AFTER_SECONDS"]
         return error_response(

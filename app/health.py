@@ -17,7 +17,7 @@ from flask import Flask, Response, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import worker
-from app.database import schema_problem
+from app.database import schema_problem, storage_full_lately
 from app.errors import ServiceUnavailable
 from app.extensions import Blueprint, db
 from app.prepared import PreparedSelect
@@ -85,6 +85,11 @@ def readiness() -> tuple[dict[str, str], str | None]:
         checks["database"] = "unreachable"
         return checks, "The database does not answer"
     checks["schema"] = "ok" if problem is None else "not_at_head"
+    full = storage_full_lately()
+    if full is not None:
+        # Reads still work; writes (pushes, resets, delivery's offsets) do not.
+        checks["database"] = "full"
+        problem = problem or f"The database's disk is full (a write failed {full:.0f} s ago)"
     app = current_app._get_current_object()
     checks["worker"], worker_problem = worker.readiness(app)
     return checks, problem or worker_problem

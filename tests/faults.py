@@ -240,7 +240,11 @@ def free_port() -> int:
 
 @contextmanager
 def served(
-    tmp_path: Path, settings: Mapping[str, Any], *args: str, workers: int = 1
+    tmp_path: Path,
+    settings: Mapping[str, Any],
+    *args: str,
+    workers: int = 1,
+    port: int | None = None,
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """Run gunicorn with ``gunicorn.conf.py`` on a free loopback port until the block ends.
 
@@ -250,7 +254,7 @@ def served(
     ``flask`` commands on the same instance). Waits for ``/healthz``, then, on the
     way out, stops gunicorn with SIGTERM (SIGKILL after 20 s).
     """
-    port = free_port()
+    port = port or free_port()
     env = {
         **os.environ,
         **{
@@ -277,7 +281,7 @@ def served(
     def up() -> bool:
         try:
             return requests.get(f"{base}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up, or slow to boot
             assert process.poll() is None, process.stderr.read().decode()
             return False
 

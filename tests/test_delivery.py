@@ -630,3 +630,26 @@ def test_a_reset_rides_out_a_sink_outage_of_minutes(running_pipeline, client, ap
     body = running_pipeline.status(token).get_json()
     assert body["status"] == "complete" and body["attempts"] == 11
     assert stats(client)["health"] == "healthy"
+
+
+def test_a_sink_error_quoting_pushed_text_cannot_forge_a_log_line(
+    running_pipeline, client, app, monkeypatch, caplog
+):
+    """A sink's message may quote what was pushed (PostgreSQL's "invalid input syntax
+    for type integer: ..."): its control characters are escaped in the stats and the log."""
+    forged = "1\n2026-12-07 10:00:00,000 CRITICAL app: forged\r\x1b[2J"
+
+    def refuse(self, offset, data):
+        raise TransportError(f'invalid input syntax for type integer: "{forged}"')
+
+    monkeypatch.setattr(SinkFile, "write_at", refuse)
+    push(client, [{"insert": {"id": forged}}])
+    with caplog.at_level("WARNING"):
+        deliver(app)
+    error = stats(client)["last_error"]
+    assert "\n" not in error and "\r" not in error and "\x1b" not in error
+    assert "\\n2026-12-07 10:00:00,000 CRITICAL" in error
+    lines = [
+        record.getMessage() for record in caplog.records if "delivery of" in record.getMessage()
+    ]
+    assert lines and all("\n" not in line and "\x1b" not in line for line in lines)

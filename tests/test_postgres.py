@@ -283,3 +283,45 @@ def test_a_hot_read_leaves_its_pooled_connection_in_transactions(app) -> None:
             )
             conn.rollback()
             assert conn.execute(sa.select(sa.func.count()).select_from(Pipeline)).scalar() == 0
+
+
+def test_requests_on_connections_the_server_dropped_answer_json(app, tmp_path):
+    """A PostgreSQL restart drops every pooled connection of a served gunicorn: the
+    requests that meet a dead connection answer the service's JSON (503 with Retry-After,
+    or 200 on a fresh one), never gunicorn's bare 500 from a rollback failing at teardown."""
+    import requests
+
+    from tests import faults
+
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+    settings = {"SQLALCHEMY_DATABASE_URI": PG_URL, "DELIVERY_PROCESSES": 0}
+    with app.app_context():
+        from app.auth import service as auth_service
+
+        _, key = auth_service.create_key("default", "reader", "read")
+        db.session.remove()
+        db.engine.dispose()
+    with faults.served(tmp_path, settings, workers=1) as (base, _env):
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {key}"
+        paths = ["/healthz", "/readyz", "/v0/pipelines", "/v0/pipelines/nope"]
+        for _ in range(4):  # every thread's pooled connection is made
+            for path in paths:
+                assert session.get(f"{base}{path}", timeout=10).status_code < 500
+        killer = sa.create_engine(PG_URL)
+        with killer.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        killer.dispose()
+        answers = [session.get(f"{base}{path}", timeout=10) for _ in range(4) for path in paths]
+    for r in answers:
+        assert r.headers["Content-Type"].startswith("application/json"), r.text[:200]
+        assert r.status_code in (200, 404, 503), r.text[:200]
+        if r.status_code == 503:
+            assert r.json()["error_code"] == "ServiceUnavailable" and r.headers["Retry-After"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app, worker
-from tests.conftest import assert_error
+from tests.conftest import assert_error, sqlite_only
 
 
 def test_ready_with_the_schema_and_no_background_worker_to_wait_for(anon_client):
@@ -51,3 +51,45 @@ def test_not_ready_while_this_process_worker_is_not_coming_round(
     assert words in body["message"]
     monkeypatch.setattr(worker, "heartbeat_age", lambda: 1.0)
     assert anon_client.get("/readyz").get_json()["checks"]["worker"] == "ok"
+
+
+@sqlite_only
+def test_a_full_disk_answers_503_and_makes_the_process_unready(
+    app, client, running_pipeline, monkeypatch
+):
+    """SQLite's "database or disk is full" (a database held to its current size, as a full
+    disk holds it) is the operator's to fix, not a bug: 503 with Retry-After, and /readyz
+    says the database is full until writes go through for a while."""
+    import sqlalchemy as sa
+
+    from app import database
+    from app.extensions import db
+
+    def held_to_its_size(dbapi_connection, _record):
+        pages = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    # The test's requests share one app context (pytest-flask's): give its connection
+    # back, so that every request from here opens one the listener holds to size.
+    db.session.remove()
+    engine = db.engine
+    engine.dispose()
+    sa.event.listen(engine, "connect", held_to_its_size)
+    try:
+        big = [{"insert": {"id": i, "text": "x" * 500}} for i in range(2000)]
+        r = client.post("/v0/pipelines/orders/views/totals/changes", json=big)
+        body = assert_error(r, 503, "ServiceUnavailable")
+        assert r.headers["Retry-After"].isdigit()
+        assert "full" not in body["message"].lower() or "disk" in body["message"].lower()
+        ready = assert_error(client.get("/readyz"), 503, "ServiceUnavailable")
+        assert ready["details"]["checks"]["database"] == "full"
+        assert "disk is full" in ready["message"]
+        assert client.get("/healthz").status_code == 200  # alive: reads work
+    finally:
+        sa.event.remove(engine, "connect", held_to_its_size)
+        db.session.remove()
+        engine.dispose()
+    monkeypatch.setattr(database, "FULL_SECONDS", 0.0)
+    r = client.post("/v0/pipelines/orders/views/totals/changes", json=big[:10])
+    assert r.status_code == 200
+    assert client.get("/readyz").status_code == 200

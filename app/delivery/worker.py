@@ -58,6 +58,18 @@ MAX_ERROR_LENGTH = 1000
 CANDIDATES = 20
 
 
+def error_text(exc: BaseException) -> str:
+    """An error's text as stored and logged: control characters escaped, at most 1,000 characters.
+
+    A sink's message can quote what was pushed (PostgreSQL's "invalid input
+    syntax for type integer: ..."): a newline there would forge a log line.
+    """
+    text = str(exc)
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return text[:MAX_ERROR_LENGTH]
+
+
 def reset_pending(connector_id: sa.ColumnElement[int]) -> sa.Exists:
     """True while a reset of the connector, in its pipeline's live incarnation, is not over."""
     return (
@@ -243,7 +255,7 @@ class DeliveryWorker:
             else:
                 drained = self._stream(lease, target, position, None)
         except (SinkFault, SinkDiverged) as fault:
-            self._out_of_sync(lease, str(fault))
+            self._out_of_sync(lease, error_text(fault))
             return
         except TransportError as exc:
             self._failed(lease, position.failures, exc)
@@ -506,7 +518,7 @@ class DeliveryWorker:
         """Count a failed delivery; back off, or give up on a batch the sink refused."""
         db.session.rollback()
         failures += 1
-        message = str(exc)[:MAX_ERROR_LENGTH]
+        message = error_text(exc)
         log.warning(
             "delivery of connector %s failed (%d in a row): %s",
             lease.connector_id,

@@ -51,7 +51,7 @@ from app.connectors.models import Connector, SyncState
 from app.database import db_time
 from app.delivery import due, leases, reader, sinks
 from app.delivery.leases import Lease, LeaseLost
-from app.delivery.worker import MAX_ERROR_LENGTH, backoff_seconds
+from app.delivery.worker import MAX_ERROR_LENGTH, backoff_seconds, error_text
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.resets.models import Reset, ResetOrigin, ResetPhase, ResetStatus
@@ -327,7 +327,7 @@ class ResetExecutor:
             self._let_go(lease)
         except TransportError as exc:
             db.session.rollback()
-            self._attempt_failed(reset_id, lease, str(exc), give_up=exc.poison)
+            self._attempt_failed(reset_id, lease, error_text(exc), give_up=exc.poison)
         except Exception:
             db.session.rollback()
             log.exception("reset %s failed", reset_id)
