@@ -24,7 +24,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_or_create_secret_key(app.instance_path)
 
-    from app.transports.postgres import dsn_grants
+    from app.transports.postgres_spec import dsn_grants
 
     dsn_grants(app.config)  # a malformed grant table stops the service here
 

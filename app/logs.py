@@ -8,7 +8,7 @@ answer is sent, adds status and duration (``gunicorn.conf.py``).
 The standard :mod:`logging` module throughout: one handler on the root logger
 with a formatter of each kind and a filter that adds the request's fields.
 Under gunicorn that handler is gunicorn's own error log (``--error-logfile``);
-elsewhere (``flask worker``, ``flask run``, commands) it writes to stderr.
+elsewhere (``pipeline-manager worker``, ``pipeline-manager run``, commands) it writes to stderr.
 """
 
 from __future__ import annotations

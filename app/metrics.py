@@ -7,10 +7,10 @@ Two kinds of series, from two places:
   gunicorn every worker process writes its samples to files in
   ``PROMETHEUS_MULTIPROC_DIR`` (``gunicorn.conf.py`` makes a fresh one per
   server start) and a scrape, answered by any worker, adds them all up.
-  Without that variable (``flask run``, tests) the process keeps its own.
+  Without that variable (``pipeline-manager run``, tests) the process keeps its own.
 - **Connectors, resets and change logs** are read from the database at scrape
   time: delivery, resets and ingestion are done by every gunicorn worker and
-  every ``flask worker`` process, on any number of hosts, and what they did is
+  every ``pipeline-manager worker`` process, on any number of hosts, and what they did is
   recorded there, in the transaction that does it. A process's memory would
   miss the other hosts' work, and would count a batch whose holder lost its
   lease (the database never records that batch).

@@ -18,8 +18,8 @@ any number of processes on any number of hosts. Where one runs:
 - ``gunicorn wsgi:app`` (``make serve``): in delivery processes of their own,
   beside the request workers, started, watched and stopped by gunicorn
   (``gunicorn.conf.py``, :mod:`app.serving`);
-- ``flask worker``: in the foreground;
-- ``flask run`` (``make run``), or any other server: in a background thread of
+- ``pipeline-manager worker``: in the foreground;
+- ``pipeline-manager run`` (``make run``), or any other server: in a background thread of
   the serving process (``BACKGROUND_WORKER``), started with the first request.
 """
 
@@ -435,7 +435,7 @@ class Dispatcher:
 
 
 def run_loop(app: Flask, stop: threading.Event) -> None:
-    """Run a dispatcher in the calling thread until ``stop`` is set (``flask worker``)."""
+    """Run a dispatcher in this thread until ``stop`` is set (``pipeline-manager worker``)."""
     Dispatcher(app, stop).run()
 
 

@@ -10,7 +10,9 @@ import pytest
 from flask import Flask
 
 from app.docs import SWAGGER_UI_CONFIG
-from app.docs.openapi import ERROR_EXAMPLES, ERROR_REF, OPERATIONS, TAGS
+from app.docs.examples import ERROR_EXAMPLES
+from app.docs.openapi import ERROR_REF
+from app.docs.operations import OPERATIONS, TAGS
 from tests.conftest import assert_error
 
 CONTRACT_404 = {

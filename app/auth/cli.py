@@ -1,4 +1,4 @@
-"""``flask api-keys ...``: an operator manages the API keys of one tenant.
+"""``pipeline-manager api-keys ...``: an operator manages the API keys of one tenant.
 
 The operator runs these on the server, so ``create`` may make a key of any
 role and expiry (over HTTP a key is bounded by the credential creating it).
@@ -13,7 +13,14 @@ import click
 from app.auth import service
 from app.auth.models import ApiKey, Role
 from app.auth.schemas import ApiKeyCreate, ApiKeyOut
-from app.cli import OperatorGroup, echo_json, echo_table, json_option, load_input, tenant_option
+from app.cli_helpers import (
+    OperatorGroup,
+    echo_json,
+    echo_table,
+    json_option,
+    load_input,
+    tenant_option,
+)
 from app.database import utcnow
 from app.errors import InvalidRequest
 

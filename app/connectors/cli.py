@@ -1,4 +1,4 @@
-"""``flask connectors ...``: output connectors of a pipeline's views."""
+"""``pipeline-manager connectors ...``: output connectors of a pipeline's views."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import click
 
-from app.cli import (
+from app.cli_helpers import (
     OperatorGroup,
     echo_fields,
     echo_json,

@@ -55,7 +55,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
 def _complete_on_output(spec: APISpec) -> None:
     """Make the spec's ``to_dict`` return the completed document, built once on first use.
 
-    Both the served document and ``flask openapi print|write`` go through it.
+    Both the served document and ``pipeline-manager openapi print|write`` go through it.
     """
     build = spec.to_dict
     built: list[dict[str, Any]] = []

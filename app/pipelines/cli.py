@@ -1,4 +1,4 @@
-"""``flask pipelines ...``: create, inspect and drive pipelines of one tenant."""
+"""``pipeline-manager pipelines ...``: create, inspect and drive pipelines of one tenant."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from app.cli import (
+from app.cli_helpers import (
     OperatorGroup,
     echo_fields,
     echo_json,
@@ -78,7 +78,7 @@ def show_command(name: str, tenant: str, as_json: bool) -> None:
 
 
 def _lifecycle_command(action: str, summary: str, done: str) -> None:
-    """Register ``flask pipelines <action> NAME``, calling the service's function."""
+    """Register ``pipeline-manager pipelines <action> NAME``, calling the service's function."""
     act: Callable[[Pipeline], Pipeline] = getattr(service, action)
 
     @click.argument("name")

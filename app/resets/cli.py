@@ -1,8 +1,8 @@
-"""``flask resets ...``: issue output connector resets and follow them.
+"""``pipeline-manager resets ...``: issue output connector resets and follow them.
 
 ``wait`` only polls the database, so it works whoever does the reset: a
-serving process's background worker, ``flask worker`` elsewhere, or
-``flask resets run``, which carries out the queued resets once and exits.
+serving process's background worker, ``pipeline-manager worker`` elsewhere,
+or ``pipeline-manager resets run``, which carries out the queued resets once and exits.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from app.cli import (
+from app.cli_helpers import (
     OperatorGroup,
     echo_json,
     echo_table,
@@ -246,7 +246,7 @@ def run_command() -> None:
     """Carry out the queued resets now, then exit.
 
     A one-shot worker for resets: it takes them with the same database leases
-    as flask worker and the serving processes, so it is safe beside them.
+    as pipeline-manager worker and the serving processes, so it is safe beside them.
     """
     done = ResetExecutor().run_pending()
     click.echo(f"Ran {done} reset(s)")

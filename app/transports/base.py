@@ -46,7 +46,10 @@ class Transport(Protocol):
         """
 
     def config_schema(self) -> dict[str, Any]:
-        """The settings' JSON schema (OpenAPI 3.0), for the transport ``oneOf`` of the document."""
+        """The settings' JSON schema (OpenAPI 3.0), as its ``<name>_spec`` module gives it.
+
+        The OpenAPI document reads it from there (``TRANSPORTS``), without this driver.
+        """
 
     def shown_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The settings as answers, the CLI and logs show them, secrets replaced by ``***``.

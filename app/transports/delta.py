@@ -92,11 +92,9 @@ from flask import current_app
 
 from app.errors import InvalidRequest
 from app.transports.base import TransportError
+from app.transports.delta_spec import MODES, SETTINGS, config_schema
 from app.transports.file import fsync_dir, resolve_sink_path, sink_dir
 from app.transports.tables import Applied, LogRow, SinkMoved
-
-MODES = ("changes",)
-SETTINGS = ("path", "mode")
 
 # The change table's columns (mode "changes").
 SCHEMA = pa.schema(
@@ -454,32 +452,8 @@ class DeltaTransport:
         return f"delta:{resolved.relative_to(root)}"
 
     def config_schema(self) -> dict[str, Any]:
-        """The settings' JSON schema (OpenAPI 3.0)."""
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["path"],
-            "properties": {
-                "path": {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": (
-                        "The table's folder, inside the tenant's sink folder (a relative "
-                        "path is taken from it). Created on the first write if missing."
-                    ),
-                    "example": "tables/orders",
-                },
-                "mode": {
-                    "type": "string",
-                    "enum": list(MODES),
-                    "default": "changes",
-                    "description": (
-                        "changes: an append-only table of changes (seq, op, record); "
-                        "a delete is a row with op 'delete'."
-                    ),
-                },
-            },
-        }
+        """The settings' JSON schema (:mod:`app.transports.delta_spec`)."""
+        return config_schema()
 
     def resolve(self, config: dict[str, Any], tenant: str) -> tuple[str, Path]:
         """Validate the settings; return the path as given and as resolved."""

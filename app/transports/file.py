@@ -30,6 +30,7 @@ from flask import current_app
 
 from app.errors import InvalidRequest
 from app.transports.base import TransportError
+from app.transports.file_spec import config_schema
 
 
 def sink_dir(tenant: str) -> Path:
@@ -294,20 +295,8 @@ class FileTransport:
         return dict(config)
 
     def config_schema(self) -> dict[str, Any]:
-        """The settings' JSON schema (for the transport ``oneOf`` of the OpenAPI document)."""
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["path"],
-            "properties": {
-                "path": {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": "The sink file, relative to the tenant's sink folder.",
-                    "example": "out/totals.jsonl",
-                }
-            },
-        }
+        """The settings' JSON schema (:mod:`app.transports.file_spec`)."""
+        return config_schema()
 
     def sink_key(self, config: dict[str, Any], tenant: str) -> str:
         """The sink file's identity: its resolved path, relative to ``SINK_DIR``.

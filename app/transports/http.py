@@ -111,18 +111,21 @@ from app.transports.destinations import (
     current_policy,
     literal_addresses,
 )
+from app.transports.http_spec import (
+    DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_CAP,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_READ_TIMEOUT,
+    MAX_BACKOFF,
+    MAX_RETRIES,
+    MAX_TIMEOUT,
+    config_schema,
+)
 from app.transports.tables import SinkDiverged
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_READ_TIMEOUT = 10.0
-DEFAULT_MAX_RETRIES = 4
-DEFAULT_BACKOFF_BASE = 0.5
-DEFAULT_BACKOFF_CAP = 10.0
-MAX_TIMEOUT = 300.0
-MAX_RETRIES = 20
-MAX_BACKOFF = 600.0
 MAX_URL_LENGTH = 2048
 # Reading a small answer to its end lets the connection go back to the pool.
 MAX_ANSWER_BYTES = 64 * 1024
@@ -486,46 +489,8 @@ class HttpTransport:
         return {**config, "url": redact_url(url)} if isinstance(url, str) else dict(config)
 
     def config_schema(self) -> dict[str, Any]:
-        """The settings' JSON schema (for the transport ``oneOf`` of the OpenAPI document)."""
-        seconds = {"type": "number", "minimum": 0, "maximum": MAX_TIMEOUT}
-        backoff = {"type": "number", "minimum": 0, "maximum": MAX_BACKOFF}
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["url"],
-            "properties": {
-                "url": {
-                    "type": "string",
-                    "description": "http:// or https:// URL the batches are POSTed to.",
-                    "example": "http://127.0.0.1:9000/in",
-                },
-                "timeout": {
-                    "description": "Seconds to connect and to read the answer "
-                    f"(default {DEFAULT_CONNECT_TIMEOUT:g} and "
-                    f"{DEFAULT_READ_TIMEOUT:g}): one number for both, or each.",
-                    "oneOf": [
-                        seconds,
-                        {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {"connect": seconds, "read": seconds},
-                        },
-                    ],
-                },
-                "max_retries": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": MAX_RETRIES,
-                    "description": f"Retries of a batch (default {DEFAULT_MAX_RETRIES}).",
-                },
-                "backoff": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "description": "Seconds between retries: doubled from base up to cap.",
-                    "properties": {"base": backoff, "cap": backoff},
-                },
-            },
-        }
+        """The settings' JSON schema (:mod:`app.transports.http_spec`)."""
+        return config_schema()
 
     def sink_key(self, config: dict[str, Any], tenant: str) -> None:
         """An URL is no local resource that one connector must own: no key."""

@@ -6,7 +6,7 @@ Settings::
      "key": ["order_id"], "mode": "rows"}
 
 - ``dsn_env`` names an environment variable of the server (and of every
-  ``flask worker``) that holds the sink database's DSN, so no secret is
+  ``pipeline-manager worker``) that holds the sink database's DSN, so no secret is
   stored. Only names that start with ``POSTGRES_SINK_DSN_PREFIX``
   (``SINK_DSN_`` by default) may be named: a tenant cannot point a connector
   at the service's own database or at any other variable. With several
@@ -64,12 +64,16 @@ from psycopg.conninfo import conninfo_to_dict
 
 from app.errors import InvalidRequest
 from app.transports.base import TransportError
+from app.transports.postgres_spec import (
+    IDENTIFIER,
+    MAX_KEY_COLUMNS,
+    MODES,
+    config_schema,
+    dsn_grants,
+)
 from app.transports.tables import Applied, LogRow, SinkDiverged, SinkMoved
 
 PROGRESS_TABLE = "pipeline_manager_progress"
-MODES = ("rows", "jsonb")
-MAX_KEY_COLUMNS = 32
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 STAGING_SUFFIX = "__pm_reset_"
 # Errors that sending the same batch again cannot cure: the table or its
@@ -99,27 +103,6 @@ def _prefix() -> str:
     if has_app_context():
         return str(current_app.config["POSTGRES_SINK_DSN_PREFIX"])
     return "SINK_DSN_"
-
-
-def dsn_grants(config: Any) -> dict[str, frozenset[str]] | None:
-    """``POSTGRES_SINK_DSN_TENANTS`` as variable -> tenants ("*": all); None when not set.
-
-    Raises ``ValueError`` when the setting is not such a mapping (checked when
-    the app is built, so a typo stops the service rather than opening it up).
-    """
-    value = config.get("POSTGRES_SINK_DSN_TENANTS")
-    if not value:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError("POSTGRES_SINK_DSN_TENANTS must map variable names to lists of tenants")
-    grants: dict[str, frozenset[str]] = {}
-    for name, tenants in value.items():
-        if isinstance(tenants, str):
-            tenants = tenants.replace(",", " ").split()
-        if not isinstance(tenants, list | tuple) or not all(isinstance(t, str) for t in tenants):
-            raise ValueError(f"POSTGRES_SINK_DSN_TENANTS[{name!r}] must be a list of tenant names")
-        grants[str(name)] = frozenset(tenants)
-    return grants
 
 
 def dsn_granted(dsn_env: str, tenant: str) -> bool:
@@ -630,43 +613,8 @@ class PostgresTransport:
         return f"postgres:{database}:{schema}.{name}"
 
     def config_schema(self) -> dict[str, Any]:
-        """The settings' JSON schema (for the transport ``oneOf`` of the OpenAPI document)."""
-        identifier = {"type": "string", "pattern": IDENTIFIER.pattern}
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["dsn_env", "table"],
-            "properties": {
-                "dsn_env": {
-                    "type": "string",
-                    "description": "An environment variable of the server that holds the sink "
-                    "database's DSN; its name starts with SINK_DSN_ (POSTGRES_SINK_DSN_PREFIX).",
-                    "example": "SINK_DSN_WAREHOUSE",
-                },
-                "table": {
-                    "type": "string",
-                    "pattern": r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$",
-                    "description": "The table, name or schema.name (taken as written).",
-                    "example": "analytics.orders",
-                },
-                "key": {
-                    "type": "array",
-                    "items": identifier,
-                    "minItems": 1,
-                    "maxItems": MAX_KEY_COLUMNS,
-                    "uniqueItems": True,
-                    "description": "Columns that identify a record (mode rows): an insert "
-                    "replaces the row with its key (needs a unique index on them).",
-                },
-                "mode": {
-                    "type": "string",
-                    "enum": list(MODES),
-                    "default": "rows",
-                    "description": "rows: one column per top-level field; jsonb: one "
-                    "'record jsonb' column.",
-                },
-            },
-        }
+        """The settings' JSON schema (:mod:`app.transports.postgres_spec`)."""
+        return config_schema()
 
     # -- the sink -------------------------------------------------------------
 

@@ -1,10 +1,10 @@
-"""``flask views push`` (changes from a file, as the engine would) and ``flask views compact``."""
+"""``pipeline-manager views push`` (changes from a file, as the engine would) and ``compact``."""
 
 from __future__ import annotations
 
 import click
 
-from app.cli import OperatorGroup, echo_json, json_option, tenant_option
+from app.cli_helpers import OperatorGroup, echo_json, json_option, tenant_option
 from app.pipelines.service import get_pipeline
 from app.view_data import compaction, service
 

@@ -198,7 +198,7 @@ def compact(
     A view is compacted ``batch_size`` rows (default ``COMPACTION_BATCH_SIZE``)
     at a time, once at least ``min_rows`` (default: a whole batch) can go, for
     at most ``max_batches`` batches in all. ``everything`` looks at every view
-    (``flask views compact``), not only the marked ones.
+    (``pipeline-manager views compact``), not only the marked ones.
     """
     batch_size = int(batch_size or current_app.config["COMPACTION_BATCH_SIZE"])
     min_rows = max(1, batch_size if min_rows is None else min_rows)
