@@ -131,10 +131,14 @@ def test_pages_send_a_signed_out_browser_to_sign_in(console: Console):
 
 def test_sign_in_with_a_good_key_keeps_its_handle_not_the_key(app, console, make_key):
     key = _key(make_key("default", "write", name="ops"))
-    response = console.sign_in(key)
+    console.get("/console/sign-in")
+    response = console.post("/console/sign-in", {"api_key": key})
     assert response.status_code == 303 and response.headers["Location"] == "/console/"
     html = console.page("/console/")
-    assert "apikey:ops" in html and "write" in html
+    # The header names the key as `api-keys list` does, not as a credential.
+    assert '<span class="key" title="API key">ops</span>' in html and "apikey:ops" not in html
+    assert "write" in html
+    assert ("info", "Signed in with the key 'ops' (write, tenant default).") in flashes(html)
     session = console.session()
     operator = session[access.SESSION_KEY]
     with app.app_context():
@@ -442,7 +446,8 @@ def test_the_pipeline_page_shows_each_connector(writer: Console, running_pipelin
     card = html[html.index('data-connector="sink1"') :]
     assert 'data-field="health"' in card and 'data-field="sync_state">in_sync' in card
     assert re.search(r'data-field="lag">1 records', card)  # not delivered yet: no worker here
-    assert 'data-field="delivered">0 records' in card
+    assert 'data-field="sent">0 records sent (including replays) · 0 bytes' in card
+    assert 'data-field="last_delivery">-<' in card
     assert "Last error" in card and "No resets yet." in card
     assert "out/totals.jsonl" in card
     # The page polls its panels with one request: the poller again, then each panel by id.
@@ -563,6 +568,39 @@ def test_reset_through_the_form_shows_progress_then_completion(
     assert "30 / 30 snapshot records replayed" in fragment
     assert 'hx-trigger="every 5s"' in fragment
     assert re.search(r'<tr class="reset-row status-complete">', fragment)
+    # The replayed records count as sent.
+    assert re.search(r'data-field="sent">30 records sent \(including replays\)', fragment)
+
+
+def test_the_last_delivery_is_a_replay_or_a_batch_whichever_came_later(
+    writer: Console, running_pipeline: Api, client, app, run_resets
+):
+    from app.connectors.models import Connector
+
+    def last_delivery() -> str:
+        fragment = writer.get(POLL, headers=HX).get_data(as_text=True)
+        return re.search(r'data-field="last_delivery">(.*?)</dd>', fragment).group(1)
+
+    def streamed_at(when: dt.datetime) -> None:
+        with app.app_context():
+            db.session.execute(sa.update(Connector).values(last_delivered_at=when))
+            db.session.commit()
+
+    def utc(when: dt.datetime) -> str:
+        return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    client.post("/v0/pipelines/orders/views/totals/changes", json=[{"insert": {"n": 1}}])
+    assert last_delivery() == "-"
+    running_pipeline.reset()
+    assert run_resets() == 1
+    (reset,) = client.get("/v0/pipelines/orders/views/totals/connectors/sink1/resets").get_json()
+    replayed = dt.datetime.fromisoformat(reset["completed_at"])
+    by_replay = f'{utc(replayed)} <span class="muted">(a reset\'s replay)</span>'
+    assert last_delivery() == by_replay
+    streamed_at(replayed - dt.timedelta(minutes=1))
+    assert last_delivery() == by_replay
+    streamed_at(replayed + dt.timedelta(minutes=1))
+    assert last_delivery() == utc(replayed + dt.timedelta(minutes=1))
 
 
 def test_a_reset_of_an_ended_incarnation_is_history_not_progress(writer: Console, client):

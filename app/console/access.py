@@ -100,6 +100,12 @@ def required_role(endpoint: str | None, method: str) -> str:
     return role_needed_in(ROUTE_ROLES, endpoint, method, SAFE_METHODS)
 
 
+def key_name(principal: Principal) -> str:
+    """The name of the API key the operator signed in with, as ``api-keys list`` shows it."""
+    # A key's principal is named "apikey:<the key's name>" (app.auth.service).
+    return principal.name.removeprefix("apikey:")
+
+
 def may(endpoint: str, method: str = "POST") -> bool:
     """Whether the signed-in operator may use that endpoint (templates hide what they may not)."""
     principal: Principal | None = g.get("principal")
@@ -256,5 +262,5 @@ def refuse_role(needed: str, principal: Principal) -> Forbidden:
     """The 403 for a signed-in operator whose key lacks the role."""
     return Forbidden(
         f"This needs a {needed} key; you signed in with a {principal.role} key "
-        f"({principal.name}). Sign in with a {needed} key to do it."
+        f"('{key_name(principal)}'). Sign in with a {needed} key to do it."
     )

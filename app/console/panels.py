@@ -12,7 +12,8 @@ load in a fixed number of statements: the page's connectors with their views,
 their views' log ends, and the resets shown, never one statement per
 connector. The numbers are those the API serves: health is
 :func:`app.delivery.service.health`, lag is measured against the view's log
-end as the stats route does, and a reset's progress is shown exactly when
+end as the stats route does, the last delivery counts a completed reset's
+replay as well as streamed batches, and a reset's progress is shown exactly when
 ``reset_status`` would answer for its token (tests/test_console.py checks both
 against the API's answers). ``make bench`` does not cover the console;
 tests/test_console.py counts the statements of a page and a poll.
@@ -20,6 +21,7 @@ tests/test_console.py counts the statements of a page and a poll.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -231,6 +233,22 @@ def _progress(pipeline: Pipeline, latest: Reset | None) -> dict[str, Any] | None
     }
 
 
+def _last_delivery(connector: Connector, history: list[Reset]) -> tuple[dt.datetime | None, bool]:
+    """When the sink last got records, and whether that was a reset's replay.
+
+    Streamed batches set ``last_delivered_at``; a replay does not, so the
+    latest completed reset of the history (newest first) counts as well.
+    """
+    replayed = next(
+        (r.completed_at for r in history if r.status == ResetStatus.COMPLETE and r.completed_at),
+        None,
+    )
+    streamed = connector.last_delivered_at
+    if replayed is not None and (streamed is None or replayed > streamed):
+        return replayed, True
+    return streamed, False
+
+
 def load_panels(pipeline: Pipeline, connectors: list[Connector]) -> list[dict[str, Any]]:
     """What each connector's panel shows: stats, the latest reset's progress, the history.
 
@@ -242,6 +260,7 @@ def load_panels(pipeline: Pipeline, connectors: list[Connector]) -> list[dict[st
     for connector in connectors:
         end = ends.get(connector.view_id, 0)
         history = histories.get(connector.id, [])
+        last_delivery, by_replay = _last_delivery(connector, history)
         shown.append(
             {
                 "view": connector.view,
@@ -251,6 +270,8 @@ def load_panels(pipeline: Pipeline, connectors: list[Connector]) -> list[dict[st
                     "health": delivery_service.health(pipeline, connector),
                     "log_end": end,
                     "queued_records": max(0, end - connector.delivered_seq),
+                    "last_delivery": last_delivery,
+                    "last_delivery_by_replay": by_replay,
                 },
                 "history": history,
                 "progress": _progress(pipeline, history[0] if history else None),

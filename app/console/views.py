@@ -192,6 +192,7 @@ def _template_helpers() -> dict[str, Any]:
         "csrf_token": access.csrf_token,
         "may": access.may,
         "operator": g.get("principal"),
+        "key_name": access.key_name,
         "number": _number,
         "when": _when,
         "history_size": panels.HISTORY_SIZE,
@@ -280,7 +281,8 @@ def sign_in() -> Any:
         principal = access.sign_in(request.form.get("api_key", ""))
     except access.SignInFailed as exc:
         return _sign_in_page(next_url, str(exc), 401)
-    flash(f"Signed in as {principal.name} ({principal.role}, tenant {principal.tenant}).", "info")
+    name, role, tenant = access.key_name(principal), principal.role, principal.tenant
+    flash(f"Signed in with the key '{name}' ({role}, tenant {tenant}).", "info")
     response = redirect(next_url, 303)
     response.delete_cookie(
         access.SIGN_IN_COOKIE,
