@@ -467,3 +467,20 @@ def test_cli_create_refuses_a_duplicate(app):
     result = runner.invoke(args=["api-keys", "create", "twice"])
     assert result.exit_code == 1 and "(DuplicateName)" in result.stderr
     assert result.stdout == ""
+
+
+def test_api_keys_come_in_pages_linked_by_the_link_header(app, make_key):
+    """Listed by name, `limit` per page; the Link header leads to the next page."""
+    admin = make_key("paged", "admin", name="a-admin")
+    for n in range(5):
+        make_key("paged", "read", name=f"k{n}")
+    client = app.test_client()
+    seen: list[str] = []
+    url = "/v0/api_keys?limit=2"
+    while url:
+        r = client.get(url, headers=admin)
+        assert r.status_code == 200, r.get_json()
+        seen += [k["name"] for k in r.get_json()]
+        link = r.headers.get("Link")
+        url = link[link.index("<") + 1 : link.index(">")] if link else ""
+    assert seen == ["a-admin", "k0", "k1", "k2", "k3", "k4"]

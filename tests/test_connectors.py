@@ -315,3 +315,22 @@ def test_a_malformed_grant_table_stops_the_app_from_being_built(app_config, gran
 
     with pytest.raises(ValueError, match="POSTGRES_SINK_DSN_TENANTS"):
         create_app({**app_config, "POSTGRES_SINK_DSN_TENANTS": grants})
+
+
+def test_a_views_connectors_come_in_pages_linked_by_the_link_header(api, client):
+    """Listed by name, `limit` per page; the Link header leads to the next page."""
+    api.create_pipeline()
+    names = [f"sink{n:02d}" for n in range(7)]
+    for name in names:
+        api.add_file_connector(name=name, path=f"out/{name}.jsonl")
+    seen: list[str] = []
+    url = "/v0/pipelines/orders/views/totals/connectors?limit=3"
+    while url:
+        r = client.get(url)
+        assert r.status_code == 200, r.get_json()
+        seen += [c["name"] for c in r.get_json()]
+        link = r.headers.get("Link")
+        url = link[link.index("<") + 1 : link.index(">")] if link else ""
+    assert seen == names
+    r = client.get("/v0/pipelines/orders/views/totals/connectors", query_string={"limit": 0})
+    assert_error(r, 400, "InvalidRequest")

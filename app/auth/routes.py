@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 from flask.views import MethodView
 
 from app import idempotency
 from app.auth import current_principal, current_tenant, service
-from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyListQuery, ApiKeyOut
 from app.extensions import Blueprint
-from app.schemas import documents_errors
+from app.schemas import LINK_HEADER_DOC, documents_errors, page_headers
 
 blp = Blueprint(
     "api_keys",
@@ -23,10 +24,17 @@ blp = Blueprint(
 class ApiKeys(MethodView):
     """The caller's tenant's API keys."""
 
-    @blp.response(200, ApiKeyOut(many=True))
-    def get(self):
-        """List API keys"""
-        return service.list_keys(current_tenant())
+    @blp.arguments(ApiKeyListQuery, location="query", as_kwargs=True, unknown=ma.RAISE)
+    @blp.response(200, ApiKeyOut(many=True), headers=LINK_HEADER_DOC)
+    def get(self, limit, after=None):
+        """List API keys
+
+        By name, at most `limit` per page; the `Link` header points at the next page.
+        """
+        found = service.list_keys(current_tenant(), limit + 1, after)
+        page = found[:limit]
+        cursor = page[-1].name if len(found) > limit else None
+        return page, 200, page_headers(cursor, limit)
 
     @idempotency.idempotent(blp, secret_fields=("key",))
     @blp.arguments(ApiKeyCreate)

@@ -7,6 +7,7 @@ from marshmallow import validate
 
 from app.auth.models import Role
 from app.pipelines.schemas import name_field
+from app.schemas import PageQuery
 
 
 class ApiKeyCreate(ma.Schema):
@@ -69,4 +70,12 @@ class ApiKeyCreated(ApiKeyOut):
             "description": "The key; send it as 'Authorization: Bearer <key>'. Shown once: "
             "absent from the replayed answer of a retry with the same Idempotency-Key."
         },
+    )
+
+
+class ApiKeyListQuery(PageQuery):
+    """Query of ``GET /v0/api_keys``: a page of the tenant's keys, by name."""
+
+    after = name_field(
+        metadata={"description": "List the keys named after this one (the previous page's last)."}
     )

@@ -147,13 +147,12 @@ def create_key(
     return api_key, secret
 
 
-def list_keys(tenant: str) -> list[ApiKey]:
-    """Return the tenant's keys, by name."""
-    return list(
-        db.session.execute(
-            sa.select(ApiKey).where(ApiKey.tenant == tenant).order_by(ApiKey.name)
-        ).scalars()
-    )
+def list_keys(tenant: str, limit: int | None = None, after: str | None = None) -> list[ApiKey]:
+    """Return the tenant's keys by name: at most ``limit``, those named after ``after``."""
+    query = sa.select(ApiKey).where(ApiKey.tenant == tenant)
+    if after is not None:
+        query = query.where(ApiKey.name > after)
+    return list(db.session.execute(query.order_by(ApiKey.name).limit(limit)).scalars())
 
 
 def get_key(tenant: str, name: str) -> ApiKey:

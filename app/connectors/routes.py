@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 from flask.views import MethodView
 
 from app import idempotency
 from app.connectors import service
-from app.connectors.schemas import ConnectorCreate, ConnectorOut, ConnectorStart
+from app.connectors.schemas import (
+    ConnectorCreate,
+    ConnectorListQuery,
+    ConnectorOut,
+    ConnectorStart,
+)
 from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.pipelines.service import get_view
-from app.schemas import documents_errors
+from app.schemas import LINK_HEADER_DOC, documents_errors, page_headers
 
 UNKNOWN = "Unknown pipeline, view or connector"
 
@@ -26,11 +32,19 @@ blp = Blueprint(
 class Connectors(MethodView):
     """A view's output connectors."""
 
-    @blp.response(200, ConnectorOut(many=True))
+    @blp.arguments(ConnectorListQuery, location="query", as_kwargs=True, unknown=ma.RAISE)
+    @blp.response(200, ConnectorOut(many=True), headers=LINK_HEADER_DOC)
     @documents_errors(blp, {404: "Unknown pipeline or view"})
-    def get(self, pipeline_name, view_name):
-        """List a view's connectors"""
-        return service.list_connectors(get_view(load_pipeline(pipeline_name), view_name))
+    def get(self, pipeline_name, view_name, limit, after=None):
+        """List a view's connectors
+
+        By name, at most `limit` per page; the `Link` header points at the next page.
+        """
+        view = get_view(load_pipeline(pipeline_name), view_name)
+        found = service.list_connectors(view, limit + 1, after)
+        page = found[:limit]
+        cursor = page[-1].name if len(found) > limit else None
+        return page, 200, page_headers(cursor, limit)
 
     @idempotency.idempotent(blp)
     @blp.arguments(ConnectorCreate)

@@ -8,7 +8,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from app.pipelines.schemas import name_field
-from app.schemas import StrictBoolean
+from app.schemas import PageQuery, StrictBoolean
 from app.transports import TRANSPORTS, get_transport
 
 
@@ -89,4 +89,14 @@ class ConnectorStart(ma.Schema):
             "while the connector was paused: the sink never gets those changes (a reset "
             "brings it back in line). Default: resume exactly where it stopped."
         },
+    )
+
+
+class ConnectorListQuery(PageQuery):
+    """Query of ``GET .../connectors``: a page of a view's connectors, by name."""
+
+    after = name_field(
+        metadata={
+            "description": "List the connectors named after this one (the previous page's last)."
+        }
     )

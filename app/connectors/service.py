@@ -22,13 +22,14 @@ from app.view_data import compaction
 from app.view_data.models import ViewLog
 
 
-def list_connectors(view: View) -> list[Connector]:
-    """Return a view's connectors, by name."""
-    return list(
-        db.session.execute(
-            sa.select(Connector).where(Connector.view_id == view.id).order_by(Connector.name)
-        ).scalars()
-    )
+def list_connectors(
+    view: View, limit: int | None = None, after: str | None = None
+) -> list[Connector]:
+    """Return a view's connectors by name: at most ``limit``, those named after ``after``."""
+    query = sa.select(Connector).where(Connector.view_id == view.id)
+    if after is not None:
+        query = query.where(Connector.name > after)
+    return list(db.session.execute(query.order_by(Connector.name).limit(limit)).scalars())
 
 
 def get_connector(pipeline: Pipeline, view_name: str, connector_name: str) -> Connector:
