@@ -666,3 +666,51 @@ def test_receiver_notes_a_snapshot_after_batches_of_the_same_reset(driver, recei
     snapshot(driver, target, 1, RECORDS, epoch=1, at=0)
     assert len(receiver.violations) == 1
     assert "a snapshot after batches" in receiver.violations[0]
+
+
+@contextmanager
+def dripping_headers_receiver(interval: float) -> Iterator[str]:
+    """A server that answers its status line at once, then one header byte per ``interval``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not stop.is_set():
+                    try:
+                        conn.sendall(b"X")  # a header line that never ends
+                    except OSError:
+                        break
+                    time.sleep(interval)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/in"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_a_receiver_dripping_its_headers_is_cut_off_at_the_attempt_cap(driver):
+    """Each wait for a byte is short, so socket timeouts never fire: the attempt as a whole
+    is cut at a third of the lease, and counted as a failure to retry later."""
+    with dripping_headers_receiver(0.05) as url:
+        started = time.monotonic()
+        with lease(0.9), pytest.raises(TransportError) as caught:
+            batch(driver, sink(url, max_retries=1, backoff={"base": 0.01, "cap": 0.01}), 1, 1)
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.5  # two attempts of a third of the lease; the headers never end
+    assert caught.value.attempts == 2 and caught.value.poison is False
+    assert "could not connect or got no answer" in str(caught.value)

@@ -20,10 +20,13 @@ of CIDRs, addresses and host names; ``*.example.com`` names the subdomains):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import socket
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,12 +183,69 @@ def literal_addresses(host: str) -> list[str] | None:
     return [str(info[4][0]) for info in infos]
 
 
+# The attempt running in this thread (see attempt_deadline): its socket and whether it was cut.
+_attempt = threading.local()
+
+
+@contextmanager
+def attempt_deadline(seconds: float | None) -> Iterator[dict[str, Any]]:
+    """Cut this thread's http connection once ``seconds`` have passed, whatever it is doing.
+
+    Socket timeouts bound each wait for bytes, not an attempt: a receiver that
+    sends its status line and then one header byte every second is never
+    timed out. Within the block, a timer shuts the attempt's socket down at
+    the deadline (connecting, TLS, sending, the status line, headers, body):
+    the request fails at once as a connection broken off, and the state says
+    ``cut``. ``None``: no deadline.
+    """
+    state: dict[str, Any] = {"sock": None, "cut": False}
+    if seconds is None:
+        yield state
+        return
+    _attempt.state = state
+    timer = threading.Timer(max(0.0, seconds), _cut, (state,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield state
+    finally:
+        timer.cancel()
+        _attempt.state = None
+
+
+def _cut(state: dict[str, Any]) -> None:
+    state["cut"] = True
+    _shut(state["sock"])
+
+
+def _shut(sock: Any) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watch(sock: Any) -> None:
+    """Put the socket under this thread's attempt deadline (cut at once if it passed)."""
+    state = getattr(_attempt, "state", None)
+    if state is not None and sock is not None:
+        state["sock"] = sock
+        if state["cut"]:
+            _shut(sock)
+
+
 class _GuardedConnection:
     """Resolves the host, checks every address, then connects to a checked one.
 
     A pooled connection was checked when it was made: the policy is read from the
-    app's settings, fixed for a process.
+    app's settings, fixed for a process. Its socket is under the thread's attempt
+    deadline (:func:`attempt_deadline`), a new one from its creation, a reused
+    one from its request.
     """
+
+    def request(self: Any, *args: Any, **kwargs: Any) -> Any:
+        """Send a request on this connection, its socket watched by the attempt deadline."""
+        _watch(self.sock)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
 
     def _new_conn(self: Any) -> socket.socket:
         try:
@@ -201,7 +261,7 @@ class _GuardedConnection:
         for address in addresses:
             try:
                 # A numeric address: create_connection resolves nothing more.
-                return connection.create_connection(
+                sock = connection.create_connection(
                     (address, self.port),
                     self.timeout,
                     source_address=self.source_address,
@@ -209,6 +269,9 @@ class _GuardedConnection:
                 )
             except OSError as exc:
                 error = exc
+            else:
+                _watch(sock)  # TLS and the request on it count against the deadline
+                return sock
         if isinstance(error, TimeoutError):
             raise ConnectTimeoutError(self, f"Connection to {self.host} timed out.") from error
         raise NewConnectionError(self, f"Failed to establish a new connection: {error}")

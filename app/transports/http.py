@@ -108,6 +108,7 @@ from app.transports.base import KeepAlive, TransportError
 from app.transports.destinations import (
     GUARDED_POOLS,
     DestinationNotAllowed,
+    attempt_deadline,
     current_policy,
     literal_addresses,
 )
@@ -722,30 +723,41 @@ class HttpTransport:
         if cap is not None:
             connect, read = min(connect, cap), min(read, cap)
         started = time.monotonic()
-        try:
-            response = self.session.post(
-                settings.url,
-                data=body,
-                headers=headers,
-                timeout=(connect, read),
-                allow_redirects=False,
-                stream=True,
-            )
-        except DestinationNotAllowed:
-            raise TransportError(
-                f"POST {safe_url(settings.url)}: destination not allowed", poison=True
-            ) from None
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            # One message for refused, unreachable, timed out and broken off: see NO_ANSWER.
-            raise _Failure(NO_ANSWER, True, cause=type(exc).__name__) from None
-        except requests.RequestException as exc:
-            raise _Failure(f"request failed ({type(exc).__name__})", False) from None
-        status = response.status_code
-        deadline = None if cap is None else started + cap
-        try:
-            answer = self._read_answer(response, deadline)
-        finally:
-            response.close()
+        # The cap bounds the whole attempt, not each wait for bytes: a receiver that
+        # drips its headers a byte at a time is cut off at it (attempt_deadline).
+        with attempt_deadline(cap) as attempt:
+            try:
+                response = self.session.post(
+                    settings.url,
+                    data=body,
+                    headers=headers,
+                    timeout=(connect, read),
+                    allow_redirects=False,
+                    stream=True,
+                )
+            except DestinationNotAllowed:
+                raise TransportError(
+                    f"POST {safe_url(settings.url)}: destination not allowed", poison=True
+                ) from None
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                # One message for refused, unreachable, timed out and broken off: NO_ANSWER.
+                cause = "AttemptDeadline" if attempt["cut"] else type(exc).__name__
+                raise _Failure(NO_ANSWER, True, cause=cause) from None
+            except requests.RequestException as exc:
+                if attempt["cut"]:
+                    raise _Failure(NO_ANSWER, True, cause="AttemptDeadline") from None
+                raise _Failure(f"request failed ({type(exc).__name__})", False) from None
+            if attempt["cut"]:
+                # Cut before its headers were whole: what the parser made of the part
+                # that came is no answer (a retry sends the same message again).
+                response.close()
+                raise _Failure(NO_ANSWER, True, cause="AttemptDeadline")
+            status = response.status_code
+            deadline = None if cap is None else started + cap
+            try:
+                answer = self._read_answer(response, deadline)
+            finally:
+                response.close()
         if 200 <= status < 300:
             return
         reason = f"HTTP {status}"
