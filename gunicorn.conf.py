@@ -21,6 +21,15 @@ import time
 from gunicorn import glogging
 
 bind = os.environ.get("PIPELINE_MANAGER_BIND", "127.0.0.1:8000")
+# A name per server (its address): gunicorn names the dirty arbiter's pid file after it,
+# and a starting master kills the arbiter that file names as an orphan, so two servers on
+# one host with one name stopped each other's delivery process. The control socket
+# (gunicornc) is one per server for the same reason.
+proc_name = f"pipeline-manager-{bind}"
+control_socket = os.path.join(
+    os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".gunicorn"),
+    f"{proc_name.replace('/', '_')}.ctl",
+)
 workers = int(os.environ.get("PIPELINE_MANAGER_WORKERS", min(4, multiprocessing.cpu_count() * 2)))
 threads = int(os.environ.get("PIPELINE_MANAGER_THREADS", 4))
 worker_class = "gthread"

@@ -257,3 +257,19 @@ def test_a_server_whose_master_was_killed_restarts_on_its_port_at_once(tmp_path:
     # The port is free: a new server binds it (gunicorn would give up on a taken port).
     with faults.served(tmp_path, {}, "--pid", str(pidfile), port=port) as (base, _env):
         assert requests.get(f"{base}/healthz", timeout=5).ok
+
+
+def test_two_servers_on_one_host_keep_their_own_delivery_processes(tmp_path: Path) -> None:
+    """gunicorn names a dirty arbiter's pid file after the server's name, and a starting
+    master kills the arbiter that file names: each server is named after its address."""
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    with faults.served(first, {}):
+        before = _wait_for(lambda: _delivery_pids(first / "serve.db"), timeout=30)
+        with faults.served(second, {}):
+            theirs = _wait_for(lambda: _delivery_pids(second / "serve.db"), timeout=30)
+            time.sleep(3)  # an arbiter killed as an orphan would be replaced by now
+            assert _delivery_pids(first / "serve.db") == before
+            assert _delivery_pids(second / "serve.db") == theirs
+            assert not any(_is_gone(pid) for pid in before | theirs)
