@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 # Connectors of one tenant the poller looks at per turn, and how many it looks
 # at in one round before it checks its doorbell again.
-CANDIDATES_PER_TENANT = 4
-MAX_LOOKS_PER_ROUND = 500
+CANDIDATES_PER_TENANT = 16
+MAX_LOOKS_PER_ROUND = 256
 # A worker process whose heartbeat is older than this many leases is gone: its row goes.
 STALE_LEASES = 10
 
@@ -273,6 +273,7 @@ class Dispatcher:
         looked = 0
         done_with: set[str] = set()
         moved = False
+        capped = {name for name in names if self._busy[name] >= self.tenant_cap}
         while self._has_free() and looked < MAX_LOOKS_PER_ROUND:
             progress = False
             for tenant in names:
@@ -280,32 +281,39 @@ class Dispatcher:
                     continue
                 if self._busy[tenant] >= self.tenant_cap:
                     continue
-                outcome = "empty"
-                for connector_id in due.candidates(tenant, CANDIDATES_PER_TENANT, tenant in skewed):
-                    looked += 1
-                    outcome = self._claim(connector_id)
-                    if outcome == "handed":
-                        self._last_tenant = tenant
+                ids = due.candidates(tenant, CANDIDATES_PER_TENANT, tenant in skewed)
+                works = due.works_of(ids, self.lease_seconds)
+                looked += len(ids)
+                # Those with nothing to do leave the index, all in one transaction.
+                idle = [w for w in works if w.kind is due.Kind.NONE]
+                due.settle_all(idle)
+                # A tenant's share of the free threads this pass: one each when several
+                # tenants wait, more when fewer do (and never past its cap).
+                share = max(1, self._free_count() // max(1, len(set(names) - done_with)))
+                handed = 0
+                for work in works:
+                    if work.kind in (due.Kind.NONE, due.Kind.HELD):
+                        continue
+                    if handed >= share or self._busy[tenant] >= self.tenant_cap:
                         break
-                    if outcome == "settled":
-                        progress = True
-                if outcome == "handed":
+                    if self._claim(work) == "handed":
+                        self._last_tenant = tenant
+                        handed += 1
+                if handed or idle:
                     progress = True
-                elif outcome != "settled":
+                else:
                     done_with.add(tenant)  # nothing it has can be taken now
             if not progress:
                 break
             moved = True
-        return 0.0 if moved and self._has_free() else wait
+        # Again at once only if some tenant may have more to take now; otherwise a
+        # thread coming free, a new event or the timer rings the doorbell.
+        more = set(names) - done_with - capped
+        return 0.0 if moved and more and self._has_free() else wait
 
-    def _claim(self, connector_id: int) -> str:
-        """Claim one connector for a free thread: "handed", "settled" or "skipped"."""
-        work = due.work_of(connector_id, self.lease_seconds)
-        if work is None or work.kind is due.Kind.HELD:
-            return "skipped"
-        if work.kind is due.Kind.NONE:
-            due.settle(work)
-            return "settled"
+    def _claim(self, work: due.Work) -> str:
+        """Claim a connector that has work for a free thread: "handed" or "skipped"."""
+        connector_id = work.connector_id
         slot = self._take_slot()
         if slot is None:
             return "skipped"
@@ -337,6 +345,8 @@ class Dispatcher:
 
         next_due = compaction.next_due()
         if next_due is None:
+            # Looked once per interval, not at every round (a mark wakes a round later).
+            self._last_compaction = time.monotonic()
             return self.safety_net
         slot = self._take_slot()
         if slot is None:
@@ -351,6 +361,10 @@ class Dispatcher:
     def _has_free(self) -> bool:
         with self._lock:
             return bool(self._free)
+
+    def _free_count(self) -> int:
+        with self._lock:
+            return len(self._free)
 
     def _take_slot(self) -> Slot | None:
         with self._lock:

@@ -39,7 +39,9 @@ import datetime as dt
 import enum
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
@@ -152,9 +154,24 @@ def _live_reset(column: sa.ColumnElement) -> sa.ScalarSelect:
     )
 
 
-def _work_query(connector_id: int) -> sa.Select:
+# Statements of the poller's hot path, built once per engine (they read its clock):
+# building a recursive query anew at every round cost the poller more than running it.
+_statements: dict[tuple[str, str], Any] = {}
+
+
+def _statement(name: str, build: Callable[[], Any]) -> Any:
+    """The statement ``name`` for the session's engine, built on first use."""
+    key = (name, db.session.get_bind().dialect.name)
+    statement = _statements.get(key)
+    if statement is None:
+        statement = _statements[key] = build()
+    return statement
+
+
+def _work_query() -> sa.Select:
     return (
         sa.select(
+            Connector.id,
             Connector.tenant,
             Connector.wakes,
             Connector.sync_state,
@@ -173,7 +190,7 @@ def _work_query(connector_id: int) -> sa.Select:
         .join(View, View.id == Connector.view_id)
         .join(Pipeline, Pipeline.id == View.pipeline_id)
         .outerjoin(ViewLog, ViewLog.view_id == Connector.view_id)
-        .where(Connector.id == connector_id)
+        .where(Connector.id.in_(sa.bindparam("ids", expanding=True)))
     )
 
 
@@ -191,11 +208,28 @@ def work_of(connector_id: int, lease_seconds: float | None = None) -> Work | Non
     ``WORKER_LEASE_SECONDS``) is not held: its holder's clock runs fast (said
     in the log once per such lease).
     """
-    row = db.session.execute(_work_query(connector_id)).one_or_none()
+    found = works_of([connector_id], lease_seconds)
+    return found[0] if found else None
+
+
+def works_of(connector_ids: list[int], lease_seconds: float | None = None) -> list[Work]:
+    """What each of these connectors has to do now, in their order (gone ones left out).
+
+    One read for them all; ends the read transaction. See :func:`work_of`.
+    """
+    if not connector_ids:
+        return []
+    query = _statement("work", _work_query)
+    rows = {row[0]: row for row in db.session.execute(query, {"ids": list(connector_ids)})}
     db.session.rollback()
-    if row is None:
-        return None
+    seconds = lease_seconds or float(current_app.config["WORKER_LEASE_SECONDS"])
+    return [_judge(rows[i], seconds) for i in connector_ids if i in rows]
+
+
+def _judge(row: sa.Row, lease_seconds: float) -> Work:
+    """What one connector has to do, from its row of :func:`_work_query`."""
     (
+        connector_id,
         tenant,
         wakes,
         sync_state,
@@ -217,8 +251,7 @@ def work_of(connector_id: int, lease_seconds: float | None = None) -> Work | Non
 
     if lease_owner is not None and lease_expires_at is not None and lease_expires_at > now:
         ahead = (lease_expires_at - now).total_seconds()
-        seconds = lease_seconds or float(current_app.config["WORKER_LEASE_SECONDS"])
-        if ahead <= leases.lease_bound(seconds):
+        if ahead <= leases.lease_bound(lease_seconds):
             return work(Kind.HELD, lease_expires_at)
         log.warning(
             "connector %s: its lease, held by %s, ends %.0f s from now, further than a lease "
@@ -226,7 +259,7 @@ def work_of(connector_id: int, lease_seconds: float | None = None) -> Work | Non
             connector_id,
             lease_owner,
             ahead,
-            seconds,
+            lease_seconds,
         )
     if status != PipelineStatus.RUNNING:
         return work(Kind.NONE)  # a start or resume marks it again
@@ -253,21 +286,42 @@ def _as_uuid(value: object) -> uuid.UUID | None:
     return uuid.UUID(str(value))
 
 
+def _settle_statement() -> sa.Update:
+    return (
+        sa.update(Connector)
+        .where(
+            Connector.id == sa.bindparam("cid"),
+            Connector.wakes == sa.bindparam("seen"),
+            ~held(),
+        )
+        .values(due_at=sa.bindparam("next_due", type_=Connector.due_at.type))
+        .execution_options(synchronize_session=False)
+    )
+
+
 def settle(work: Work) -> bool:
     """Record that a connector has nothing to do before ``work.next_due``; commit.
 
     Written only if no event marked it since ``work`` was read (its ``wakes``
     is unchanged) and no one holds its lease; return whether it was.
     """
-    next_due = work.next_due
-    result = db.session.execute(
-        sa.update(Connector)
-        .where(Connector.id == work.connector_id, Connector.wakes == work.wakes, ~held())
-        .values(due_at=next_due)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"cid": work.connector_id, "seen": work.wakes, "next_due": work.next_due}
+    result = db.session.execute(_statement("settle", _settle_statement), params)
     db.session.commit()
     return result.rowcount == 1
+
+
+def settle_all(works: list[Work]) -> None:
+    """:func:`settle` each of ``works``, in one transaction (one ``executemany``)."""
+    if not works:
+        return
+    # On the session's connection (Core), not through the ORM, whose bulk UPDATE of a
+    # list would want primary keys by name.
+    db.session.connection().execute(
+        _statement("settle", _settle_statement),
+        [{"cid": w.connector_id, "seen": w.wakes, "next_due": w.next_due} for w in works],
+    )
+    db.session.commit()
 
 
 # -- finding work -------------------------------------------------------------------------------
@@ -344,7 +398,7 @@ def _due_tenants_query() -> sa.Select:
 
 def due_tenants() -> list[DueTenant]:
     """The tenants that have due connectors, now or later; ends the read transaction."""
-    rows = db.session.execute(_due_tenants_query()).all()
+    rows = db.session.execute(_statement("due_tenants", _due_tenants_query)).all()
     db.session.rollback()
     beyond = horizon()
     return [
@@ -354,19 +408,31 @@ def due_tenants() -> list[DueTenant]:
     ]
 
 
+def _candidates_query() -> sa.Select:
+    return (
+        sa.select(Connector.id)
+        .where(
+            Connector.tenant == sa.bindparam("tenant"),
+            Connector.due_at.is_not(None),
+            Connector.due_at <= db_time(),
+        )
+        .order_by(Connector.due_at)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+    )
+
+
 def candidates(tenant: str, limit: int, skewed: bool = False) -> list[int]:
     """A tenant's connectors due now, longest due first (at most ``limit``).
 
     With ``skewed`` (see :class:`DueTenant`), also those whose due time lies
     further ahead than any can rightly be.
     """
-    base = sa.select(Connector.id).where(Connector.tenant == tenant, Connector.due_at.is_not(None))
-    ids = list(
-        db.session.execute(
-            base.where(Connector.due_at <= db_time()).order_by(Connector.due_at).limit(limit)
-        ).scalars()
-    )
+    params = {"tenant": tenant, "limit": limit}
+    ids = list(db.session.execute(_statement("candidates", _candidates_query), params).scalars())
     if skewed and len(ids) < limit:
+        base = sa.select(Connector.id).where(
+            Connector.tenant == tenant, Connector.due_at.is_not(None)
+        )
         far = base.where(Connector.due_at > db_time(horizon())).order_by(Connector.due_at)
         ids += db.session.execute(far.limit(limit - len(ids))).scalars()
     db.session.rollback()
