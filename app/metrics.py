@@ -63,7 +63,7 @@ from app.delivery.models import WorkerProcess
 from app.delivery.service import Health, health
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
-from app.resets.models import Reset
+from app.resets.models import Reset, ResetStatus
 from app.view_data.models import ViewChange, ViewLog
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,10 @@ def _connector_totals_query(tenant: str | None) -> sa.Select:
             sa.func.sum(Connector.transport_errors).label("errors"),
             sa.func.sum(Connector.lease_takeovers).label("takeovers"),
             sa.func.sum(_lag()).label("lag"),
+            sa.func.sum(Connector.resets_completed).label("resets_complete"),
+            sa.func.sum(Connector.resets_failed).label("resets_failed"),
+            sa.func.sum(Connector.resets_abandoned).label("resets_abandoned"),
+            sa.func.sum(Connector.replayed_records).label("replayed"),
         )
         .select_from(Connector)
         .join(View, View.id == Connector.view_id)
@@ -385,17 +389,16 @@ def _with_oldest(listed: sa.Select | sa.CompoundSelect) -> sa.Select:
 
 
 def _resets_query(tenant: str | None) -> sa.Select:
-    """Resets by tenant, status and phase: how many, and the records they replayed."""
+    """Resets in progress by tenant and phase (the finished ones are the connectors' counters).
+
+    Reads the resets in progress only (the ``(status, phase)`` index), never
+    the history: a million finished resets cost a scrape nothing.
+    """
     query = (
-        sa.select(
-            Pipeline.tenant,
-            Reset.status,
-            Reset.phase,
-            sa.func.count().label("count"),
-            sa.func.coalesce(sa.func.sum(Reset.replayed_records), 0).label("replayed"),
-        )
+        sa.select(Pipeline.tenant, Reset.phase, sa.func.count().label("count"))
         .join(Pipeline, Pipeline.id == Reset.pipeline_id)
-        .group_by(Pipeline.tenant, Reset.status, Reset.phase)
+        .where(Reset.status == ResetStatus.IN_PROGRESS)
+        .group_by(Pipeline.tenant, Reset.phase)
     )
     return _scoped(query, tenant)
 
@@ -473,7 +476,7 @@ class DatabaseCollector:
         yield from self._totals(tenants, connectors, views)
         yield from self._connector_families(_trimmed(connector_rows, connector_shares))
         yield from self._view_families(_trimmed(view_rows, view_shares))
-        yield from self._reset_families(resets)
+        yield from self._reset_families(resets, tenants, connectors)
         yield from self._cut(tenants, connector_counts, connector_shares, view_counts, view_shares)
         yield from self._worker_families()
 
@@ -653,24 +656,38 @@ class DatabaseCollector:
         yield from (end, retained)
 
     @staticmethod
-    def _reset_families(rows: list[sa.Row]) -> Iterator[Metric]:
-        """Resets by tenant, status and phase, and the records they replayed by tenant."""
+    def _reset_families(
+        rows: list[sa.Row], tenants: list[str], connectors: dict
+    ) -> Iterator[Metric]:
+        """Resets by tenant, status and phase, and the records they replayed by tenant.
+
+        Those in progress are counted by phase; the finished ones are the
+        connectors' counters (``done`` for the complete, ``ended`` for the failed
+        and the abandoned), so the history costs a scrape nothing.
+        """
         resets = _gauge(
             "resets",
-            "Resets the database holds, by status and phase.",
+            "Resets by status and phase (finished ones: complete in phase 'done', failed "
+            "and abandoned in phase 'ended').",
             ("tenant", "status", "phase"),
         )
         replayed = _counter(
             "reset_replayed_records",
-            "Snapshot records replayed by the resets the database holds "
-            "(rate() of it is the replay rate).",
+            "Snapshot records replayed by resets (rate() of it is the replay rate).",
         )
-        by_tenant: dict[str, int] = {}
         for row in rows:
-            resets.add_metric([row.tenant, row.status, row.phase], row.count)
-            by_tenant[row.tenant] = by_tenant.get(row.tenant, 0) + int(row.replayed)
-        for tenant, count in sorted(by_tenant.items()):
-            replayed.add_metric([tenant], count)
+            resets.add_metric([row.tenant, ResetStatus.IN_PROGRESS, row.phase], row.count)
+        for tenant in tenants:
+            totals = connectors.get(tenant)
+            finished = (
+                (ResetStatus.COMPLETE, "done", "resets_complete"),
+                (ResetStatus.FAILED, "ended", "resets_failed"),
+                (ResetStatus.ABANDONED, "ended", "resets_abandoned"),
+            )
+            for status, phase, column in finished:
+                count = 0 if totals is None else int(getattr(totals, column) or 0)
+                resets.add_metric([tenant, status, phase], count)
+            replayed.add_metric([tenant], 0 if totals is None else int(totals.replayed or 0))
         yield from (resets, replayed)
 
     @staticmethod

@@ -409,6 +409,16 @@ def test_tenant_totals_are_exact_and_the_listed_connectors_need_attention_first(
                 for n, (pipeline_id, connector_id) in enumerate(targets)
             ],
         )  # fmt: skip
+        # As the executor counts them on the connectors (what a scrape sums).
+        for n, (_pipeline_id, connector_id) in enumerate(targets):
+            db.session.execute(
+                sa.update(Connector)
+                .where(Connector.id == connector_id)
+                .values(
+                    resets_completed=Connector.resets_completed + int(n < 5),
+                    replayed_records=Connector.replayed_records + 100,
+                )
+            )
         db.session.commit()
         db.session.remove()
     parsed = scrape(app.test_client(), read_headers)
@@ -734,3 +744,32 @@ def test_gunicorn_workers_and_a_flask_worker_report_through_one_scrape(tmp_path:
         assert pushes == 3
     # faults.served polls /healthz until it answers; the 20 above come on top.
     assert all(n is not None and n >= 20 for n in seen) and len(set(seen)) == 1, seen
+
+
+def test_finished_resets_are_counted_without_reading_them(app, client, running_pipeline) -> None:
+    """Abandoned (the pipeline stopped) and failed resets are counted on their connectors
+    as they end; a scrape reads the resets in progress only."""
+    running_pipeline.reset()
+    client.post("/v0/pipelines/orders/stop")
+    client.post("/v0/pipelines/orders/start")
+    parsed = scrape(client)
+    labels = {"tenant": "default"}
+    assert (
+        value(parsed, "pipeline_manager_resets", **labels, status="abandoned", phase="ended") == 1
+    )
+    assert value(parsed, "pipeline_manager_resets", **labels, status="failed", phase="ended") == 0
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    app.config["METRICS_CACHE_SECONDS"] = 0
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        scrape(client)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    on_resets = [s for s in statements if "FROM resets" in s]
+    assert on_resets and all("resets.status = " in s for s in on_resets), on_resets

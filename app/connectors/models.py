@@ -99,6 +99,11 @@ class Connector(db.Model):
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     resets_completed: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    # Its resets that failed, and those abandoned with their incarnation, and the
+    # snapshot records its resets replayed: /metrics sums these, not the resets.
+    resets_failed: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    resets_abandoned: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    replayed_records: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     # When the connector may next have work (database clock): changes to deliver,
     # a reset to run, a retry, or a lease that runs out. NULL: nothing until an
     # event marks it. ``wakes`` counts those events, so whoever decides there is

@@ -226,6 +226,23 @@ def _abandon_resets(pipeline: Pipeline, now: object) -> None:
         )
         .execution_options(synchronize_session=False)
     )
+    # Each connector counts the resets abandoned here (what /metrics sums).
+    unfinished = (
+        sa.select(sa.func.count(Reset.id))
+        .where(
+            Reset.connector_id == Connector.id,
+            Reset.pipeline_id == pipeline.id,
+            Reset.status == ResetStatus.IN_PROGRESS,
+        )
+        .scalar_subquery()
+    )
+    pipeline_views = sa.select(View.id).where(View.pipeline_id == pipeline.id).scalar_subquery()
+    db.session.execute(
+        sa.update(Connector)
+        .where(Connector.view_id.in_(pipeline_views))
+        .values(resets_abandoned=Connector.resets_abandoned + unfinished)
+        .execution_options(synchronize_session=False)
+    )
     db.session.execute(
         sa.update(Reset)
         .where(

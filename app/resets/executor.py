@@ -313,6 +313,7 @@ class ResetExecutor:
                         connector={
                             "transmitted_records": Connector.transmitted_records + len(batch),
                             "transmitted_bytes": Connector.transmitted_bytes + size,
+                            "replayed_records": Connector.replayed_records + len(batch),
                         },
                         replayed_records=replayed,
                     )
@@ -485,7 +486,11 @@ class ResetExecutor:
         values: dict[str, Any] = {"error": message, "lease_owner": None}
         if final:
             # Failed until someone resets it again (a request marks it then).
-            connector.update(sync_state=SyncState.FAILED, sync_reason=message)
+            connector.update(
+                sync_state=SyncState.FAILED,
+                sync_reason=message,
+                resets_failed=Connector.resets_failed + 1,
+            )
             connector.update(leases.given_back(lease, due=None))
             values.update(status=ResetStatus.FAILED, completed_at=db_time())
         else:

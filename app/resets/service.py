@@ -100,7 +100,7 @@ def history(connector: Connector, limit: int, after: uuid.UUID | None = None) ->
 
 def abandon(reset: Reset, why: str) -> None:
     """Mark a reset of an ended incarnation abandoned (if still in progress)."""
-    db.session.execute(
+    ended = db.session.execute(
         sa.update(Reset)
         .where(Reset.id == reset.id, Reset.status == ResetStatus.IN_PROGRESS)
         .values(
@@ -111,6 +111,13 @@ def abandon(reset: Reset, why: str) -> None:
             error=why,
         )
     )
+    if ended.rowcount:
+        db.session.execute(
+            sa.update(Connector)
+            .where(Connector.id == reset.connector_id)
+            .values(resets_abandoned=Connector.resets_abandoned + 1)
+            .execution_options(synchronize_session=False)
+        )
     db.session.commit()
 
 
