@@ -460,10 +460,11 @@ def test_staging_tables_of_lower_epochs_are_dropped_higher_ones_kept(app, schema
                 f"SELECT tablename FROM pg_tables WHERE schemaname = '{schema}' ORDER BY 1"
             )
         ]
+        prefix = f"_pm_reset_{sink.uid.replace('-', '')}_"
         assert tables == [
+            f"{prefix}5",
+            f"{prefix}9",
             "orders",
-            "orders__pm_reset_5",
-            "orders__pm_reset_9",
             "pipeline_manager_progress",
         ]
         reset.discard()
@@ -577,3 +578,108 @@ def test_a_writer_frozen_between_the_deletes_of_a_batch_is_ended_a_lease_later(
     assert isinstance(outcome[0], TransportError)  # its session was gone when it went on
     assert contents(schema, "id") == Counter()
     assert position(schema, sink) == (8, 2)
+
+
+# -- the table changed behind the service ---------------------------------------------------
+
+
+def test_a_truncated_or_replaced_table_is_found_out_a_rewritten_one_is_not(app, schema):
+    """A keyed table truncated, or dropped and created again, would take the next batches
+    without a word (keyed deletes of missing rows change nothing): its identity (OID, and
+    its file, which TRUNCATE replaces) is recorded with each position and checked."""
+    orders_table(schema, key=True)
+    sink = target(schema, key=["id"])
+    with app.app_context():
+        DRIVER.apply(
+            sink, rows(1, *[("insert", {"id": i, "note": "n"}) for i in range(3)]), epoch=1
+        )
+        assert DRIVER.position(sink) == 3
+        sql(f'VACUUM FULL "{schema}".orders')  # rewritten, rows kept: the same table
+        assert DRIVER.position(sink) == 3
+        sql(f'TRUNCATE "{schema}".orders')
+        with pytest.raises(SinkDiverged, match="emptied"):
+            DRIVER.position(sink)
+        # A redo switches the snapshot in and records the table's identity again.
+        reset = DRIVER.begin_reset(sink, epoch=2)
+        reset.append([text({"id": i, "note": "n"}) for i in range(3)])
+        reset.switch_in(3, lambda: None)
+        assert DRIVER.position(sink) == 3
+        sql(f'DROP TABLE "{schema}".orders')
+        orders_table(schema, key=True)
+        with pytest.raises(SinkDiverged, match="dropped and created again"):
+            DRIVER.position(sink)
+
+
+def test_two_tables_sharing_a_long_prefix_keep_their_own_reset_staging(app, schema):
+    """Staging tables are named from the connector's uid: two tables whose names share their
+    first 51 characters (once cut to fit the old suffix) no longer drop each other's."""
+    stem = "x" * 55
+    for name in ("daily", "weekly"):
+        sql(f'CREATE TABLE "{schema}"."{stem}_{name}" (id integer, note text)')
+    daily = target(schema, table=f"{schema}.{stem}_daily")
+    weekly = target(schema, table=f"{schema}.{stem}_weekly")
+    with app.app_context():
+        first = DRIVER.begin_reset(daily, epoch=2)
+        second = DRIVER.begin_reset(weekly, epoch=5)  # a higher epoch, another connector
+        first.append([text({"id": 1, "note": "d"})])  # its staging table is still there
+        first.switch_in(1, lambda: None)
+        second.discard()
+    assert Counter(sql(f'SELECT id, note FROM "{schema}"."{stem}_daily"')) == Counter({(1, "d"): 1})
+
+
+def test_a_table_named_like_a_staging_table_is_refused(app, schema):
+    with app.app_context(), pytest.raises(InvalidRequest) as caught:
+        DRIVER.validate_config(
+            {"dsn_env": "SINK_DSN_TEST", "table": f"{schema}._pm_reset_x"}, tenant="default"
+        )
+    assert "_pm_reset_" in str(caught.value.details)
+
+
+def test_jsonb_deletes_find_their_records_by_index_in_one_statement(app, schema):
+    sink = target(schema, mode="jsonb")
+    records = [{"id": i, "note": "n"} for i in range(50)]
+    with app.app_context():
+        DRIVER.apply(sink, rows(1, *[("insert", r) for r in records]), epoch=1)
+        statements: list[str] = []
+        execute = psycopg.Cursor.execute
+
+        def counting(self, query, params=None, **kwargs):
+            text = query if isinstance(query, str) else query.as_string(self.connection)
+            if "DELETE" in text:
+                statements.append(text)
+            return execute(self, query, params, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(psycopg.Cursor, "execute", counting)
+            DRIVER.apply(sink, rows(51, *[("delete", r) for r in records[:40]]), epoch=1)
+    assert len(statements) == 1
+    assert len(sql(f'SELECT record FROM "{schema}".orders')) == 10
+    indexes = sql(f"SELECT indexdef FROM pg_indexes WHERE schemaname = '{schema}'")
+    assert any("USING hash (record)" in i for (i,) in indexes)
+
+
+def test_a_batch_past_its_deadline_is_given_up_and_tried_again(app, schema, monkeypatch):
+    """Statements each under their timeout can add up past the lease: a batch is checked
+    against a third of the lease between statements, and rolled back past it."""
+    orders_table(schema)
+    sink = target(schema)
+    app.config["WORKER_LEASE_SECONDS"] = 0.9
+    with app.app_context():
+        DRIVER.apply(
+            sink, rows(1, *[("insert", {"id": i, "note": "n"}) for i in range(3)]), epoch=1
+        )
+        execute = psycopg.Cursor.execute
+
+        def slow(self, query, params=None, **kwargs):
+            if "DELETE" in str(query):
+                time.sleep(0.2)  # each under the 0.3 s timeout, three of them past it
+            return execute(self, query, params, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", slow)
+        deletes = [("delete", {"id": i, "note": "n"}) for i in range(3)]
+        with pytest.raises(TransportError, match="took longer") as caught:
+            DRIVER.apply(sink, rows(4, *deletes), epoch=1)
+        assert not caught.value.poison
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        DRIVER.apply(sink, rows(4, *deletes), epoch=1)
+    assert contents(schema, "id") == Counter()

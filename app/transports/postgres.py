@@ -39,20 +39,23 @@ first, so two writers (one stalled past its lease) are serialised, and the
 second finds the batch already there.
 
 Reset: the snapshot is loaded with ``COPY`` into an unlogged staging table
-``<table>__pm_reset_<epoch>`` (``LIKE`` the table: defaults, constraints,
-indexes). At the end, one transaction locks the progress row, deletes the
+``_pm_reset_<connector uid>_<epoch>`` (``LIKE`` the table: defaults,
+constraints, indexes; named from the connector, so no other table's reset can
+take it for its own). At the end, one transaction locks the progress row, deletes the
 table's rows, inserts the staging table's, records the snapshot's position
 and commits: readers see the old rows until that commit and the whole
 snapshot after it (PostgreSQL's MVCC: they are never blocked, and the table
-keeps its grants, views and indexes). A staging table of a lower epoch is a
-leftover of an executor that lost its lease, and is dropped.
+keeps its grants, views and indexes). A staging table of the connector's of a
+lower epoch is a leftover of an executor that lost its lease, and is dropped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -75,7 +78,12 @@ from app.transports.tables import Applied, LogRow, SinkDiverged, SinkMoved
 
 PROGRESS_TABLE = "pipeline_manager_progress"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-STAGING_SUFFIX = "__pm_reset_"
+# Sink tables whose progress table (and jsonb table) this process saw made, by
+# (variable, schema, table, mode).
+_PROGRESS_CURRENT: set[tuple[str, str, str, str]] = set()
+# A reset's staging table: _pm_reset_<connector uid, 32 hex digits>_<epoch>. Sink tables
+# may not be named so.
+STAGING_PREFIX = "_pm_reset_"
 # Errors that sending the same batch again cannot cure: the table or its
 # columns do not fit the records. The connector fails until a reset.
 POISON = (
@@ -182,6 +190,9 @@ class _Table:
         self.ident = sql.Identifier(self.schema, self.name)
         self.progress = sql.Identifier(self.schema, PROGRESS_TABLE)
         self._columns: dict[str, bool] | None = None
+        # A batch ends by then (time.monotonic()), checked between statements: a third
+        # of the worker's lease, so a slow table costs a retry, not the lease.
+        self.deadline = time.monotonic() + _timeout_ms() / 1000
         # Identity columns (GENERATED ... AS IDENTITY): a reset lets the table number
         # the rows whose records do not carry them.
         self.identity: frozenset[str] = frozenset()
@@ -214,6 +225,14 @@ class _Table:
                 f"Cannot connect to the sink database ({self.dsn_env}): {_message(exc)}"
             ) from None
 
+    def check_deadline(self) -> None:
+        """Give the batch up (a plain failure, tried again later) once it took too long."""
+        if time.monotonic() > self.deadline:
+            raise TransportError(
+                f"Sink table {self.shown}: the batch took longer than "
+                f"{_timeout_ms() / 1000:.1f} s (a third of the lease); it is tried again"
+            )
+
     def error(self, exc: psycopg.Error, doing: str) -> TransportError:
         return TransportError(
             f"Sink table {self.shown}: {doing}: {_message(exc)}", poison=isinstance(exc, POISON)
@@ -221,18 +240,41 @@ class _Table:
 
     # -- schema ---------------------------------------------------------------
 
-    def ensure_progress(self, conn: psycopg.Connection) -> None:
-        """Create the progress table (and a ``jsonb`` mode's table) if missing."""
+    def ensure_progress(self, conn: psycopg.Connection, again: bool = False) -> None:
+        """Create the progress table (and a ``jsonb`` mode's table) if missing.
+
+        Once per process and table (DDL locks what it touches, even when it
+        changes nothing), or ``again`` (a reset: a ``jsonb`` table may be gone).
+        """
+        key = (self.dsn_env, self.schema, self.name, self.mode)
+        if key in _PROGRESS_CURRENT and not again:
+            return
         statements = [
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (connector_uid text PRIMARY KEY, "
                 "seq bigint NOT NULL, epoch bigint NOT NULL, "
-                "updated_at timestamptz NOT NULL DEFAULT now())"
+                "updated_at timestamptz NOT NULL DEFAULT now(), "
+                "table_oid bigint, table_filenode bigint)"
             ).format(self.progress)
         ]
+        # A progress table made before the table's identity was recorded.
+        statements.append(
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS table_oid bigint, "
+                "ADD COLUMN IF NOT EXISTS table_filenode bigint"
+            ).format(self.progress)
+        )
         if self.mode == "jsonb":
             statements.append(
                 sql.SQL("CREATE TABLE IF NOT EXISTS {} (record jsonb NOT NULL)").format(self.ident)
+            )
+            # What deletes look up: one equal record (a hash index: no size limit on
+            # the record, unlike a btree's).
+            index = f"pm_{hashlib.sha256(self.name.encode()).hexdigest()[:20]}_record"
+            statements.append(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hash (record)").format(
+                    sql.Identifier(index), self.ident
+                )
             )
         for statement in statements:
             for _attempt in range(3):
@@ -242,6 +284,7 @@ class _Table:
                     break
                 except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
                     continue  # created at the same moment by another writer
+        _PROGRESS_CURRENT.add(key)
 
     def columns(self, conn: psycopg.Connection, relation: str | None = None) -> dict[str, bool]:
         """The table's columns, each with whether it can be written (not generated)."""
@@ -294,13 +337,20 @@ class _Table:
         return int(row[0]) if row else 0
 
     def set_position(self, conn: psycopg.Connection, seq: int, epoch: int) -> int:
-        """Record the position; return the transaction's id (the sink's commit id)."""
+        """Record the position, and the table's identity; return the transaction's id.
+
+        The identity (its OID, and its file: a TRUNCATE gives the table a new one)
+        is what :meth:`PostgresTransport.position` checks the table against.
+        """
+        name = self.ident.as_string(conn)
         conn.execute(
             sql.SQL(
-                "UPDATE {} SET seq = %s, epoch = greatest(epoch, %s), updated_at = now() "
+                "UPDATE {} SET seq = %s, epoch = greatest(epoch, %s), updated_at = now(), "
+                "table_oid = to_regclass(%s)::oid, "
+                "table_filenode = pg_relation_filenode(to_regclass(%s)) "
                 "WHERE connector_uid = %s"
             ).format(self.progress),
-            (seq, epoch, self.uid),
+            (seq, epoch, name, name, self.uid),
         )
         row = conn.execute("SELECT txid_current()").fetchone()
         return int(row[0]) if row else 0
@@ -352,12 +402,15 @@ class _Table:
         if not deleted:
             return
         if self.mode == "jsonb":
+            # The whole batch's deletes in one statement, each record found by the index.
             statement = sql.SQL(
-                "DELETE FROM {t} WHERE ctid IN "
-                "(SELECT ctid FROM {t} WHERE record = %s::jsonb LIMIT %s)"
+                "WITH d(record, n) AS (SELECT e->'r', (e->>'n')::int "
+                "FROM jsonb_array_elements(%s::jsonb) e) "
+                "DELETE FROM {t} WHERE ctid IN (SELECT v.ctid FROM d CROSS JOIN LATERAL "
+                "(SELECT ctid FROM {t} t WHERE t.record = d.record LIMIT d.n) v)"
             ).format(t=self.ident)
-            params: list[tuple[Any, ...]] = [(text, n) for text, n in deleted]
-            self._delete_many(conn, {statement.as_string(conn): params}, deleted)
+            payload = "[" + ",".join(f'{{"r":{text},"n":{n}}}' for text, n in deleted) + "]"
+            self._delete_many(conn, {statement.as_string(conn): [(payload,)]}, deleted)
             return
         columns = self.columns(conn)
         by_shape: dict[str, list[tuple[Any, ...]]] = {}
@@ -391,6 +444,7 @@ class _Table:
         with conn.cursor() as cursor:
             for statement, params in statements.items():
                 for param in params:
+                    self.check_deadline()
                     # One at a time, not executemany: psycopg pipelines that, and the
                     # server arms idle_in_transaction_session_timeout only at a Sync, so
                     # a writer frozen mid-pipeline (SIGSTOP) would hold the progress row
@@ -406,13 +460,21 @@ class _Table:
 
     # -- staging ----------------------------------------------------------------
 
+    def staging_prefix(self) -> str:
+        """Where this connector's staging tables' names start: its uid, never another's."""
+        return f"{STAGING_PREFIX}{self.uid.replace('-', '')}_"
+
     def staging_name(self, epoch: int) -> str:
-        suffix = f"{STAGING_SUFFIX}{epoch}"
-        return self.name[: 63 - len(suffix)] + suffix
+        """The staging table of the connector's reset at ``epoch`` (at most 63 characters)."""
+        return f"{self.staging_prefix()}{epoch}"
 
     def drop_leftovers(self, conn: psycopg.Connection, epoch: int) -> None:
-        """Drop staging tables of lower epochs (their executors lost the lease)."""
-        prefix = self.name[: 63 - len(f"{STAGING_SUFFIX}{epoch}")] + STAGING_SUFFIX
+        """Drop this connector's staging tables of lower epochs (their executors lost the lease).
+
+        Named from the connector's uid, so two tables whose names share a prefix,
+        or two tenants' connectors in one database, never drop each other's.
+        """
+        prefix = self.staging_prefix()
         rows = conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = %s AND starts_with(tablename, %s)",
             (self.schema, prefix),
@@ -438,7 +500,7 @@ class PostgresReset:
         self.conn = table.connect()
         self.conn.autocommit = True
         try:
-            table.ensure_progress(self.conn)
+            table.ensure_progress(self.conn, again=True)
             if table.mode == "rows":
                 table.columns(self.conn)  # the table must exist
             table.drop_leftovers(self.conn, epoch)
@@ -582,6 +644,8 @@ class PostgresTransport:
             raise _refuse("table", "Names are letters, digits, _ and $ (at most 63).")
         if split_table(table)[1] == PROGRESS_TABLE:
             raise _refuse("table", f"The name {PROGRESS_TABLE} is reserved.")
+        if split_table(table)[1].lower().startswith(STAGING_PREFIX):
+            raise _refuse("table", f"Names starting {STAGING_PREFIX} are the service's (resets).")
         mode = config.get("mode", "rows")
         if mode not in MODES:
             raise _refuse("mode", "Must be one of: rows, jsonb.")
@@ -619,20 +683,49 @@ class PostgresTransport:
     # -- the sink -------------------------------------------------------------
 
     def position(self, target: Any) -> int | None:
-        """The position the sink database recorded for this connector."""
+        """The position the sink database recorded for this connector.
+
+        Raises ``SinkDiverged`` when the table is no longer the one delivered to:
+        dropped (and maybe made again: another OID), or emptied by a TRUNCATE
+        (a new file, and no row) while the position says changes were delivered.
+        A table rewritten with its rows (VACUUM FULL, CLUSTER) is the same table.
+        """
         table = _Table(target)
         with table.connect() as conn:
             try:
                 exists = conn.execute("SELECT to_regclass(%s)", (table.progress.as_string(conn),))
                 if exists.fetchone()[0] is None:  # type: ignore[index]
                     return None
+                table.ensure_progress(conn)
+                name = table.ident.as_string(conn)
                 row = conn.execute(
-                    sql.SQL("SELECT seq FROM {} WHERE connector_uid = %s").format(table.progress),
-                    (table.uid,),
+                    sql.SQL(
+                        "SELECT seq, table_oid, table_filenode, to_regclass(%s)::oid, "
+                        "pg_relation_filenode(to_regclass(%s)) FROM {} WHERE connector_uid = %s"
+                    ).format(table.progress),
+                    (name, name, table.uid),
                 ).fetchone()
+                if row is None:
+                    return None
+                seq, oid, filenode, oid_now, filenode_now = row
+                if oid is not None and oid_now != oid:
+                    raise SinkDiverged(
+                        f"Sink table {table.shown} was dropped"
+                        + ("" if oid_now is None else " and created again")
+                        + " outside the service"
+                    )
+                if filenode is not None and filenode_now != filenode and seq > 0:
+                    empty = conn.execute(
+                        sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(table.ident)
+                    ).fetchone()
+                    if empty and empty[0]:
+                        raise SinkDiverged(
+                            f"Sink table {table.shown} was emptied (TRUNCATE) outside the "
+                            f"service, at position {seq}"
+                        )
             except psycopg.Error as exc:
                 raise table.error(exc, "cannot read the connector's position") from None
-        return int(row[0]) if row else None
+        return int(seq)
 
     def apply(self, target: Any, rows: Sequence[LogRow], *, epoch: int) -> Applied:
         """Apply a batch's net changes and its position in one transaction (see the module)."""
@@ -658,9 +751,14 @@ class PostgresTransport:
                             position,
                         )
                     table.delete(conn, deleted)
+                    table.check_deadline()
                     table.insert(conn, inserted, table.ident)
+                    table.check_deadline()
                     version = table.set_position(conn, last, epoch)
             except psycopg.Error as exc:
+                if isinstance(exc, psycopg.errors.UndefinedTable):
+                    # Dropped behind this process's back: made again at the next try.
+                    _PROGRESS_CURRENT.discard((table.dsn_env, table.schema, table.name, table.mode))
                 raise table.error(exc, "cannot apply a batch") from None
         return Applied(size, version)
 
