@@ -518,3 +518,71 @@ def test_reset_timing_of_200k_records(sinks: Path, capsys: pytest.CaptureFixture
         )
     assert DRIVER.position(t) == 300_000
     assert DeltaTable(str(path)).to_pyarrow_dataset().count_rows() == 200_000
+
+
+def test_a_switch_longer_than_the_lease_renews_it_and_no_one_takes_the_reset_over(
+    app: Flask, api, client, monkeypatch
+) -> None:
+    """Rewriting the staged parts takes three leases here (each part read slowly, as on a
+    busy disk): the executor renews its lease as it goes, so a rival executor trying all
+    along never takes the reset over (nor removes the staging folder being read), and
+    the reset completes at its first attempt."""
+    from app.extensions import db
+    from app.resets.executor import ResetExecutor
+
+    app.config.update(WORKER_LEASE_SECONDS=1.0, REPLAY_BATCH_SIZE=10)
+    api.create_pipeline()
+    r = client.post(
+        "/v0/pipelines/orders/views/totals/connectors",
+        json={"name": "lake", "transport": {"name": "delta", "config": {"path": "tables/t"}}},
+    )
+    assert r.status_code == 201, r.get_json()
+    api.action("orders", "start")
+    changes = [{"insert": {"id": i}} for i in range(400)]  # 40 staged parts
+    r = client.post("/v0/pipelines/orders/views/totals/changes", json=changes)
+    assert r.status_code == 200
+    real = delta.pq.ParquetFile
+
+    def slow_part(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.075)  # 40 parts: 3 s, three leases
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(delta.pq, "ParquetFile", slow_part)
+    token = api.reset(connector="lake")
+    done = threading.Event()
+    rival_claims: list[Any] = []
+
+    def rival() -> None:
+        with app.app_context():
+            executor = ResetExecutor("rival")
+            while not done.is_set():
+                claimed = executor.claim()
+                if claimed is not None:
+                    rival_claims.append(claimed)
+                    executor.execute(*claimed)
+                db.session.remove()
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=rival, daemon=True)
+    with app.app_context():
+        executor = ResetExecutor("holder")
+        claimed = executor.claim()
+        assert claimed is not None
+        thread.start()
+        try:
+            executor.execute(*claimed)
+        finally:
+            done.set()
+            thread.join(30)
+            db.session.remove()
+    body = api.status(token).get_json()
+    assert (body["status"], body["attempts"]) == ("complete", 1), body
+    assert rival_claims == []
+    stats = client.get("/v0/pipelines/orders/views/totals/connectors/lake/stats").get_json()
+    assert stats["lease_takeovers"] == 0
+    assert (
+        DeltaTable(str(Path(app.config["SINK_DIR"]) / "default" / "tables" / "t"))
+        .to_pyarrow_table()
+        .num_rows
+        == 400
+    )

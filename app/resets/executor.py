@@ -347,7 +347,7 @@ class ResetExecutor:
             return get_transport("file").staging(target, lease.epoch)
         driver = get_transport(target.transport)
         if is_table_sink(driver):
-            return driver.begin_reset(target, lease.epoch)
+            return driver.begin_reset(target, lease.epoch, keep_alive=leases.keep_alive(lease))
         driver.reset(
             target, epoch=lease.epoch, snapshot_seq=seq, keep_alive=leases.keep_alive(lease)
         )

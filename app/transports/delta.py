@@ -70,6 +70,7 @@ import os
 import re
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,10 +89,10 @@ from deltalake import (
 )
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction
-from flask import current_app
+from flask import current_app, has_app_context
 
 from app.errors import InvalidRequest
-from app.transports.base import TransportError
+from app.transports.base import KeepAlive, TransportError
 from app.transports.delta_spec import MODES, SETTINGS, config_schema
 from app.transports.file import fsync_dir, resolve_sink_path, sink_dir
 from app.transports.tables import Applied, LogRow, SinkMoved
@@ -227,6 +228,12 @@ def _change_table(rows: Sequence[LogRow]) -> pa.Table:
     )
 
 
+def _renewal_seconds() -> float:
+    """How often a long step renews the executor's lease: a quarter of the lease."""
+    lease = float(current_app.config["WORKER_LEASE_SECONDS"]) if has_app_context() else 30.0
+    return max(0.05, lease / 4)
+
+
 class DeltaReset:
     """A reset's staging copy: parquet files beside the table, switched in by one commit.
 
@@ -234,9 +241,12 @@ class DeltaReset:
     so a stale executor's leftover is told apart and removed by the next one.
     """
 
-    def __init__(self, table: _Table, uid: str, epoch: int) -> None:
+    def __init__(
+        self, table: _Table, uid: str, epoch: int, keep_alive: KeepAlive | None = None
+    ) -> None:
         self.table = table
         self.uid = uid
+        self.keep_alive = keep_alive
         self.staging = table.path.with_name(f"{self.prefix(table.path)}{epoch}")
         self.parts = 0
         # Data files written into the table's folder that no commit names yet.
@@ -349,8 +359,16 @@ class DeltaReset:
         actions: list[AddAction] = []
         writer: pq.ParquetWriter | None = None
         rows = text = 0
+        # Rewriting thousands of parts on a slow disk can outlast the lease: renewed
+        # as it goes, no other executor takes the reset over (and removes this
+        # staging folder) while it is read here.
+        every = _renewal_seconds()
+        renew_at = time.monotonic() + every
         try:
             for index in range(self.parts):
+                if self.keep_alive is not None and time.monotonic() >= renew_at:
+                    self.keep_alive()
+                    renew_at = time.monotonic() + every
                 with pq.ParquetFile(self.staging / f"part-{index:06d}.parquet") as staged:
                     records = staged.read(use_threads=False).column("record")
                 if writer is None:
@@ -594,6 +612,8 @@ class DeltaTransport:
             f"Cannot write Delta table '{table.shown}': other writers kept committing to it"
         )
 
-    def begin_reset(self, target: Any, epoch: int) -> DeltaReset:
+    def begin_reset(
+        self, target: Any, epoch: int, keep_alive: KeepAlive | None = None
+    ) -> DeltaReset:
         """Start a reset's staging folder beside the table (lower epochs' ones are removed)."""
-        return DeltaReset(self.table_of(target), target.uid, epoch)
+        return DeltaReset(self.table_of(target), target.uid, epoch, keep_alive)

@@ -66,7 +66,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from app.errors import InvalidRequest
-from app.transports.base import TransportError
+from app.transports.base import KeepAlive, TransportError
 from app.transports.postgres_spec import (
     IDENTIFIER,
     MAX_KEY_COLUMNS,
@@ -782,6 +782,12 @@ class PostgresTransport:
                 raise table.error(exc, "cannot record a skip") from None
         return Applied(0, version)
 
-    def begin_reset(self, target: Any, epoch: int) -> PostgresReset:
-        """Create the reset's staging table (dropping leftovers of lower epochs)."""
+    def begin_reset(
+        self, target: Any, epoch: int, keep_alive: KeepAlive | None = None
+    ) -> PostgresReset:
+        """Create the reset's staging table (dropping leftovers of lower epochs).
+
+        Its steps are each bounded by the statement timeout (a third of the
+        lease), and the executor renews between them: ``keep_alive`` is not needed.
+        """
         return PostgresReset(_Table(target), epoch)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from app.transports.base import TransportError
+from app.transports.base import KeepAlive, TransportError
 
 # A change-log row as stored: (seq, weight, canonical JSON of the record).
 LogRow = tuple[int, int, str]
@@ -133,8 +133,15 @@ class TableSink(Protocol):
         ``>= to_seq``; raises :class:`SinkMoved` when it is not ``held``.
         """
 
-    def begin_reset(self, target: Any, epoch: int) -> TableReset:
-        """Start a reset's staging copy (a stale one of a lower epoch is removed)."""
+    def begin_reset(
+        self, target: Any, epoch: int, keep_alive: KeepAlive | None = None
+    ) -> TableReset:
+        """Start a reset's staging copy (a stale one of a lower epoch is removed).
+
+        ``keep_alive`` renews the executor's lease: the copy calls it during
+        its long steps (rewriting the staged files at the switch), so that no
+        other executor takes the reset over, and removes what it reads, meanwhile.
+        """
 
 
 def is_table_sink(driver: Any) -> bool:
