@@ -44,6 +44,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         cors,
         delivery,
         docs,
+        headers,
         health,
         pipelines,
         resets,
@@ -51,7 +52,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         worker,
     )
 
-    modules = (cors, auth, health, pipelines, connectors, resets, view_data, delivery, docs, cli)
+    modules = (
+        cors,
+        headers,
+        auth,
+        health,
+        pipelines,
+        connectors,
+        resets,
+        view_data,
+        delivery,
+        docs,
+        cli,
+    )
     for module in (*modules, console, worker):
         module.init_app(app)
     return app

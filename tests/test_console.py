@@ -865,6 +865,9 @@ def test_a_panel_shows_what_the_api_serves(
     token = running_pipeline.reset()
 
     def compare() -> dict | None:
+        # The test's app context (pytest-flask's) outlives each request: its session would
+        # hand back the rows it loaded last time. A request of the console starts afresh.
+        db.session.remove()
         with app.test_request_context():
             found = pipelines_service.get_pipeline("default", "orders")
             connector = connectors_service.get_connector(found, "totals", "sink1")

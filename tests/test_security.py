@@ -456,3 +456,28 @@ def test_a_description_with_a_nul_is_400_on_every_engine(api) -> None:
     r = api.client.patch("/v0/pipelines/q", json={"description": "a\0b"})
     assert "description" in assert_error(r, 400, "InvalidRequest")["details"]
     assert api.client.get("/v0/pipelines/q").get_json()["description"] == ""
+
+
+def test_a_forged_host_header_cannot_steer_a_redirect(anon_client):
+    """Werkzeug builds the redirect to a path's canonical form from the Host header; the
+    service answers with the path alone."""
+    r = anon_client.get("/docs", headers={"Host": "evil.example"})
+    assert r.status_code == 308
+    assert r.headers["Location"] == "/docs/"
+
+
+def test_trusted_hosts_refuses_other_host_names(app, client):
+    app.config["TRUSTED_HOSTS"] = ["pipelines.internal", "localhost"]
+    r = client.get("/v0/pipelines", headers={"Host": "evil.example"})
+    assert_error(r, 400, "InvalidRequest")
+    assert client.get("/v0/pipelines", headers={"Host": "pipelines.internal"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/docs/", "/openapi.json"])
+def test_the_api_reference_cannot_be_framed_and_runs_only_its_own_scripts(anon_client, path):
+    r = anon_client.get(path)
+    assert r.status_code == 200
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    assert r.headers["X-Frame-Options"] == "DENY"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"

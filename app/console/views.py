@@ -46,6 +46,7 @@ from app.console.panels import Cursor
 from app.database import is_transient_error, utcnow
 from app.errors import ApiError, NotFoundError, request_id
 from app.extensions import db
+from app.headers import SECURITY_HEADERS
 from app.pipelines import service as pipelines_service
 from app.pipelines.models import Pipeline, PipelineStatus, is_valid_name
 from app.resets import service as resets_service
@@ -83,14 +84,6 @@ _DONE = {
     "restart": "restarted",
 }
 # Every console answer: only this origin's scripts, styles and forms; never in a frame.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'; object-src 'none'",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 
 
 # -- who is asking ----------------------------------------------------------------------------
