@@ -103,6 +103,7 @@ class Connector(db.Model):
     # snapshot records its resets replayed: /metrics sums these, not the resets.
     resets_failed: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     resets_abandoned: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    resets_cancelled: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     replayed_records: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     # When the connector may next have work (database clock): changes to deliver,
     # a reset to run, a retry, or a lease that runs out. NULL: nothing until an

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -29,9 +30,11 @@ class ResetStatus:
     IN_PROGRESS = "inprogress"
     COMPLETE = "complete"
     FAILED = "failed"
+    # Cancelled before it changed the sink: the sink kept what it had.
+    CANCELLED = "cancelled"
     # The incarnation ended before the reset completed; never served with 200.
     ABANDONED = "abandoned"
-    ALL = (IN_PROGRESS, COMPLETE, FAILED, ABANDONED)
+    ALL = (IN_PROGRESS, COMPLETE, FAILED, CANCELLED, ABANDONED)
 
 
 class ResetOrigin:
@@ -83,5 +86,13 @@ class Reset(db.Model):
     # The worker on it, and the connector lease epoch it holds (its fence).
     lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
     epoch: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # The connector's sync state when the reset started: a cancel gives it back.
+    prior_sync_state: Mapped[str | None] = mapped_column(sa.String(16))
+    # Each phase it went through: [{"name", "started_at", "ended_at"}], in order.
+    phases: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON)
+    # The replay's progress a few seconds ago (when, and how many records then): its
+    # rate over the last seconds, and from it the time left.
+    rate_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    rate_records: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     connector: Mapped[Connector] = relationship(lazy="joined", innerjoin=True)
