@@ -67,10 +67,10 @@ client: install  ## Generate a Python client from the OpenAPI document into buil
 		sed -e 's/isinstance(body, list\[[A-Za-z0-9_]*\])/isinstance(body, list)/' "$$f" > "$$f.tmp" \
 		&& mv "$$f.tmp" "$$f" && echo "patched isinstance(body, list) in $$f"; done
 
-bench: install  ## Run the benchmarks (see bench/README.md; BENCH_ARGS=--memory adds peak RSS)
+bench: install  ## Run the benchmarks, c under gunicorn (bench/README.md; BENCH_ARGS=--memory adds RSS)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-scale: install  ## Benchmark on a big database built in bulk, against a small one (BENCH_ARGS=--database-url ...)
+bench-scale: install  ## Benchmark the served service at 100k connectors, against a small DB (BENCH_ARGS=--database-url ...)
 	$(BIN)/python -m bench --scale $(BENCH_ARGS)
 
 soak: install  ## Soak delivery and resets on PostgreSQL under faults, ~6 min (see bench/SOAK.md)

@@ -6,15 +6,19 @@
   batch, with the app's SQLite settings (WAL, ``synchronous=NORMAL``). Texts
   and keys are computed beforehand: this is what the database alone costs.
 - Delivery and replay: the same JSON lines written to a file, one ``write``
-  per batch of the same size, from the stored texts (no JSON parsing).
+  per batch of the same size, from the stored texts (no JSON parsing); for a
+  reset over gunicorn (section c), the same with an ``fsync`` every 1,000 lines.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE changes (
@@ -24,6 +28,13 @@ CREATE TABLE records (
     view_id INTEGER NOT NULL, key VARCHAR(64) NOT NULL, record TEXT NOT NULL,
     weight BIGINT NOT NULL, PRIMARY KEY (view_id, key));
 """
+
+
+def canonical_texts(bodies: list[bytes]) -> list[str]:
+    """The canonical JSON text of every record the bodies insert, as the view stores it."""
+    from app.view_data import store
+
+    return [store.canonical(change["insert"]) for body in bodies for change in json.loads(body)]
 
 
 def keyed(texts: list[str]) -> list[tuple[str, str]]:
@@ -69,6 +80,21 @@ def sqlite_executemany(
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+def service_pragmas(app: Any) -> dict[str, str] | None:
+    """The SQLite settings of an app's connections (None on PostgreSQL: the defaults apply)."""
+    from app.extensions import db
+
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name != "sqlite":
+        return None
+    conn = engine.raw_connection()
+    try:
+        return app_pragmas(conn.driver_connection)
+    finally:
+        conn.close()
+
+
 def app_pragmas(conn: object) -> dict[str, str]:
     """Read :data:`PRAGMAS` off one of the app's SQLite DB-API connections."""
     cursor = conn.cursor()  # type: ignore[attr-defined]
@@ -85,6 +111,19 @@ def file_writes(path: Path, texts: list[str], batch: int) -> float:
         for start in range(0, len(texts), batch):
             lines = "".join('{"insert":' + text + "}\n" for text in texts[start : start + batch])
             sink.write(lines.encode())
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return seconds
+
+
+def file_fsync_writes(path: Path, texts: list[str], every: int = 1000) -> float:
+    """Write ``{"insert":<text>}`` lines to a file, an ``fsync`` every ``every`` lines; seconds."""
+    started = time.perf_counter()
+    with open(path, "wb", buffering=0) as sink:
+        for start in range(0, len(texts), every):
+            lines = "".join('{"insert":' + text + "}\n" for text in texts[start : start + every])
+            sink.write(lines.encode())
+            os.fsync(sink.fileno())
     seconds = time.perf_counter() - started
     path.unlink()
     return seconds

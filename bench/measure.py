@@ -26,6 +26,45 @@ class Row:
     note: str = ""
 
 
+class PartialFailure(Exception):
+    """Some measurements of a section failed: ``rows`` holds those that did not."""
+
+    def __init__(self, message: str, rows: list[Row]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+class Attempts:
+    """Run a section's measurements one by one; one that fails leaves the others' rows.
+
+    Each failure becomes a row saying so; :meth:`done` returns the rows, or
+    raises :class:`PartialFailure` with them when any failed (a failed run).
+    """
+
+    def __init__(self, section: str) -> None:
+        self.section = section
+        self.rows: list[Row] = []
+        self.failures: list[str] = []
+
+    def run(self, label: str, measure: Callable[[], list[Row]]) -> None:
+        """Add ``measure()``'s rows, or a row saying that ``label`` failed and why."""
+        try:
+            self.rows += measure()
+        except PartialFailure as exc:
+            self.rows += exc.rows
+            self.failures.append(str(exc))
+        except Exception as exc:  # one broken measurement must not hide the others
+            note = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+            self.failures.append(f"{label} {note}")
+            self.rows.append(Row(self.section, label, None, "", note))
+
+    def done(self) -> list[Row]:
+        """The rows; raise :class:`PartialFailure` carrying them if a measurement failed."""
+        if self.failures:
+            raise PartialFailure("; ".join(self.failures), self.rows)
+        return self.rows
+
+
 def seconds_per_call(call: Callable[[], Any], seconds: float) -> float:
     """Call ``call`` repeatedly for about ``seconds``; return the mean seconds per call."""
     count = 0

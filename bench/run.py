@@ -12,15 +12,24 @@ b. View data: ingestion records/s (``POST .../changes``), delivery of the
    Each is also shown against a raw baseline measured next to it (plain
    ``sqlite3`` ``executemany`` of the same rows; the same lines written to a
    file), and the change log's size is read once everything is delivered.
-c. gunicorn + wrk over 127.0.0.1 (optional, bounded duration).
+c. The service as users run it (:mod:`bench.served_small`): the real gunicorn
+   with the project's ``gunicorn.conf.py`` and its delivery process, on a small
+   database: reset_status and /healthz with wrk against the bare Flask app
+   (``--no-wrk`` skips those), push-to-sink latency, ingestion from one and
+   several clients, delivery, and a reset to complete, each against a
+   baseline of the same run.
 d. ``--memory``: peak RSS of delivery and of replay at two view sizes, each in
    a process of its own (:mod:`bench.memory`).
 f. Table sinks: stream delivery and snapshot replay into a PostgreSQL table
    (with ``--sink-dsn``) and a Delta table, against a file sink measured the
    same way in the same run (:mod:`bench.tables`).
-e. ``--scale`` (alone): reset_status, ingestion, delivery and the change log's
-   size on a big database built with bulk SQL, against a small one measured in
-   the same run (:mod:`bench.scale`).
+g. ``--scale`` (alone): the service under gunicorn at 100,000 connectors
+   against a small database (:mod:`bench.served_scale`): idle CPU, reset_status,
+   push latency, tenant fairness, /metrics, and on PostgreSQL delivery with 1,
+   2 and 4 delivery processes.
+e. ``--scale --in-process`` (alone): reset_status, ingestion, delivery and the
+   change log's size on a big database built with bulk SQL, in process,
+   against a small one measured in the same run (:mod:`bench.scale`).
 
 ``--database-url`` measures on PostgreSQL instead of SQLite files.
 """
@@ -44,13 +53,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app.extensions import db
-from app.view_data import store
-from bench import baselines, wrk
-from bench.measure import Row, compare, statements_per_request
+from bench import baselines
+from bench.measure import PartialFailure, Row, compare, statements_per_request
 from bench.memory import section_memory
 from bench.plain_app import create_plain_app
 from bench.scale import section_scale
+from bench.served_scale import section_served_scale
+from bench.served_small import section_served
 from bench.service import (
     CHANGES_RULE,
     HEALTH_PATH,
@@ -66,8 +75,6 @@ from bench.tables import section_tables
 # The targets of issue 10, shown beside the measured figure.
 TARGETS = {
     "reset_status": " (target <= 2.5x)",
-    "wrk GET /healthz": " (target >= 0.80x)",
-    "wrk reset_status": " (target >= 0.60x; p99 <= 2x the baseline's)",
     "ingestion": " (target >= 60,000 records/s)",
     "delivery": " (target >= 250,000 records/s)",
     "replay": " (target >= 250,000 records/s)",
@@ -120,24 +127,6 @@ def section_reset_status(
     return rows, statements
 
 
-def sqlite_settings(service: Service) -> dict[str, str] | None:
-    """The app's SQLite connection settings, for the raw baseline (None on PostgreSQL)."""
-    with service.app.app_context():
-        engine = db.engine
-    if engine.dialect.name != "sqlite":
-        return None
-    conn = engine.raw_connection()
-    try:
-        return baselines.app_pragmas(conn.driver_connection)
-    finally:
-        conn.close()
-
-
-def canonical_texts(bodies: list[bytes]) -> list[str]:
-    """The canonical JSON text of every record the bodies insert, as the view stores it."""
-    return [store.canonical(change["insert"]) for body in bodies for change in json.loads(body)]
-
-
 def section_view_data(service: Service, records: int, batch: int) -> list[Row] | str:
     """Section b: ingestion, stream delivery and snapshot replay, when the app takes changes.
 
@@ -152,14 +141,14 @@ def section_view_data(service: Service, records: int, batch: int) -> list[Row] |
     path = f"/v0/pipelines/{PIPELINE}/views/{VIEW}/changes"
     # Bodies are encoded up front so that only the service's work is timed.
     bodies = change_bodies(0, records, batch)
-    texts = canonical_texts(bodies)
+    texts = baselines.canonical_texts(bodies)
     rows = baselines.keyed(texts)
     scratch = service.workdir / "baseline"
     config = service.app.config
     delivery_batch = int(config["DELIVERY_BATCH_SIZE"])
     replay_batch = int(config["REPLAY_BATCH_SIZE"])
 
-    pragmas = sqlite_settings(service)
+    pragmas = baselines.service_pragmas(service.app)
     raw_ingest = [baselines.sqlite_executemany(scratch.with_suffix(".db"), rows, batch, pragmas)]
     started = time.perf_counter()
     for body in bodies:
@@ -255,35 +244,6 @@ def section_view_data(service: Service, records: int, batch: int) -> list[Row] |
     ]
 
 
-def section_wrk(service: Service, args: argparse.Namespace) -> list[Row] | str:
-    """Section c: gunicorn + wrk, a bare Flask app then reset_status."""
-    outcome = wrk.measure(
-        service, args.wrk_seconds, args.connections, args.workers, args.threads, args.wrk_rounds
-    )
-    if isinstance(outcome, str):
-        return outcome
-    results = dict(outcome)
-    base = results["plain Flask {}"].requests_per_second
-    per_run = max(1, round(args.wrk_seconds / args.wrk_rounds))
-    setup = (
-        f"{args.workers} workers x {args.threads} threads, "
-        f"{args.connections} connections, median of {args.wrk_rounds} x {per_run}s"
-    )
-    rows = []
-    for name, result in outcome:
-        p = result.latency_ms
-        note = (
-            f"{result.requests_per_second / base:.2f}x the baseline's req/s; "
-            f"p50 {p.get('50', 0):.1f} ms, p99 {p.get('99', 0):.1f} ms"
-        ) + TARGETS.get(f"wrk {name}", "")
-        if result.non_2xx or result.socket_errors:
-            note += f"; {result.non_2xx} non-2xx, socket errors: {result.socket_errors or 'none'}"
-        rows.append(
-            Row("c", f"gunicorn + wrk: {name} ({setup})", result.requests_per_second, "req/s", note)
-        )
-    return rows
-
-
 def shown_argument(argument: str) -> str:
     """A command-line argument as printed: a database URL without its password."""
     option, equals, value = "", "", argument
@@ -317,6 +277,8 @@ def print_table(rows: list[Row], notes: dict[str, str]) -> None:
         value = (
             "-"
             if row.value is None
+            else f"{row.value:.4f}"  # cores of an idle service
+            if abs(row.value) < 1 and row.value != 0
             else f"{row.value:,.1f}"
             if row.value < 100
             else f"{row.value:,.0f}"
@@ -335,22 +297,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, default=6.0, help="time per target in section a")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds in section a")
-    parser.add_argument("--records", type=int, default=100_000, help="records pushed in section b")
-    parser.add_argument("--batch", type=int, default=1000, help="records per POST in section b")
     parser.add_argument(
-        "--wrk-seconds", type=int, default=12, help="wrk time per target in section c"
+        "--records", type=int, default=100_000, help="records pushed in sections b and c"
     )
-    parser.add_argument("--wrk-rounds", type=int, default=3, help="interleaved wrk rounds")
-    parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument(
-        "--workers",
+        "--batch", type=int, default=1000, help="records per POST in sections b and c"
+    )
+    served = parser.add_argument_group("over gunicorn (sections c and g)")
+    served.add_argument(
+        "--wrk-seconds", type=int, default=4, help="seconds of each wrk run (one target, one round)"
+    )
+    served.add_argument("--wrk-rounds", type=int, default=5, help="wrk rounds over the targets")
+    served.add_argument("--connections", type=int, default=16, help="wrk connections")
+    served.add_argument("--no-wrk", action="store_true", help="skip the wrk measurements")
+    served.add_argument(
+        "--latency-pushes",
         type=int,
-        # The project's gunicorn.conf.py: min(4, 2 x CPUs) workers of 4 threads.
-        default=min(4, (os.cpu_count() or 1) * 2),
-        help="gunicorn worker processes (default: as gunicorn.conf.py, min(4, 2 x CPUs))",
+        default=200,
+        help="pushes timed until their line is in the sink",
     )
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
-    parser.add_argument("--no-wrk", action="store_true", help="skip section c")
+    served.add_argument(
+        "--latency-gap", type=float, default=0.05, help="seconds between two timed pushes"
+    )
+    served.add_argument(
+        "--clients", type=int, default=4, help="concurrent clients of the ingestion measurement"
+    )
     parser.add_argument(
         "--memory", action="store_true", help="also run section d (peak RSS; about 3 minutes)"
     )
@@ -360,18 +331,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[200_000, 2_000_000],
         help="view sizes of section d, comma-separated",
     )
-    scale = parser.add_argument_group("scale run (section e; --scale runs it alone)")
-    scale.add_argument("--scale", action="store_true", help="run section e instead of a to d")
+    scale = parser.add_argument_group("scale runs (--scale: section g alone; e with --in-process)")
+    scale.add_argument(
+        "--scale", action="store_true", help="run section g (over gunicorn) instead of a to f"
+    )
+    scale.add_argument(
+        "--in-process",
+        action="store_true",
+        help="with --scale: run section e (the app in process, issue 10) instead of g",
+    )
     scale.add_argument("--pipelines", type=int, default=100_000, help="pipelines of the big DB")
     scale.add_argument("--resets", type=int, default=1_000_000, help="resets of the big DB")
     scale.add_argument(
-        "--changes", type=int, default=10_000_000, help="change-log rows of the big DB"
+        "--changes", type=int, default=10_000_000, help="change-log rows of the big DB (e)"
     )
     scale.add_argument(
         "--scale-factor",
         type=float,
         default=1.0,
-        help="multiply --pipelines, --resets and --changes (e.g. 0.01 for a quick try)",
+        help="multiply the big DB's sizes, and g's fairness and delivery sizes (0.01: quick)",
     )
     scale.add_argument(
         "--scale-records", type=int, default=50_000, help="records pushed to each DB in section e"
@@ -381,6 +359,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=1200.0,
         help="the most time the worker gets to deliver, then to go idle, in section e",
+    )
+    scale.add_argument(
+        "--idle-seconds", type=float, default=20.0, help="each idle CPU window of section g"
+    )
+    scale.add_argument(
+        "--fair-views", type=int, default=500, help="tenant A's views in section g (scaled)"
+    )
+    scale.add_argument(
+        "--fair-connectors", type=int, default=20, help="file connectors of each of A's views"
+    )
+    scale.add_argument(
+        "--fair-resets", type=int, default=1000, help="A's resets queued in section g (scaled)"
+    )
+    scale.add_argument(
+        "--scrapes", type=int, default=3, help="cold /metrics scrapes of each kind in section g"
+    )
+    scale.add_argument(
+        "--busy-views",
+        type=int,
+        default=64,
+        help="busy connectors (a view each) of the delivery-processes curve (PostgreSQL)",
+    )
+    scale.add_argument(
+        "--busy-records",
+        type=int,
+        default=20_000,
+        help="backlog records of each busy connector (scaled)",
+    )
+    scale.add_argument(
+        "--delivery-processes",
+        type=_sizes,
+        default=[1, 2, 4],
+        help="DELIVERY_PROCESSES values of the curve, comma-separated",
     )
     parser.add_argument(
         "--database-url",
@@ -409,8 +420,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             rounds=2,
             records=500,
             batch=100,
-            wrk_seconds=2,
+            wrk_seconds=1,
             wrk_rounds=2,
+            latency_pushes=10,
+            latency_gap=0.01,
+            idle_seconds=1.0,
+            scrapes=1,
+            busy_views=4,
             memory_records=[200, 2000],
             scale_factor=0.001,
             scale_records=500,
@@ -436,6 +452,11 @@ def run_sections(
     for section, run in sections.items():
         try:
             outcome = run()
+        except PartialFailure as exc:
+            # The section's other measurements stand; the failed ones say so in their rows.
+            failed = True
+            rows += exc.rows
+            outcome = f"failed in part: {str(exc)[:300]}"
         except Exception as exc:
             # One broken section must not hide the others' numbers.
             failed = True
@@ -464,8 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     statements: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pm-bench-") as tmp:
         workdir = Path(tmp)
-        if args.scale:
+        if args.scale and args.in_process:
             failed = run_sections({"e": lambda: section_scale(workdir, args)}, rows, notes)
+        elif args.scale:
+            failed = run_sections({"g": lambda: section_served_scale(workdir, args)}, rows, notes)
         else:
             service = Service(workdir, args.database_url)
             try:
@@ -475,9 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += section_rows
                 sections = {
                     "b": lambda: section_view_data(service, args.records, args.batch),
-                    "c": lambda: (
-                        "skipped (--no-wrk)" if args.no_wrk else section_wrk(service, args)
-                    ),
+                    "c": lambda: section_served(workdir, args),
                     "d": lambda: (
                         section_memory(workdir / "memory", args.database_url, args.memory_records)
                         if args.memory

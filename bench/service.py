@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import secrets
 import time
 from pathlib import Path
@@ -32,7 +33,9 @@ def database_url(workdir: Path, postgres_url: str | None, name: str) -> str:
 
     On PostgreSQL each service of a run gets a schema of its own (``bench_<name>``,
     dropped and created again here), set as the connections' ``search_path`` in
-    the URL, so that every process given the URL sees the same tables.
+    the URL, so that every process given the URL sees the same tables, and an
+    ``application_name`` of ``pm-bench-<name>``, so that ``pg_stat_activity`` tells
+    the service's server processes apart (:mod:`bench.served` counts their CPU).
     """
     if not postgres_url:
         return f"sqlite:///{workdir / f'{name}.db'}"
@@ -45,7 +48,9 @@ def database_url(workdir: Path, postgres_url: str | None, name: str) -> str:
             conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     finally:
         admin.dispose()
-    url = url.update_query_dict({"options": f"-csearch_path={schema}"})
+    url = url.update_query_dict(
+        {"options": f"-csearch_path={schema}", "application_name": f"pm-bench-{name}"}
+    )
     return url.render_as_string(hide_password=False)
 
 
@@ -94,9 +99,21 @@ def change_bodies(first: int, records: int, batch: int) -> list[bytes]:
 
 
 class Service:
-    """The app on a temporary instance, with a key, a running pipeline and a reset token."""
+    """The app on a temporary instance, with a key, a running pipeline and a reset token.
 
-    def __init__(self, workdir: Path, postgres_url: str | None = None, name: str = "bench") -> None:
+    ``migrate``: make the schema with the migrations (``flask db upgrade``), as
+    gunicorn's ``on_starting`` expects it when the project's ``gunicorn.conf.py``
+    serves the database (:mod:`bench.served`); otherwise ``create_all``.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        postgres_url: str | None = None,
+        name: str = "bench",
+        migrate: bool = False,
+    ) -> None:
+        self.name = name
         self.workdir = workdir
         self.config: dict[str, Any] = {
             "SQLALCHEMY_DATABASE_URI": database_url(workdir, postgres_url, name),
@@ -110,16 +127,54 @@ class Service:
         # The in-app baseline: the app's hooks and error layer, no database, no auth.
         self.app.add_url_rule(NOOP_PATH, "bench_noop", lambda: {})
         with self.app.app_context():
-            db.create_all()
+            if migrate:
+                from flask_migrate import upgrade
+
+                logging.disable(logging.INFO)  # alembic's line per migration
+                try:
+                    upgrade()
+                finally:
+                    logging.disable(logging.NOTSET)
+                # The migrations' logging config made alembic talk at INFO on stderr.
+                logging.getLogger("alembic").setLevel(logging.WARNING)
+            else:
+                db.create_all()
         self.api_key = create_api_key(self.app)
         self.client: FlaskClient = self.app.test_client()
         if self.api_key:
             self.client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {self.api_key}"
         self.token: str | None = None
 
-    def call(self, method: str, path: str, expect: tuple[int, ...], **kwargs: Any) -> TestResponse:
-        """Send a request; raise with the error body if the status is not expected."""
-        response = self.client.open(path, method=method, **kwargs)
+    def new_key(self, tenant: str, role: str, name: str | None = None) -> str:
+        """Create an API key of ``tenant`` through the auth service; return its secret.
+
+        Key names are unique within a tenant: without ``name``, a fresh one.
+        """
+        from app.auth.service import create_key
+
+        name = name or f"bench-{role}-{secrets.token_hex(4)}"
+        with self.app.app_context():
+            try:
+                return create_key(tenant=tenant, name=name, role=role)[1]
+            finally:
+                db.session.remove()
+
+    def client_with(self, key: str) -> FlaskClient:
+        """A test client that sends ``key`` (another tenant's, another role's)."""
+        client = self.app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+        return client
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        expect: tuple[int, ...],
+        client: FlaskClient | None = None,
+        **kwargs: Any,
+    ) -> TestResponse:
+        """Send a request (as ``client``, by default the bench key's); raise if unexpected."""
+        response = (client or self.client).open(path, method=method, **kwargs)
         if response.status_code not in expect:
             body = response.get_data(as_text=True)
             raise RuntimeError(f"{method} {path} answered {response.status_code}: {body}")
@@ -143,6 +198,31 @@ class Service:
         )
         self.call("POST", f"/v0/pipelines/{PIPELINE}/start", (200, 202))
         self.token = self.issue_reset()
+
+    def make_pipeline(
+        self,
+        name: str,
+        views: list[str],
+        sinks: list[tuple[str, str, str]] = (),  # type: ignore[assignment]
+        client: FlaskClient | None = None,
+        start: bool = True,
+    ) -> None:
+        """Create a pipeline with file connectors (view, connector, path) and start it."""
+        self.call("POST", "/v0/pipelines", (201,), client, json={"name": name, "views": views})
+        for view, connector, path in sinks:
+            self.call(
+                "POST",
+                f"/v0/pipelines/{name}/views/{view}/connectors",
+                (201,),
+                client,
+                json={"name": connector, "transport": {"name": "file", "config": {"path": path}}},
+            )
+        if start:
+            self.call("POST", f"/v0/pipelines/{name}/start", (200, 202), client)
+
+    def sink_file(self, tenant: str, path: str) -> Path:
+        """Where a file connector of ``tenant`` with a relative ``path`` writes."""
+        return Path(self.config["SINK_DIR"]).resolve() / tenant / path
 
     def issue_reset(self) -> str:
         """Issue a reset of the connector; return its token."""

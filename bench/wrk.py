@@ -1,26 +1,15 @@
-"""Load over real sockets: gunicorn serving the app, ``wrk`` on 127.0.0.1 driving it."""
+"""``wrk`` on 127.0.0.1: drive served URLs for a bounded time, in rounds, and read its report."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import requests
-
-ROOT = Path(__file__).resolve().parent.parent
-CONF = Path(__file__).resolve().parent / "gunicorn_conf.py"
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
@@ -32,6 +21,11 @@ class WrkResult:
     latency_ms: dict[str, float]
     non_2xx: int
     socket_errors: str
+
+
+def installed() -> bool:
+    """Whether ``wrk`` is on the PATH (``apt-get install -y wrk``)."""
+    return shutil.which("wrk") is not None
 
 
 def free_port() -> int:
@@ -64,51 +58,6 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-@contextlib.contextmanager
-def gunicorn(
-    target: str, env: dict[str, str], ready_path: str, headers: dict[str, str]
-) -> Iterator[str]:
-    """Serve ``target`` with gunicorn on a free local port; yield its base URL."""
-    port = free_port()
-    env = {**env, "BENCH_BIND": f"127.0.0.1:{port}"}
-    process = subprocess.Popen(  # noqa: S603 (fixed argv, no shell)
-        [sys.executable, "-m", "gunicorn", "-c", str(CONF), target],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {process.stderr.read()[-2000:]}")
-            try:
-                # The socket is bound before the workers have imported the app: wait for them.
-                answer = requests.get(base + ready_path, headers=headers, timeout=30)
-                if answer.status_code == 200:
-                    break
-                raise RuntimeError(f"GET {ready_path} answered {answer.status_code}: {answer.text}")
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("gunicorn did not start within 30s") from None
-                time.sleep(0.2)
-        for _ in range(20):  # every worker past its first request
-            requests.get(base + ready_path, headers=headers, timeout=30)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
-
-
 def run_wrk(url: str, seconds: int, connections: int, headers: dict[str, str]) -> WrkResult:
     """Drive ``url`` with wrk for ``seconds``; return its report."""
     argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency"]
@@ -120,37 +69,37 @@ def run_wrk(url: str, seconds: int, connections: int, headers: dict[str, str]) -
     return parse_wrk(done.stdout)
 
 
-def measure(
-    service: Any, seconds: int, connections: int, workers: int, threads: int, rounds: int = 3
-) -> list[tuple[str, WrkResult]] | str:
-    """Run wrk against a bare Flask app, /healthz and reset_status; return results or a note.
+def rounds(
+    targets: dict[str, tuple[str, dict[str, str]]],
+    seconds: float,
+    connections: int,
+    count: int,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[WrkResult]]:
+    """Drive each target (name -> URL and headers) with wrk in turn, ``count`` times.
 
-    All servers run at once and wrk visits them in turn, ``rounds`` times, for
-    ``seconds / rounds`` each, so that a busy moment of the machine hits every
-    target alike; each target's result is the median of its rounds.
+    Every server runs at once and wrk visits them one after another, round
+    after round, for ``seconds`` each (in reverse order every other round), so
+    that a busy moment of the machine hits every target alike; the caller takes
+    the medians (or the median of the rounds' ratios).
     """
-    if shutil.which("wrk") is None:
-        return "skipped: wrk is not installed (apt-get install -y wrk)"
-    env = dict(os.environ)
-    for name in ("SQLALCHEMY_DATABASE_URI", "SECRET_KEY", "SINK_DIR"):
-        env[f"PIPELINE_MANAGER_{name}"] = str(service.config[name])
-    env.update({"BENCH_WORKERS": str(workers), "BENCH_THREADS": str(threads)})
-    auth = {"Authorization": f"Bearer {service.api_key}"} if service.api_key else {}
-    runs = [("plain Flask {}", "bench.plain_app:app", "/", {})]
-    if service.has_rule("/healthz"):
-        runs.append(("GET /healthz", "wsgi:app", "/healthz", {}))
-    runs.append(("reset_status", "wsgi:app", service.status_path(), auth))
-    per_run = max(1, round(seconds / rounds))
-    samples: dict[str, list[WrkResult]] = {name: [] for name, *_ in runs}
-    with contextlib.ExitStack() as stack:
-        bases = {
-            name: stack.enter_context(gunicorn(target, env, path, headers))
-            for name, target, path, headers in runs
-        }
-        for _ in range(rounds):
-            for name, _target, path, headers in runs:
-                samples[name].append(run_wrk(bases[name] + path, per_run, connections, headers))
-    return [(name, median_result(results)) for name, results in samples.items()]
+    per_run = max(1, round(seconds))
+    samples: dict[str, list[WrkResult]] = {name: [] for name in targets}
+    for index in range(count):
+        if progress:
+            progress(f"wrk round {index + 1} of {count}")
+        names = list(targets) if index % 2 == 0 else list(reversed(targets))
+        for name in names:
+            url, headers = targets[name]
+            samples[name].append(run_wrk(url, per_run, connections, headers))
+    return samples
+
+
+def round_ratios(results: list[WrkResult], base: list[WrkResult]) -> float:
+    """The median over rounds of ``results``' requests/s over ``base``'s in the same round."""
+    return statistics.median(
+        r.requests_per_second / b.requests_per_second for r, b in zip(results, base, strict=True)
+    )
 
 
 def median_result(results: list[WrkResult]) -> WrkResult:

@@ -35,14 +35,21 @@ def test_quick_bench_run_measures_every_section_it_can(tmp_path, capsys):
     statements = rows["SQL statements per reset_status request"]["value"]
     # The hot path: credentials, pipeline and reset lookups, and not much more.
     assert 1 <= statements <= 3, out
-    assert data["notes"]["c"] == "skipped (--no-wrk)"
+    # Section c: the service under gunicorn (gunicorn.conf.py), wrk left out.
+    assert "c" not in data["notes"], data["notes"]
+    assert not any(m.startswith("gunicorn + wrk") for m in rows), rows
+    assert rows["push -> line in the file sink, p50 (small database)"]["value"] > 0
+    reset = rows["reset: POST .../reset -> reset_status complete, 200 records"]
+    assert "sink checked: 200 lines" in reset["note"], reset
+    assert "x the raw baseline's records/s" in reset["note"], reset
+    assert rows["ingestion over gunicorn, 4 clients at once"]["value"] > 0
     # Section f: a Delta table always; PostgreSQL only with a sink database.
     table_rows = [m for m in rows if m.startswith("table sinks:")]
     assert any("delta sink" in m for m in table_rows), rows
     assert any("file sink" in m for m in table_rows), rows
     if "b" not in data["notes"]:
         assert any(m.startswith("reset: snapshot replay") for m in rows), rows
-        raw = [m for m in rows if m.startswith("raw baseline")]
+        raw = [m for m, row in rows.items() if row["section"] == "b" and "raw baseline" in m]
         assert len(raw) == 3, rows
         assert (
             "x the raw baseline's time" in rows["stream delivery to a file sink (worker)"]["note"]
@@ -86,8 +93,10 @@ def test_memory_rows_compare_each_size_with_the_smallest(monkeypatch, tmp_path):
         ),
     ],
 )
-def test_tiny_scale_run_builds_the_big_database_and_compares(tmp_path, capsys, database_url):
-    argv = ["--quick", "--scale", "--seconds", "0.1", "--scale-factor", "0.0005"]
+def test_tiny_in_process_scale_run_builds_the_big_database_and_compares(
+    tmp_path, capsys, database_url
+):
+    argv = ["--quick", "--scale", "--in-process", "--seconds", "0.1", "--scale-factor", "0.0005"]
     if database_url:
         argv += ["--database-url", database_url]
     data, out = run_bench(tmp_path, capsys, *argv)
@@ -102,6 +111,44 @@ def test_tiny_scale_run_builds_the_big_database_and_compares(tmp_path, capsys, d
     assert delivered["value"] > 0 and "sink checked" in delivered["note"]
     # The bulk backlog and the 500 pushed records, less whatever the worker compacted.
     assert 0 <= rows["change log rows, scale database, all delivered"]["value"] <= 5_500
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        pytest.param(None, id="sqlite"),
+        pytest.param(
+            POSTGRES_URL,
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(
+                    not POSTGRES_URL, reason="needs PIPELINE_MANAGER_TEST_POSTGRES_URL"
+                ),
+            ],
+            id="postgres",
+        ),
+    ],
+)
+def test_tiny_served_scale_run_measures_every_figure(tmp_path, capsys, database_url):
+    argv = ["--quick", "--scale", "--no-wrk", "--scale-factor", "0.0005"]
+    argv += ["--idle-seconds", "0.5", "--latency-pushes", "3", "--busy-views", "2"]
+    argv += ["--delivery-processes", "1,2"]
+    if database_url:
+        argv += ["--database-url", database_url]
+    data, out = run_bench(tmp_path, capsys, *argv)
+    assert not data["notes"], data["notes"]
+    rows = {row["measure"]: row for row in data["rows"]}
+    assert "50 running pipelines" in rows["scale database built with bulk SQL"]["note"], out
+    idle = rows["idle CPU, the whole service, 50 running connectors"]
+    assert "delivery process x1" in idle["note"] and "request worker x" in idle["note"], idle
+    assert rows["push -> line in the file sink, p99 (50 idle connectors beside it)"]["value"] > 0
+    fair = [m for m in rows if m.startswith("fairness: tenant B's reset -> complete, 1 of")]
+    assert fair and "(complete)" in rows[fair[0]]["note"], rows
+    scrape = rows["GET /metrics, a tenant's scrape (read key of tenant default), 50 connectors"]
+    assert "MB" in scrape["note"], scrape
+    curve = [m for m in rows if m.startswith("delivery, 2 busy connectors")]
+    assert len(curve) == (2 if database_url else 0), rows
 
 
 @pytest.mark.parametrize(
