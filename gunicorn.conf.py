@@ -33,6 +33,9 @@ control_socket = os.path.join(
 workers = int(os.environ.get("PIPELINE_MANAGER_WORKERS", min(4, multiprocessing.cpu_count() * 2)))
 threads = int(os.environ.get("PIPELINE_MANAGER_THREADS", 4))
 worker_class = "gthread"
+# A reset progress stream holds a thread while it lasts: at most half of a worker's
+# threads stream, the others answer requests (beyond, 503 with Retry-After).
+os.environ.setdefault("PIPELINE_MANAGER_EVENT_STREAMS_PER_PROCESS", str(max(1, threads // 2)))
 timeout = 60
 graceful_timeout = 20
 accesslog = "-"

@@ -56,10 +56,13 @@ class OperatorGroup(AppGroup):
         """Run the sub-command; turn service errors into ``Error: ...`` and exit 1.
 
         A database without the schema stops every command with one line saying
-        what to run, before any of them touches a table.
+        what to run, before any of them touches a table; ``--help`` needs no
+        database and answers whatever state it is in.
         """
+        args = [*getattr(ctx, "_protected_args", ()), *ctx.args]
         try:
-            require_schema()
+            if not set(ctx.help_option_names) & set(args):
+                require_schema()
             return super().invoke(ctx)
         except ApiError as error:
             fail(error)

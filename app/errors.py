@@ -131,6 +131,12 @@ class DuplicateName(ConflictError):
     error_code = "DuplicateName"
 
 
+class ResetNotCancellable(ConflictError):
+    """The reset cannot be cancelled: it ended, or its sink was already told to reset."""
+
+    error_code = "ResetNotCancellable"
+
+
 class QuotaExceeded(ConflictError):
     """The tenant is at one of its quotas: pipelines, connectors or queued resets."""
 

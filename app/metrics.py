@@ -254,6 +254,7 @@ def _connector_totals_query(tenant: str | None) -> sa.Select:
             sa.func.sum(Connector.resets_completed).label("resets_complete"),
             sa.func.sum(Connector.resets_failed).label("resets_failed"),
             sa.func.sum(Connector.resets_abandoned).label("resets_abandoned"),
+            sa.func.sum(Connector.resets_cancelled).label("resets_cancelled"),
             sa.func.sum(Connector.replayed_records).label("replayed"),
         )
         .select_from(Connector)
@@ -667,8 +668,8 @@ class DatabaseCollector:
         """
         resets = _gauge(
             "resets",
-            "Resets by status and phase (finished ones: complete in phase 'done', failed "
-            "and abandoned in phase 'ended').",
+            "Resets by status and phase (finished ones: complete in phase 'done', failed, "
+            "abandoned and cancelled in phase 'ended').",
             ("tenant", "status", "phase"),
         )
         replayed = _counter(
@@ -683,6 +684,7 @@ class DatabaseCollector:
                 (ResetStatus.COMPLETE, "done", "resets_complete"),
                 (ResetStatus.FAILED, "ended", "resets_failed"),
                 (ResetStatus.ABANDONED, "ended", "resets_abandoned"),
+                (ResetStatus.CANCELLED, "ended", "resets_cancelled"),
             )
             for status, phase, column in finished:
                 count = 0 if totals is None else int(getattr(totals, column) or 0)

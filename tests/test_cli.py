@@ -312,6 +312,27 @@ def test_issue_while_queued_returns_the_same_token(cli, running):
     assert body["status_url"].startswith("/v0/pipelines/orders/reset_status?token=")
 
 
+def test_cancel_prints_the_cancelled_status_and_wait_exits_1(cli, running):
+    token = issue(cli)
+    body = ok_json(cli("resets", "cancel", "orders", token))
+    assert (body["status"], body["connector_name"]) == ("cancelled", "sink1")
+    result = cli("resets", "wait", "orders", token)
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["status"] == "cancelled"
+    assert "Error: The reset was cancelled" in result.stderr
+    details = cli_error(cli("resets", "cancel", "orders", token), "ResetNotCancellable")
+    assert details["reason"] == "cancelled"
+
+
+def test_issue_dry_run_previews_and_changes_nothing(cli, running):
+    preview = ok_json(cli("resets", "issue", "orders", "totals", "sink1", "--dry-run"))
+    assert (preview["action"], preview["switch"]) == ("queue", "atomic")
+    token = issue(cli)
+    preview = ok_json(cli("resets", "issue", "orders", "totals", "sink1", "--dry-run"))
+    assert preview["action"] == "attach"
+    assert preview["reset_in_progress"]["status_url"].endswith(token)
+
+
 def test_status_json_equals_the_api_body(cli, running, client):
     token = issue(cli)
     body = ok_json(cli("resets", "status", "orders", token))

@@ -251,15 +251,17 @@ def test_an_http_batch_in_flight_is_kept_until_acknowledged(api, client, app, re
     assert log_seqs(app) == []
 
 
-@pytest.mark.parametrize(("moment", "removed"), [("_reset_sink", 0), ("_replay", 100)])
+# A file sink stages its snapshot: its position stays at 600 until the switch, so
+# that a cancelled reset streams on from there; nothing before it may go.
+@pytest.mark.parametrize(("moment", "removed"), [("_reset_sink", 0), ("_replay", 0)])
 def test_rows_after_a_running_resets_snapshot_are_kept(
     running_pipeline, client, app, monkeypatch, moment, removed
 ):
     """Changes pushed while a reset is under way, then compaction: none after S is lost.
 
-    The reset of sink1 snapshots the view at S = 750. Before its replay starts
-    (``_reset_sink``) sink1 is still at 600; once it starts (``_replay``) it is
-    at S. Meanwhile 450 changes come, sink2 delivers them and a pass runs.
+    The reset of sink1 snapshots the view at S = 750. Until its staged file is
+    switched in, sink1 stays at 600 (a cancel leaves it there). Meanwhile 450
+    changes come, sink2 delivers them and a pass runs.
     """
     running_pipeline.action("orders", "stop")
     add_file(running_pipeline, "sink2")

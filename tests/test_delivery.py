@@ -127,6 +127,9 @@ def test_stats_show_what_was_transmitted_and_what_waits(running_pipeline, client
     assert body["resets"] == {
         "count": 0,
         "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "abandoned": 0,
         "last_status": None,
         "last_phase": None,
         "last_requested_at": None,

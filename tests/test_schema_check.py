@@ -66,6 +66,16 @@ def test_commands_on_an_empty_database_say_what_to_run_in_one_line(bare_config, 
     assert rest == ['{"reason": "schema_not_ready"}']
 
 
+@pytest.mark.parametrize("command", [["pipelines", "create"], ["resets", "cancel"]])
+def test_help_answers_on_an_empty_database(bare_config, command):
+    result = subprocess.run(
+        [FLASK, "--app", "wsgi", *command, "--help"],
+        cwd=ROOT, env=worker_env(bare_config), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage:") and result.stderr == ""
+
+
 def test_a_schema_built_from_the_models_is_taken_as_current(bare_config):
     app = create_app(bare_config)
     with app.app_context():

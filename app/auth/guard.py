@@ -51,6 +51,7 @@ ROUTE_ROLES: dict[str, dict[str, str]] = {
     "resets.get_reset_status": {"GET": _READ},
     "resets.list_resets": {"GET": _READ},
     "view_data.push_changes": {"POST": _WRITE},
+    "resets.cancel_reset": {"POST": _WRITE},
     # Managing credentials: a write credential must not mint or revoke keys.
     "api_keys.ApiKeys": {"GET": _ADMIN, "POST": _ADMIN},
     "api_keys.ApiKeyItem": {"GET": _ADMIN, "DELETE": _ADMIN},

@@ -16,6 +16,12 @@ class ResetsStats(ma.Schema):
 
     count = ma.fields.Integer(required=True, metadata={"description": "Resets ever requested."})
     completed = ma.fields.Integer(required=True, metadata={"description": "Resets completed."})
+    failed = ma.fields.Integer(required=True, metadata={"description": "Resets failed."})
+    cancelled = ma.fields.Integer(required=True, metadata={"description": "Resets cancelled."})
+    abandoned = ma.fields.Integer(
+        required=True,
+        metadata={"description": "Resets abandoned (the pipeline stopped before they ended)."},
+    )
     # null is one of the values (never reset): an enum without it makes strict
     # clients refuse the answer.
     last_status = ma.fields.String(

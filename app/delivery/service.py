@@ -83,6 +83,9 @@ def connector_stats(pipeline: Pipeline, view_name: str, connector_name: str) -> 
         "resets": {
             "count": resets,
             "completed": connector.resets_completed,
+            "failed": connector.resets_failed,
+            "cancelled": connector.resets_cancelled,
+            "abandoned": connector.resets_abandoned,
             "last_status": last.status if last else None,
             "last_phase": last.phase if last else None,
             "last_requested_at": last.requested_at if last else None,

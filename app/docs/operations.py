@@ -129,6 +129,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Check Reset Status",
         "Reset token status has been retrieved",
     ),
+    (_P + "/reset_cancel", "post"): Operation(
+        "cancel_reset",
+        OUTPUT_CONNECTORS,
+        "Cancel Reset",
+        "The reset has been cancelled: the sink keeps what it had and the connector "
+        "streams on from where it stopped",
+    ),
     (_P + "/views", "get"): Operation(
         "list_views", PIPELINES, "List Views", "The pipeline's output views have been listed"
     ),
@@ -172,7 +179,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "reset_connector",
         OUTPUT_CONNECTORS,
         "Reset Output Connector",
-        "The reset has been accepted: `token` is the reset token that Check Reset Status "
+        "The reset has been accepted (or, while one of the connector is queued or running, "
+        "that reset is the answer): `token` is the reset token that Check Reset Status "
         "takes, and `Location` points at the reset's status",
     ),
     (_C + "/pause", "post"): Operation(
@@ -214,6 +222,17 @@ ERROR_DESCRIPTIONS: dict[tuple[str, str], dict[int, str]] = {
         "`unknown_incarnation` or `unknown_reset`)",
         410: "PipelineRestarted: the token comes from a previous incarnation of the pipeline, "
         "so the reset cannot be validated across incarnations; reissue the reset",
+        503: _NOT_RUNNING_OR_BUSY
+        + "; or ServiceUnavailable: as many event streams as a process serves are open "
+        "(EVENT_STREAMS_PER_PROCESS); retry after `Retry-After`, or poll",
+    },
+    (_P + "/reset_cancel", "post"): {
+        400: "An invalid reset token was provided: InvalidResetToken, `details.reason` says "
+        "why, as Check Reset Status answers",
+        409: "ResetNotCancellable: the reset ended (`details.reason` is its status), its http "
+        "sink was already told to reset (`sink_reset`), or its connector owes the snapshot "
+        "anyway (`owed`)",
+        410: "PipelineRestarted: the token comes from a previous incarnation of the pipeline",
         503: _NOT_RUNNING_OR_BUSY,
     },
     (_C + "/reset", "post"): {503: _NOT_RUNNING_OR_BUSY},

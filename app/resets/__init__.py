@@ -4,10 +4,11 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    """Build the token signer and register the resets blueprint."""
+    """Build the token signer and the event-stream slots, and register the resets blueprint."""
     from app.extensions import api
-    from app.resets import tokens
+    from app.resets import events, tokens
     from app.resets.routes import blp
 
     tokens.init_app(app)
+    events.init_app(app)
     api.register_blueprint(blp)

@@ -29,7 +29,7 @@ from app.resets import service
 from app.resets.executor import ResetExecutor
 from app.resets.models import ResetPhase, ResetStatus
 from app.resets.routes import status_url
-from app.resets.schemas import ResetHistoryItem, ResetIssued
+from app.resets.schemas import ResetHistoryItem, ResetIssued, ResetPreview
 from app.resets.service import history
 from app.schemas import MAX_PAGE_SIZE
 
@@ -43,14 +43,29 @@ resets = OperatorGroup("resets", help="Reset output connectors and follow their 
 @click.argument("pipeline")
 @click.argument("view")
 @click.argument("connector")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Change nothing: print (as JSON) what a reset would do now.",
+)
 @tenant_option
 @json_option
-def issue_command(pipeline: str, view: str, connector: str, tenant: str, as_json: bool) -> None:
+def issue_command(
+    pipeline: str, view: str, connector: str, dry_run: bool, tenant: str, as_json: bool
+) -> None:
     """Reset CONNECTOR of VIEW of running PIPELINE; print the reset token.
 
-    While a reset of the connector is still queued, its token is printed again.
+    While a reset of the connector is queued or running, its token is printed
+    again: the command attaches to that reset rather than start another.
     """
     found = get_pipeline(tenant, pipeline)
+    if dry_run:
+        preview = service.preview_reset(found, view, connector)
+        live = preview["reset_in_progress"]
+        if live is not None:
+            live["status_url"] = status_url(found.name, live.pop("token"))
+        echo_json(ResetPreview().dump(preview))
+        return
     reset = service.request_reset(found, view, connector)
     if as_json:
         reset.status_url = status_url(found.name, reset.token)
@@ -71,6 +86,21 @@ def _status(tenant: str, pipeline: str, token: str) -> dict[str, Any]:
 def status_command(pipeline: str, token: str, tenant: str) -> None:
     """Print the status JSON of the reset of PIPELINE that TOKEN names."""
     echo_json(_status(tenant, pipeline, token))
+
+
+@resets.command("cancel")
+@click.argument("pipeline")
+@click.argument("token")
+@tenant_option
+def cancel_command(pipeline: str, token: str, tenant: str) -> None:
+    """Cancel the reset of PIPELINE that TOKEN names; print its status JSON.
+
+    Possible while the sink is untouched: while the reset is queued, or, on a
+    file, postgres or delta sink, until its staged copy is switched in. The
+    sink keeps what it had and the connector streams on from where it stopped.
+    Otherwise the error says why (ResetNotCancellable) and the exit status is 1.
+    """
+    echo_json(service.cancel_reset(tenant, pipeline, token))
 
 
 @resets.command("list")
@@ -204,9 +234,9 @@ class Progress:
 def wait_command(pipeline: str, token: str, timeout: float, interval: float, tenant: str) -> None:
     """Follow the reset that TOKEN names until it ends; print its final status JSON.
 
-    Progress goes to stderr. Exit status: 0 complete, 1 failed (or an error
-    such as the pipeline being stopped or restarted), 3 still in progress
-    after --timeout.
+    Progress goes to stderr. Exit status: 0 complete, 1 failed or cancelled
+    (or an error such as the pipeline being stopped or restarted), 3 still in
+    progress after --timeout.
     """
     deadline = time.monotonic() + timeout
     data = _status(tenant, pipeline, token)
@@ -237,7 +267,10 @@ def wait_command(pipeline: str, token: str, timeout: float, interval: float, ten
             err=True,
         )
         raise click.exceptions.Exit(EXIT_TIMEOUT)
-    click.echo(f"Error: The reset failed: {data['error']}", err=True)
+    if data["status"] == ResetStatus.CANCELLED:
+        click.echo("Error: The reset was cancelled; the sink kept what it had", err=True)
+    else:
+        click.echo(f"Error: The reset failed: {data['error']}", err=True)
     raise click.exceptions.Exit(1)
 
 

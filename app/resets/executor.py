@@ -37,10 +37,12 @@ The work of one attempt:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
 import uuid
+from collections import deque
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,13 +50,13 @@ from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from app.connectors.models import Connector, SyncState
-from app.database import db_time
+from app.database import db_time, utcnow
 from app.delivery import due, leases, reader, sinks
 from app.delivery.leases import Lease, LeaseLost
 from app.delivery.worker import MAX_ERROR_LENGTH, backoff_seconds, error_text
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
-from app.resets.models import Reset, ResetOrigin, ResetPhase, ResetStatus
+from app.resets.models import Reset, ResetOrigin, ResetPhase, ResetStatus, state_given_back
 from app.resets.tokens import reset_tokens
 from app.transports import TransportError, get_transport
 from app.transports.file import StagingFile, encode_texts
@@ -64,6 +66,8 @@ from app.view_data import compaction
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH_SIZE = 10_000
+# How far back the replay-rate sample is kept (see _Progress and reset_status).
+RATE_WINDOW_SECONDS = 5.0
 # Due connectors one claim looks at (tenants in turn) when called on its own.
 CANDIDATES = 20
 
@@ -155,6 +159,53 @@ def queue_owed_reset(connector_id: int) -> uuid.UUID | None:
     return reset_id
 
 
+class _Progress:
+    """A reset's phases and its replay-rate sample, as the executor records them.
+
+    ``phases``: each phase entered, with when it started and ended, in order
+    (retries add theirs). The rate sample is where the replay stood about
+    ``RATE_WINDOW_SECONDS`` ago; ``reset_status`` measures the rate from it to now.
+    """
+
+    def __init__(self, phases: list[dict[str, Any]] | None, requested_at: dt.datetime) -> None:
+        self.phases = [dict(p) for p in phases or []]
+        if not self.phases:
+            self.phases.append(
+                {
+                    "name": ResetPhase.QUEUED,
+                    "started_at": requested_at.isoformat(),
+                    "ended_at": None,
+                }
+            )
+        self.points: deque[tuple[dt.datetime, int]] = deque()
+        self.sampled: dt.datetime | None = None
+
+    def enter(self, name: str) -> list[dict[str, Any]]:
+        """End the open phase and begin ``name`` (``done`` ends at once); return the phases."""
+        now = utcnow().isoformat()
+        if self.phases and self.phases[-1].get("ended_at") is None:
+            self.phases[-1]["ended_at"] = now
+        self.phases.append(
+            {"name": name, "started_at": now, "ended_at": now if name == ResetPhase.DONE else None}
+        )
+        return [dict(p) for p in self.phases]
+
+    def sample(self, replayed: int) -> dict[str, Any]:
+        """The sample to write after a batch, if it moves: the newest point a window old."""
+        now = utcnow()
+        self.points.append((now, replayed))
+        if self.sampled is None:
+            self.sampled = now
+            return {"rate_at": now, "rate_records": 0}
+        chosen = None
+        while self.points and (now - self.points[0][0]).total_seconds() >= RATE_WINDOW_SECONDS:
+            chosen = self.points.popleft()
+        if chosen is None or chosen[0] <= self.sampled:
+            return {}
+        self.sampled = chosen[0]
+        return {"rate_at": chosen[0], "rate_records": chosen[1]}
+
+
 class ResetExecutor:
     """Claims resets and carries them out."""
 
@@ -206,6 +257,17 @@ class ResetExecutor:
         One transaction takes the lease (a new epoch), marks the connector as
         owing a snapshot, and stamps the reset with the epoch and an attempt.
         """
+        # The connector's state before its first attempt: a cancel gives it back.
+        db.session.execute(
+            sa.update(Reset)
+            .where(Reset.id == reset_id, Reset.prior_sync_state.is_(None))
+            .values(
+                prior_sync_state=sa.select(Connector.sync_state)
+                .where(Connector.id == connector_id)
+                .scalar_subquery()
+            )
+            .execution_options(synchronize_session=False)
+        )
         lease = leases.take(
             connector_id,
             self.owner,
@@ -233,6 +295,13 @@ class ResetExecutor:
                 next_attempt_at=None,
                 queued_connector_id=None,
                 started_at=sa.func.coalesce(Reset.started_at, db_time()),
+                # An attempt that ended mid-replay without a word (its executor died or
+                # stalled) may have died switching its copy in: the sink may hold the
+                # snapshot already, so this reset is no longer cancelled (see cancel_reset).
+                prior_sync_state=sa.case(
+                    (Reset.phase == ResetPhase.REPLAYING_SNAPSHOT, SyncState.RESETTING),
+                    else_=Reset.prior_sync_state,
+                ),
                 phase=ResetPhase.RESETTING_SINK,
             )
             .execution_options(synchronize_session=False)
@@ -285,22 +354,36 @@ class ResetExecutor:
         """Carry out one attempt of a claimed reset, recording its outcome."""
         connector = db.session.get(Connector, lease.connector_id, populate_existing=True)
         target = sinks.target_of(connector)
+        known = db.session.execute(
+            sa.select(Reset.phases, Reset.requested_at).where(Reset.id == reset_id)
+        ).one_or_none()
         db.session.rollback()
+        self._progress = _Progress(*(known or (None, utcnow())))
         staging: StagingFile | TableReset | None = None
         try:
             with reader.open_snapshot(target.view_id) as snapshot:
-                self._advance(reset_id, lease, phase=ResetPhase.RESETTING_SINK)
+                self._advance(
+                    reset_id,
+                    lease,
+                    phase=ResetPhase.RESETTING_SINK,
+                    phases=self._progress.enter(ResetPhase.RESETTING_SINK),
+                )
                 db.session.commit()
                 staging = self._reset_sink(target, lease, snapshot.seq)
                 self._advance(
                     reset_id,
                     lease,
+                    # An http sink was told to reset: its position is the snapshot's now.
+                    # A staged one keeps its position (and so its place in the log) until
+                    # the switch: a cancel leaves it streaming on from there.
                     connector={"delivered_seq": snapshot.seq, "committed_length": 0}
                     if staging is None
-                    else {"delivered_seq": snapshot.seq},
+                    else None,
                     phase=ResetPhase.REPLAYING_SNAPSHOT,
+                    phases=self._progress.enter(ResetPhase.REPLAYING_SNAPSHOT),
                     snapshot_records=snapshot.records,
                     replayed_records=0,
+                    **self._progress.sample(0),
                 )
                 db.session.commit()
                 replayed = 0
@@ -316,6 +399,7 @@ class ResetExecutor:
                             "replayed_records": Connector.replayed_records + len(batch),
                         },
                         replayed_records=replayed,
+                        **self._progress.sample(replayed),
                     )
                     db.session.commit()
                 self._complete(reset_id, lease, staging, snapshot.seq)
@@ -325,7 +409,7 @@ class ResetExecutor:
         except LeaseLost:
             db.session.rollback()
             log.info("reset %s is no longer ours (epoch %s); leaving it", reset_id, lease.epoch)
-            self._let_go(lease)
+            self._let_go(lease, reset_id)
         except TransportError as exc:
             db.session.rollback()
             self._attempt_failed(reset_id, lease, error_text(exc), give_up=exc.poison)
@@ -412,6 +496,7 @@ class ResetExecutor:
                 lease,
                 connector=connector,
                 phase=ResetPhase.DONE,
+                phases=self._progress.enter(ResetPhase.DONE),
                 status=ResetStatus.COMPLETE,
                 completed_at=db_time(),
                 error=None,
@@ -442,10 +527,21 @@ class ResetExecutor:
                 raise
         db.session.commit()
 
-    def _let_go(self, lease: Lease) -> None:
-        """Give the connector's lease back if it is still ours (the reset went elsewhere)."""
+    def _let_go(self, lease: Lease, reset_id: uuid.UUID | None = None) -> None:
+        """Give the connector's lease back if it is still ours (the reset went elsewhere).
+
+        A reset that was cancelled gives the connector back as it was before
+        the reset (its staging copy, never switched in, is dropped by the caller).
+        """
         try:
-            leases.release(lease)
+            values: dict[str, Any] = {}
+            if reset_id is not None:
+                row = db.session.execute(
+                    sa.select(Reset.status, Reset.prior_sync_state).where(Reset.id == reset_id)
+                ).one_or_none()
+                if row is not None and row.status == ResetStatus.CANCELLED:
+                    values = state_given_back(row.prior_sync_state)
+            leases.release(lease, **values)
         except Exception:  # the lease runs out by itself
             db.session.rollback()
 
@@ -484,7 +580,9 @@ class ResetExecutor:
             "last_error_at": db_time(),
         }
         values: dict[str, Any] = {"error": message, "lease_owner": None}
+        values["phases"] = self._progress.enter(ResetPhase.QUEUED)
         if final:
+            values["phases"][-1]["ended_at"] = values["phases"][-1]["started_at"]
             # Failed until someone resets it again (a request marks it then).
             connector.update(
                 sync_state=SyncState.FAILED,
@@ -501,5 +599,6 @@ class ResetExecutor:
         try:
             self._advance(reset_id, lease, connector=connector, **values)
             db.session.commit()
-        except LeaseLost:
+        except LeaseLost:  # cancelled, or taken over: the connector is given back
             db.session.rollback()
+            self._let_go(lease, reset_id)

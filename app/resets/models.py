@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.connectors.models import Connector
+from app.connectors.models import Connector, SyncState
 from app.database import UTCDateTime, utcnow
 from app.extensions import db
 
@@ -96,3 +96,18 @@ class Reset(db.Model):
     rate_records: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     connector: Mapped[Connector] = relationship(lazy="joined", innerjoin=True)
+
+
+def state_given_back(prior_sync_state: str | None) -> dict[str, Any]:
+    """The connector's sync values once a cancelled reset gives it back as it was.
+
+    Its position never moved (a staged sink's moves only at the switch), so it
+    streams on from there; a connector that had failed stays failed.
+    """
+    if prior_sync_state == SyncState.FAILED:
+        return {
+            "sync_state": SyncState.FAILED,
+            "sync_reason": "A reset was cancelled; the connector stays failed until one completes",
+            "next_attempt_at": None,
+        }
+    return {"sync_state": SyncState.IN_SYNC, "sync_reason": None, "next_attempt_at": None}

@@ -8,7 +8,29 @@ from marshmallow import validate
 from app.resets.models import ResetOrigin, ResetPhase, ResetStatus
 from app.schemas import PageQuery
 
-SERVED_STATUSES = [ResetStatus.IN_PROGRESS, ResetStatus.COMPLETE, ResetStatus.FAILED]
+SERVED_STATUSES = [
+    ResetStatus.IN_PROGRESS,
+    ResetStatus.COMPLETE,
+    ResetStatus.FAILED,
+    ResetStatus.CANCELLED,
+]
+
+
+class PhaseOut(ma.Schema):
+    """One phase a reset went through."""
+
+    name = ma.fields.String(
+        required=True,
+        validate=validate.OneOf(ResetPhase.ALL),
+        metadata={"enum": list(ResetPhase.ALL)},
+    )
+    # Kept as ISO 8601 texts (UTC) in the reset's row, and shown as they are.
+    started_at = ma.fields.String(required=True, metadata={"format": "date-time"})
+    ended_at = ma.fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"format": "date-time", "description": "null while it goes on."},
+    )
 
 
 class ResetStatusQuery(ma.Schema):
@@ -73,6 +95,36 @@ class ResetStatusOut(ma.Schema):
         allow_none=True,
         metadata={"description": "After a failed attempt: when the next one may start."},
     )
+    rate_records_per_second = ma.fields.Float(
+        required=True,
+        allow_none=True,
+        dump_default=None,  # a reset row (history, a new reset) has no rate of its own
+        metadata={
+            "description": "While the snapshot replays: records per second over the last "
+            "seconds (null otherwise, or while too little is known)."
+        },
+    )
+    eta_seconds = ma.fields.Float(
+        required=True,
+        allow_none=True,
+        dump_default=None,
+        metadata={"description": "Seconds left at that rate (null while unknown)."},
+    )
+    phases = ma.fields.List(
+        ma.fields.Nested(PhaseOut),
+        required=True,
+        metadata={
+            "description": "Each phase the reset went through, in order, with when it started "
+            "and ended (a retried attempt goes through them again)."
+        },
+    )
+
+    @ma.post_dump
+    def _no_null_phases(self, data: dict, **_kwargs: object) -> dict:
+        """A reset not started yet has recorded no phase: an empty list, never null."""
+        if data.get("phases") is None:
+            data["phases"] = []
+        return data
 
 
 class ResetHistoryItem(ResetStatusOut):
@@ -83,7 +135,8 @@ class ResetHistoryItem(ResetStatusOut):
         validate=validate.OneOf(ResetStatus.ALL),
         metadata={
             "enum": list(ResetStatus.ALL),
-            "description": "abandoned: the pipeline stopped or restarted before it completed.",
+            "description": "abandoned: the pipeline stopped or restarted before it completed; "
+            "cancelled: cancelled before it changed the sink.",
         },
     )
 
@@ -101,3 +154,73 @@ class ResetIssued(ResetStatusOut):
 
     token = ma.fields.String(required=True)
     status_url = ma.fields.String(required=True)
+
+
+class ResetRequestQuery(ma.Schema):
+    """Query of ``POST .../connectors/{connector_name}/reset``."""
+
+    dry_run = ma.fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "true: change nothing, answer 200 with what a reset would do now."
+        },
+    )
+
+
+class LiveResetOut(ma.Schema):
+    """The reset of the connector already queued or running."""
+
+    reset_id = ma.fields.String(required=True, metadata={"format": "uuid"})
+    status = ma.fields.String(required=True, metadata={"enum": [ResetStatus.IN_PROGRESS]})
+    phase = ma.fields.String(
+        required=True,
+        validate=validate.OneOf(ResetPhase.ALL),
+        metadata={"enum": list(ResetPhase.ALL)},
+    )
+    requested_at = ma.fields.String(required=True, metadata={"format": "date-time"})
+    status_url = ma.fields.String(required=True)
+    cancellable = ma.fields.Boolean(required=True)
+
+
+class ResetPreview(ma.Schema):
+    """What a reset of the connector would do now (``dry_run=true``); nothing was changed."""
+
+    pipeline_name = ma.fields.String(required=True)
+    view_name = ma.fields.String(required=True)
+    connector_name = ma.fields.String(required=True)
+    transport = ma.fields.String(required=True)
+    action = ma.fields.String(
+        required=True,
+        metadata={
+            "enum": ["queue", "attach"],
+            "description": "queue: a new reset would be queued; attach: the request would be "
+            "answered with the reset already queued or running (reset_in_progress).",
+        },
+    )
+    switch = ma.fields.String(
+        required=True,
+        metadata={
+            "enum": ["atomic", "in_place"],
+            "description": "atomic: readers see the old contents until the whole snapshot "
+            "is switched in at once; in_place: the sink is told to reset, then refilled.",
+        },
+    )
+    readers_see = ma.fields.String(
+        required=True, metadata={"description": "What the sink's readers see, in words."}
+    )
+    cancellable_until = ma.fields.String(
+        required=True,
+        metadata={
+            "enum": ["switch", "start"],
+            "description": "Until when such a reset can be cancelled: until its staged copy "
+            "is switched in, or only until it starts.",
+        },
+    )
+    snapshot_records = ma.fields.Integer(
+        required=True, metadata={"description": "Records the snapshot would replay now."}
+    )
+    log_position = ma.fields.Integer(
+        required=True, metadata={"description": "Where the view's change log ends now."}
+    )
+    connector_sync_state = ma.fields.String(required=True)
+    reset_in_progress = ma.fields.Nested(LiveResetOut, required=True, allow_none=True)

@@ -11,11 +11,13 @@ needs no log at all:
 - an http batch in flight (``inflight_first_seq`` to ``inflight_last_seq``) is
   resent exactly: the bound stops before ``inflight_first_seq``;
 - a reset replays the Z-set as of its snapshot's position S, then streams the
-  log after S. It records S as the connector's ``delivered_seq`` when its
-  replay starts; until then ``delivered_seq`` is the connector's older
-  position, at or before S (S is where the log ended when the snapshot was
-  taken, after every position recorded before). Positions only move forward,
-  so the bound never passes a snapshot taken or to be taken.
+  log after S. An http sink's connector records S as its ``delivered_seq``
+  when its replay starts; a staged sink's (file, postgres, delta) only at the
+  switch, so that a cancelled reset leaves it streaming on from its older
+  position, whose log is still here. Until then ``delivered_seq`` is that
+  older position, at or before S (S is where the log ended when the snapshot
+  was taken, after every position recorded before). Positions only move
+  forward, so the bound never passes a snapshot taken or to be taken.
 
 One transaction per batch of at most ``COMPACTION_BATCH_SIZE`` rows, reasoned
 in the database, not in a process (many workers on many hosts compact at
