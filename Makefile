@@ -1,10 +1,13 @@
-# Short targets a newcomer can guess. `make install` first; then `make run`.
+# Short targets a newcomer can guess: `make` lists them; `make run` sets up and serves.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-FLASK := $(BIN)/flask --app wsgi
+PIPELINE_MANAGER := $(BIN)/pipeline-manager
+# PORT=5001 serves `make run` (default 5000) or `make serve` (default 8000) on another port.
+PORT ?=
 
-.PHONY: install run serve migrate test test-postgres lint format client bench bench-scale soak clean
+.DEFAULT_GOAL := help
+.PHONY: help install run serve shell migrate test test-quick test-postgres lint format client bench bench-scale soak clean
 
 # The suites that also run on PostgreSQL (the rest test SQLite, browsers or the docs).
 POSTGRES_SUITES := tests/test_pipelines.py tests/test_connectors.py tests/test_resets.py \
@@ -25,29 +28,41 @@ $(INSTALLED): pyproject.toml setup.cfg | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+help:  ## List the targets (this list; `make` alone shows it too)
+	@echo "make TARGET, in $(CURDIR):"
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-z-]*:[^#]*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
 install: $(INSTALLED)  ## Create .venv and install the project with its dev tools (when needed)
 
-migrate:  ## Create or upgrade the database schema
-	$(FLASK) db upgrade
+migrate:  ## Create or upgrade the database schema (in instance/ unless configured)
+	$(PIPELINE_MANAGER) db upgrade
 
-run: install migrate  ## Run the development server on http://127.0.0.1:5000
-	$(FLASK) run
+run: install migrate  ## Set up and run the development server on http://127.0.0.1:5000 (PORT=...)
+	$(PIPELINE_MANAGER) run $(if $(PORT),--port $(PORT))
 
-serve: install  ## Serve with gunicorn (migrates on start) on http://127.0.0.1:8000
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+serve: install  ## Serve with gunicorn (migrates on start) on http://127.0.0.1:8000 (PORT=...)
+	$(if $(PORT),PIPELINE_MANAGER_BIND=127.0.0.1:$(PORT)) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: install  ## Run the test suite
+shell: install  ## Open a shell with .venv active: pipeline-manager on PATH (exit leaves it)
+	@echo "pipeline-manager, pytest and ruff are on PATH in this shell; exit leaves it"
+	@VIRTUAL_ENV="$(abspath $(VENV))" PATH="$(abspath $(BIN)):$$PATH" $${SHELL:-/bin/bash}
+
+test: install  ## Run the whole test suite: about 8 to 11 minutes on a quiet machine
+	@echo "make test: the whole suite, about 8 to 11 minutes on a quiet 2-CPU machine; make test-quick leaves out the slow, browser and postgres tests"
 	$(BIN)/python -m pytest
+
+test-quick: install  ## Run the tests not marked slow, browser or postgres (pyproject.toml's markers)
+	$(BIN)/python -m pytest -m "not slow and not browser and not postgres"
 
 test-postgres: install  ## Run the database-facing suites on PostgreSQL (needs PIPELINE_MANAGER_TEST_POSTGRES_URL)
 	@test -n "$$PIPELINE_MANAGER_TEST_POSTGRES_URL" || { echo "set PIPELINE_MANAGER_TEST_POSTGRES_URL (sudo bash .ci/postgres.sh prints one)"; exit 2; }
 	PIPELINE_MANAGER_TEST_DATABASE_URL="$$PIPELINE_MANAGER_TEST_POSTGRES_URL" $(BIN)/python -m pytest $(POSTGRES_SUITES)
 
-lint:  ## Check style and common mistakes
+lint:  ## Check style and common mistakes (ruff)
 	$(BIN)/ruff check app tests bench examples wsgi.py gunicorn.conf.py
 	$(BIN)/ruff format --check app tests bench examples wsgi.py gunicorn.conf.py
 
-format:
+format:  ## Format the code and fix what ruff can (ruff)
 	$(BIN)/ruff format app tests bench examples wsgi.py gunicorn.conf.py
 	$(BIN)/ruff check --fix app tests bench examples wsgi.py gunicorn.conf.py
 
@@ -76,5 +91,5 @@ bench-scale: install  ## Benchmark the served service at 100k connectors, agains
 soak: install  ## Soak delivery and resets on PostgreSQL under faults, ~6 min (see bench/SOAK.md)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
-clean:
+clean:  ## Remove .venv, caches and build/ (instance/ stays)
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,79 +1,101 @@
-"""The README's shell blocks, run against a served app.
+"""The README and the guides in docs/, run the way a reader runs them.
 
-The rule, for every shell block of README.md (```sh, ```bash, ```shell or ```console),
-including the ones you add: the block is either
+``test_the_docs_run_in_order_in_one_shell`` copies the project (its files, no
+``instance/``; the copy's ``.venv`` is a link to this one), serves the copy with
+``make serve PORT=...`` (gunicorn, ``gunicorn.conf.py``, a fresh SQLite file in
+the copy's ``instance/``), and runs every shell block (```sh, ```bash, ```shell,
+```console) of README.md, then of each guide in the order the README lists
+them, in ONE bash shell in the copy, the README's walk-through twice in a row.
+The shell starts without the venv on its ``PATH`` (the README's
+``source .venv/bin/activate`` puts it there) and with ``PORT`` set to the
+served port, as the README tells a reader who serves on another port. The rules
+for every shell block, including the ones you add:
 
-- run by a test of this file. Put a line that this block alone holds in ``RUN``,
-  with the name of the test that runs it, and get the block in that test with
-  ``block_with(that line)``. The test serves the app for real (``faults.served``:
-  gunicorn on a free loopback port over a fresh SQLite file) and runs the block
-  with ``bash -euo pipefail``, changing only what points at this machine (the
-  venv's path, the port, the sink folder). Where a line cannot run as written (a
-  server that runs until stopped, the test suite itself), the test stands in for
-  it in plain sight and checks what it can; or
-- marked as not run, with the reason, by an HTML comment on the line right before
-  its opening fence:
+- it is run, unless an HTML comment on the line right before its opening fence
+  says why not: ``<!-- not run: REASON -->``;
+- it must succeed (``bash -euo pipefail``) and print no traceback;
+- a ```text block that comes next after it (no heading in between) is what it
+  prints, stdout and stderr as a terminal shows them: every line, in order;
+  ``...`` in a line stands for any text, a line of ``...`` alone for any lines;
+- a line that cannot run as written (a worker that runs until stopped) has a
+  stand-in in ``STAND_INS``, swapped in by the test in plain sight.
 
-      <!-- not run: needs root and a PostgreSQL server; .ci/run runs these -->
-
-``test_every_shell_block_is_run_or_marked_not_run`` fails for a block that is
-neither (or both), for a ``RUN`` line that no block or more than one holds, and
-for a marker without a reason. Blocks in other languages (json, python, js) and
-the unlabelled layout tree are not commands, and are not run.
+The other tests check what keeps the docs honest: every block is run or says
+why not, every guide is listed in the README and every link leads to a file and
+heading that exist, the README's two commands work on a fresh copy
+(``make run``), ``make`` alone lists the targets, the docs spell the command
+one way, every ``pipeline-manager`` command and option they name exists, and
+the README's layout tree names every module of ``app/``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import requests
 from flask import Flask
+from flask.cli import FlaskGroup, ScriptInfo
 
 from tests import faults
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 BIN = Path(sys.executable).parent
 VENV = BIN.parent
-PIPELINE_MANAGER = str(BIN / "pipeline-manager")
 
 SHELL_LANGUAGES = {"sh", "bash", "shell", "console", "zsh"}
 NOT_RUN = re.compile(r"^\s*<!--\s*not run:(?P<reason>.*?)-->\s*$")
-
-# A line each run block alone holds -> the test that runs that block.
-RUN = {
-    "make run     #": "test_the_two_commands",
-    "SINK=instance/sinks/default/out/totals.jsonl": "test_the_walkthrough_runs_and_runs_again",
-    "api-keys revoke alice": "test_the_key_blocks_and_the_push_examples_run_on_a_fresh_server",
-    "A read-only key for a dashboard": (
-        "test_the_key_blocks_and_the_push_examples_run_on_a_fresh_server"
+# A line the README's walk-through alone holds: the test runs that block twice.
+WALKTHROUGH = "SINK=instance/sinks/default/out/totals.jsonl"
+# What the walk-through's `cat $SINK` prints, after the delivery and after the reset.
+SINK_LINES = ['{"insert":{"id":1,"total":10}}', '{"insert":{"id":2,"total":5}}']
+# A line (its command, comment left out) that cannot run as written -> (why, what runs instead).
+STAND_INS = {
+    "pipeline-manager worker": (
+        "it runs until stopped: the test starts it, stops it with SIGTERM as a service "
+        "manager would once it says it runs, and wants exit status 0",
+        'L=$(mktemp); pipeline-manager worker 2>"$L" & W=$!\n'
+        'until grep -q "worker running" "$L"; do sleep 0.1; done\n'
+        'kill -TERM $W; wait $W; rm -f "$L"',
     ),
-    '# -> 200 {"deletes"': "test_the_key_blocks_and_the_push_examples_run_on_a_fresh_server",
-    "Idempotency-Key: $ID": "test_the_key_blocks_and_the_push_examples_run_on_a_fresh_server",
-    "$F worker ": "test_the_command_line_listing_runs_on_a_served_app",
 }
+MARK = "@@docs-block@@"
 
 
 @dataclass(frozen=True)
 class Block:
+    path: Path
     line: int  # of the opening fence, from 1
     language: str
     before: str  # the line right before the opening fence
     body: str
+    output: str | None = None  # the ```text block that shows what it prints
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+    @property
+    def not_run(self) -> re.Match | None:
+        return NOT_RUN.match(self.before)
 
 
-def code_blocks(text: str) -> list[Block]:
-    """Every fenced code block of ``text``, in order."""
+def code_blocks(path: Path) -> list[Block]:
+    """Every fenced code block of ``path``, in order, each shell block with its shown output."""
     found: list[Block] = []
-    lines = text.splitlines()
+    lines = path.read_text().splitlines()
+    headings_after: list[int] = []  # for each block, the line of the first heading after it
     i = 0
     while i < len(lines):
         opening = re.match(r"^(\s*)```(\S*)", lines[i])
@@ -85,255 +107,377 @@ def code_blocks(text: str) -> list[Block]:
         while end < len(lines) and lines[end].strip() != "```":
             end += 1
         body = "".join(line.removeprefix(indent) + "\n" for line in lines[i + 1 : end])
-        found.append(Block(i + 1, language.lower(), lines[i - 1] if i else "", body))
+        found.append(Block(path, i + 1, language.lower(), lines[i - 1] if i else "", body))
+        next_heading = next((j for j in range(end, len(lines)) if lines[j].startswith("#")), None)
+        headings_after.append(len(lines) if next_heading is None else next_heading)
         i = end + 1
-    return found
+    blocks = []
+    for n, block in enumerate(found):
+        after = found[n + 1] if n + 1 < len(found) else None
+        if (
+            block.language in SHELL_LANGUAGES
+            and after is not None
+            and after.language == "text"
+            and after.line - 1 < headings_after[n]
+        ):
+            block = Block(**{**block.__dict__, "output": after.body})
+        blocks.append(block)
+    return blocks
 
 
-def shell_blocks() -> list[Block]:
-    return [b for b in code_blocks(README.read_text()) if b.language in SHELL_LANGUAGES]
+def guides() -> list[Path]:
+    """The guides in docs/, in the order the README's "Where to go next" lists them."""
+    section = README.read_text().partition("\n## Where to go next\n")[2].partition("\n## ")[0]
+    listed = re.findall(r"\]\((docs/[a-z-]+\.md)\)", section)
+    return [ROOT / path for path in dict.fromkeys(listed)]
 
 
-def block_with(marker: str) -> str:
-    """The one shell block that holds ``marker``, a line listed in ``RUN``."""
-    assert marker in RUN, f"list {marker!r} in RUN, with the test that runs its block"
-    (found,) = [block.body for block in shell_blocks() if marker in block.body]
-    return found
+def documents() -> list[Path]:
+    return [README, *guides()]
 
 
-def run_shell(script: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
+def shell_blocks(paths: list[Path] | None = None) -> list[Block]:
+    return [
+        block
+        for path in (documents() if paths is None else paths)
+        for block in code_blocks(path)
+        if block.language in SHELL_LANGUAGES
+    ]
+
+
+def with_stand_ins(body: str) -> str:
+    """``body`` with each line that cannot run as written replaced by its stand-in."""
+    out = []
+    for line in body.splitlines():
+        stand_in = STAND_INS.get(line.partition("#")[0].strip())
+        out.append(stand_in[1] if stand_in else line)
+    return "\n".join(out) + "\n"
+
+
+def output_pattern(shown: str) -> re.Pattern:
+    """A shown output as a pattern: ``...`` is any text, a line of ``...`` any lines."""
+    parts = []
+    for line in shown.splitlines():
+        if line.strip() == "...":
+            parts.append(r"(?:[^\n]*\n)*?")
+        else:
+            parts.append(".*?".join(re.escape(piece) for piece in line.split("...")) + r"\n")
+    return re.compile("".join(parts))
+
+
+def printed(text: str) -> str:
+    """What a block printed, line by line, without trailing blanks."""
+    return "".join(line.rstrip() + "\n" for line in text.splitlines())
+
+
+# --- The copy of the project, and serving it -------------------------------------------
+
+
+def project_copy(where: Path) -> Path:
+    """The project's files (tracked, and untracked but not ignored) in ``where``; no instance/."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    copy = where / "project"
+    for name in filter(None, listed):
+        source = ROOT / name
+        if name.startswith("instance/") or not source.is_file():
+            continue  # the instance folder is the deployment's; a file deleted in the tree
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, copy / name)
+    # Installing again would take minutes and the network: the copy uses this venv.
+    (copy / ".venv").symlink_to(VENV, target_is_directory=True)
+    return copy
+
+
+def reader_env(copy: Path, port: int) -> dict[str, str]:
+    """A reader's shell: no settings of ours, no venv on PATH yet, the copy's code, PORT set."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PIPELINE_MANAGER_", "FLASK_"))
+        and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PORT", "PROMETHEUS_MULTIPROC_DIR")
+    }
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != BIN.resolve()
     )
+    # The copy's own code, as a venv installed in the copy would import it (this venv's
+    # editable install points at this tree).
+    env["PYTHONPATH"] = str(copy)
+    env["PORT"] = str(port)
+    return env
+
+
+@contextmanager
+def make_serving(copy: Path, target: str, port: int, log: Path) -> Iterator[str]:
+    """``make TARGET PORT=port`` in the copy until the block ends; yields the base URL.
+
+    ``-o .venv/.installed``: the installation counts as up to date
+    (tests/test_makefile.py tests that rule). Waits for /readyz to answer 200.
+    """
+    env = {**reader_env(copy, port), "PIPELINE_MANAGER_WORKERS": "2"}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["make", "-o", ".venv/.installed", target, f"PORT={port}"],
+            cwd=copy, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return requests.get(f"{base}/readyz", timeout=2).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):
+            return False
+
+    try:
+        faults.wait_for(ready, timeout=90, what=f"make {target} to serve /readyz")
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # make and the server it started
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+# --- The tests --------------------------------------------------------------------------
 
 
 def test_every_shell_block_is_run_or_marked_not_run() -> None:
     blocks = shell_blocks()
-    assert len(blocks) >= len(set(RUN.values())), "the README lost its shell blocks?"
     problems = []
-    for marker, test in RUN.items():
-        if not (test.startswith("test_") and callable(globals().get(test))):
-            problems.append(f"RUN names {test!r}, not a test of {Path(__file__).name}")
-        holders = [block.line for block in blocks if marker in block.body]
-        if len(holders) != 1:
-            problems.append(f"{marker!r} (RUN) is in {len(holders)} shell blocks: {holders}")
+    run = [block for block in blocks if not block.not_run]
+    walkthroughs = [block.where for block in blocks if WALKTHROUGH in block.body]
+    if len(walkthroughs) != 1 or not walkthroughs[0].startswith("README.md:"):
+        problems.append(f"the walk-through's line {WALKTHROUGH!r} is in {walkthroughs}")
     for block in blocks:
-        run = [marker for marker in RUN if marker in block.body]
-        mark = NOT_RUN.match(block.before)
-        where = f"README.md:{block.line}"
-        if mark and not mark["reason"].strip():
-            problems.append(f"{where}: 'not run' needs a reason")
-        if run and mark:
-            problems.append(f"{where}: marked not run, but {RUN[run[0]]} runs it")
-        if not run and not mark:
+        if block.not_run and not block.not_run["reason"].strip():
+            problems.append(f"{block.where}: 'not run' needs a reason")
+        if block.not_run and block.output is not None:
+            problems.append(f"{block.where}: marked not run, yet shows its output")
+    for command in STAND_INS:
+        holders = [
+            block.where
+            for block in run
+            for line in block.body.splitlines()
+            if line.partition("#")[0].strip() == command
+        ]
+        if len(holders) != 1:
+            problems.append(f"the stand-in for {command!r} fits {len(holders)} lines: {holders}")
+    for path in documents():
+        texts = [b for b in code_blocks(path) if b.language == "text"]
+        shown = {b.output for b in code_blocks(path) if b.output is not None}
+        for block in texts:
+            if block.body not in shown and NOT_RUN.search(block.body) is None:
+                problems.append(f"{block.where}: a text block that follows no run shell block")
+    assert len(run) >= 10, "the docs lost their shell blocks?"
+    assert not problems, "\n".join(problems)
+
+
+def test_every_guide_is_listed_and_every_link_leads_somewhere() -> None:
+    assert sorted(guides()) == sorted(DOCS.glob("*.md")), "list every docs/*.md in the README"
+    problems = []
+    for path in documents():
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)  # links outside code
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http://, mailto: ...
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            if not linked.exists():
+                problems.append(f"{path.name}: {target}: no such file")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                problems.append(f"{path.name}: {target}: no such heading in {linked.name}")
+    assert not problems, "\n".join(problems)
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    headings = re.findall(r"^#+ (.+)$", text, re.M)
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings
+    }
+
+
+def test_the_docs_run_in_order_in_one_shell(tmp_path: Path) -> None:
+    """Every run block of the README and the guides, in order, in one shell; see the module doc."""
+    copy = project_copy(tmp_path)
+    port = faults.free_port()
+    readme = [b for b in shell_blocks([README]) if not b.not_run]
+    (walkthrough,) = [b for b in readme if WALKTHROUGH in b.body]
+    order: list[Block] = []
+    for block in readme:
+        order += [block, block] if block is walkthrough else [block]  # the walk-through twice
+    order += [b for b in shell_blocks(guides()) if not b.not_run]
+    script = "".join(f"echo '{MARK}{n}'\n{with_stand_ins(b.body)}" for n, b in enumerate(order))
+    (tmp_path / "docs.sh").write_text(script)  # kept for a failure's post-mortem
+    with make_serving(copy, "serve", port, tmp_path / "make-serve.log"):
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script + "echo; echo done"],
+            cwd=copy, env=reader_env(copy, port), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=480,
+        )  # fmt: skip
+    out = done.stdout
+    segments = dict(re.findall(rf"^{MARK}(\d+)\n(.*?)(?=^{MARK}|\Z)", out, re.M | re.S))
+    last = max(map(int, segments), default=0)
+    assert done.returncode == 0 and out.endswith("\ndone\n"), (
+        f"{order[last].where} failed (exit {done.returncode}):\n{order[last].body}\n"
+        f"--- it printed:\n{segments.get(str(last), out)}"
+    )
+    assert "Traceback (most recent call last)" not in out, out
+    assert len(segments) == len(order), out
+    problems = []
+    for n, block in enumerate(order):
+        got = printed(segments[str(n)])
+        if n == len(order) - 1:
+            got = got.removesuffix("\ndone\n")
+        if block.output is not None and not output_pattern(block.output).fullmatch(got):
             problems.append(
-                f"{where}: a shell block no test runs; run it in tests/test_readme.py "
-                "(and list it in RUN), or put <!-- not run: REASON --> right before it"
+                f"{block.where} (run {n}) printed:\n{got}--- where the text shows:\n{block.output}"
             )
     assert not problems, "\n".join(problems)
+    # The walk-through, twice: each run's sink held the two changes, then the replayed two.
+    runs = [segments[str(n)] for n, block in enumerate(order) if block is walkthrough]
+    assert len(runs) == 2
+    for run in runs:
+        assert [line for line in run.splitlines() if line.startswith('{"insert"')] == SINK_LINES * 2
+        assert "No such file" not in run, run
+
+
+def test_the_two_commands(tmp_path: Path) -> None:
+    """``make run`` on a fresh copy serves, worker included; ``make test`` is what CI runs.
+
+    ``make test`` would run this test again, so it is not run here; ``.ci/run`` runs it.
+    """
+    (block,) = [b for b in shell_blocks([README]) if b.body.startswith("make run ")]
+    assert [line.partition("#")[0].strip() for line in block.body.splitlines()] == [
+        "make run",
+        "make test",
+    ]
+    assert block.not_run and "make run" in block.not_run["reason"]
+    assert "\nmake test\n" in (ROOT / ".ci" / "run").read_text()
+    copy = project_copy(tmp_path)
+    port = faults.free_port()
+    with make_serving(copy, "run", port, tmp_path / "make-run.log") as base:
+        body = requests.get(f"{base}/readyz", timeout=2).json()
+        assert body["checks"] == {"database": "ok", "schema": "ok", "worker": "ok"}, body
+        assert requests.get(f"{base}/v0/pipelines", timeout=2).status_code == 401
+    assert (copy / "instance" / "pipeline-manager.db").exists()  # the default, in instance/
+
+
+def test_make_alone_lists_every_target_the_docs_name() -> None:
+    listing = subprocess.run(
+        ["make", "-s", "-C", str(ROOT)], capture_output=True, text=True, check=True
+    ).stdout
+    listed = set(re.findall(r"^  ([a-z][a-z-]*) ", listing, re.M))
+    makefile = (ROOT / "Makefile").read_text()
+    with_help = set(re.findall(r"^([a-z][a-z-]*):[^#\n]*## ", makefile, re.M))
+    assert listed == with_help, listing
+    for target in ("help", "install", "run", "serve", "shell", "test", "test-quick", "lint"):
+        assert target in listed, target
+    named = set()
+    for path in documents():
+        named |= set(re.findall(r"\bmake ([a-z][a-z-]*)", code_in(path)))
+    assert named <= listed, named - listed
+
+
+def test_the_docs_spell_the_command_one_way() -> None:
+    """``pipeline-manager``: never a path to it, nor Flask's name; ``flask --app wsgi`` once."""
+    texts = {path.name: path.read_text() for path in documents()}
+    problems = []
+    for name, text in texts.items():
+        for wrong in re.findall(r"\S*/bin/pipeline-manager|\bflask (?!--app)[a-z-]+", text):
+            problems.append(f"{name}: {wrong!r}")
+    assert not problems, "\n".join(problems)
+    assert sum(text.count("flask --app wsgi") for text in texts.values()) == 1
+
+
+def test_the_commands_and_options_the_docs_name_exist(app: Flask) -> None:
+    """Each ``pipeline-manager`` command the docs name, and each of its options, is real."""
+    group = FlaskGroup(name="pipeline-manager", create_app=lambda: app)
+    ctx = click.Context(group, obj=ScriptInfo(create_app=lambda: app))
+
+    def sub(command: click.Command, word: str) -> click.Command | None:
+        return command.get_command(ctx, word) if isinstance(command, click.Group) else None
+
+    def options(command: click.Command) -> set[str]:
+        return {opt for param in command.params for opt in param.opts + param.secondary_opts}
+
+    seen = set()
+    problems = []
+    for path in documents():
+        for mention in re.findall(r"pipeline-manager((?: +[^\s`|;)&]+)+)", code_in(path)):
+            command: click.Command = group
+            words = mention.split()
+            path_words = []
+            for word in words:
+                found = sub(command, word) if re.fullmatch(r"[a-z][a-z-]*", word) else None
+                if found is None:
+                    break
+                command, path_words = found, [*path_words, word]
+            if not path_words and words[0] != "--help":
+                problems.append(f"{path.name}: 'pipeline-manager{mention}' names no command")
+                continue
+            seen.add(" ".join(path_words))
+            for option in re.findall(r"(?<!\S)--[a-z][a-z-]*", mention):
+                if option not in options(command) and option != "--help":
+                    problems.append(f"{path.name}: {' '.join(path_words)} has no {option}")
+    assert not problems, "\n".join(problems)
+    assert {"worker", "resets wait", "connectors add", "api-keys create", "db upgrade"} <= seen
+
+
+def code_in(path: Path) -> str:
+    """The code of a doc: its shell blocks' commands (comments left out) and its inline code."""
+    commands = [
+        line.partition(" #")[0]
+        for block in code_blocks(path)
+        if block.language in SHELL_LANGUAGES
+        for line in block.body.splitlines()
+    ]
+    prose = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return "\n".join(commands + re.findall(r"`([^`\n]+)`", prose))
+
+
+def test_the_layout_tree_names_every_module_of_app() -> None:
+    """The README's tree: each module of app/ on its line (a package's modules on its entry)."""
+    (tree,) = [b.body for b in code_blocks(README) if b.language == "" and "app/" in b.body]
+    entries: dict[str, str] = {}
+    name = ""
+    for line in tree.splitlines():
+        if match := re.match(r"^  (\S+)", line):
+            name = match[1]
+            entries[name] = line
+        elif name and line.startswith("   "):
+            entries[name] += " " + line  # the entry's next line
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "app"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    missing = []
+    for file in listed:
+        parts = Path(file).parts
+        if not file.endswith(".py") or not (ROOT / file).exists() or "migrations" in parts:
+            continue
+        if len(parts) == 2:
+            if parts[1] not in entries:
+                missing.append(file)
+        elif len(parts) == 3 and parts[2] != "__init__.py":
+            entry = entries.get(parts[1] + "/", "")
+            if not re.search(rf"\b{re.escape(Path(parts[2]).stem)}\b", entry):
+                missing.append(file)
+    assert not missing, f"the README's layout tree leaves out {missing}"
+    gone = [name for name in entries if not (ROOT / "app" / name).exists()]
+    assert not gone, f"the README's layout tree names {gone}, which app/ no longer has"
 
 
 def test_what_the_not_run_blocks_leave_to_ci_is_run_by_ci() -> None:
     """The PostgreSQL commands are not run here (they need root): ``.ci/run`` runs them."""
     (block,) = [b for b in shell_blocks() if "make test-postgres" in b.body]
-    assert NOT_RUN.match(block.before) and ".ci/run" in block.before
+    assert block.not_run and ".ci/run" in block.not_run["reason"]
     ci = (ROOT / ".ci" / "run").read_text()
     for command in ("bash .ci/postgres.sh", "make test\n", "make test-postgres\n"):
         assert command in ci, command
-
-
-def test_the_two_commands(tmp_path: Path) -> None:
-    """``make run`` for real, on a free port and a fresh database; ``make test`` is this suite.
-
-    ``make test`` would run this test again, so it is not run here; ``.ci/run`` runs it.
-    """
-    block = block_with("make run     #")
-    assert [line.partition("#")[0].strip() for line in block.splitlines()] == [
-        "make run",
-        "make test",
-    ]
-    assert "\nmake test\n" in (ROOT / ".ci" / "run").read_text()
-    port = faults.free_port()
-    env = {
-        **os.environ,
-        "FLASK_RUN_PORT": str(port),
-        "PIPELINE_MANAGER_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'run.db'}",
-        "PIPELINE_MANAGER_SECRET_KEY": "readme-test-key",
-        "PIPELINE_MANAGER_SINK_DIR": str(tmp_path / "sinks"),
-    }
-    log = (tmp_path / "make-run.log").open("w")
-    # -o: the installation counts as up to date (tests/test_makefile.py tests that rule).
-    make = ["make", "-o", f"{VENV}/.installed", f"VENV={VENV}", "run"]
-    process = subprocess.Popen(
-        make, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, (tmp_path / "make-run.log").read_text()
-        try:
-            return requests.get(f"{base}/readyz", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    try:
-        faults.wait_for(ready, timeout=60, what="make run to serve /readyz")
-        body = requests.get(f"{base}/readyz", timeout=2).json()
-        assert body["checks"] == {"database": "ok", "schema": "ok", "worker": "ok"}, body
-        assert requests.get(f"{base}/v0/pipelines", timeout=2).status_code == 401
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # make and the server it started
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-
-
-def test_the_walkthrough_runs_and_runs_again(tmp_path: Path) -> None:
-    script = block_with("SINK=instance/sinks/default/out/totals.jsonl")
-    # The same lines, pointed at this test's server and instance.
-    for line, value in {
-        "F=.venv/bin/pipeline-manager": f"F={PIPELINE_MANAGER}",
-        "SINK=instance/sinks/default/out/totals.jsonl": (
-            f"SINK={tmp_path / 'sinks' / 'default' / 'out' / 'totals.jsonl'}"
-        ),
-    }.items():
-        assert line in script, f"the walk-through no longer has {line!r}"
-        script = script.replace(line, value)
-    assert "B=http://127.0.0.1:5000" in script
-    with faults.served(tmp_path, {}) as (base, env):
-        script = script.replace("B=http://127.0.0.1:5000", f"B={base}")
-        for attempt in (1, 2):
-            done = run_shell(script, env)
-            assert done.returncode == 0, (attempt, done.stdout, done.stderr)
-            out = done.stdout
-            assert out.count('{"insert":') >= 2, out  # the sink's two lines
-            assert '"status":"complete"' in out and '"replayed_records":2' in out, out
-            assert "410 GONE" in out and '"error_code":"PipelineRestarted"' in out, out
-
-
-def test_the_key_blocks_and_the_push_examples_run_on_a_fresh_server(tmp_path: Path) -> None:
-    """The key commands, the walk-through with a key, the push and the retried push, in one shell.
-
-    After the blocks, the test asks for the connector's stats: the retried push was stored once.
-    """
-    stats = "/v0/pipelines/orders/views/totals/connectors/sink1/stats"
-    script = "\n".join(
-        [
-            block_with("api-keys revoke alice"),  # Getting a key
-            block_with("A read-only key for a dashboard"),  # Walk-through with a key
-            block_with('# -> 200 {"deletes"'),  # Pushing view changes
-            block_with("Idempotency-Key: $ID"),  # Idempotent retries
-            "echo; echo STATS",  # this test's own line
-            f'curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:5000{stats}',
-        ]
-    )
-    script = script.replace(".venv/bin/pipeline-manager", PIPELINE_MANAGER)
-    assert "http://127.0.0.1:5000" in script
-    with faults.served(tmp_path, {}) as (base, env):
-        done = run_shell(script.replace("http://127.0.0.1:5000", base), env)
-    out = done.stdout
-    assert done.returncode == 0, (out, done.stderr)
-    assert '"error_code":"InsufficientPermissions"' in out, out  # the dashboard key may not stop
-    assert "HTTP/1.1 401" in out and 'Bearer realm="pipeline-manager"' in out, out
-    answer = '{"deletes":1,"first_seq":1,"inserts":2,"last_seq":3,"log_end":3,"records":3}'
-    assert answer in out, out  # the push example's answer, as the README shows it
-    # The idempotent push, then its retry: the same answer, the second one marked replayed.
-    lines = [line.strip() for line in out.split("STATS")[0].splitlines()]
-    again = '{"deletes":0,"first_seq":4,"inserts":1,"last_seq":4,"log_end":4,"records":1}'
-    tail = ["HTTP/1.1 200 OK", again, "HTTP/1.1 200 OK", "Idempotent-Replayed: true", again]
-    assert lines[-6:-1] == tail, out
-    assert json.loads(out.split("STATS")[1])["log_end"] == 4, out  # stored once
-
-
-def test_the_command_line_listing_runs_on_a_served_app(tmp_path: Path) -> None:
-    """The "Command line" block, on a fresh server whose background worker does the reset.
-
-    ``changes.json`` is the reader's file: the test writes one. ``$F worker`` runs until
-    stopped: the test starts it, stops it with SIGTERM as a service manager would once
-    it says it runs, and wants exit status 0.
-    """
-    listing = block_with("$F worker ")
-    (worker,) = [line for line in listing.splitlines() if line.startswith("$F worker ")]
-    script = listing.replace("F=.venv/bin/pipeline-manager", f"F={PIPELINE_MANAGER}")
-    script = script.replace(
-        worker,
-        "$F worker 2>worker.log & W=$!\n"
-        "until grep -q 'worker running' worker.log; do sleep 0.1; done\n"
-        "kill -TERM $W; wait $W",
-    )
-    (tmp_path / "changes.json").write_text('[{"insert": {"id": 3, "total": 7}}]')
-    with faults.served(tmp_path, {"WORKER_POLL_INTERVAL": 0.1}) as (_base, env):
-        done = run_shell(script, env, cwd=tmp_path)
-    out = done.stdout
-    assert done.returncode == 0, (out, done.stderr)
-    assert re.search(r"^orders\s", out, re.M), out  # pipelines list's table
-    assert '"status": "complete"' in out or '"status":"complete"' in out, out  # resets wait
-    assert '"openapi": "3.' in out, out  # openapi print
-    sink = tmp_path / "sinks" / "default" / "out" / "totals.jsonl"
-    assert faults.sink_lines(sink) == [{"insert": {"id": 3, "total": 7}}]
-
-
-def test_the_command_line_listing_names_real_commands_and_options(app: Flask) -> None:
-    """Each command, and each option, the listing names (comments too) is in the real help."""
-    listing = block_with("$F worker ")
-    assert listing.startswith("F=.venv/bin/pipeline-manager\n")
-    top = subprocess.run(
-        [PIPELINE_MANAGER, "--help"], capture_output=True, text=True, check=True
-    ).stdout
-    top_level = set(re.findall(r"^  ([a-z][a-z-]*) ", top.partition("Commands:")[2], re.M))
-    ctx = click.Context(app.cli)
-
-    def command(path: list[str]) -> click.Command:
-        assert path[0] in top_level, f"{path[0]!r} is not in pipeline-manager --help"
-        found: click.Command = app.cli
-        for word in path:
-            assert isinstance(found, click.Group), f"{path}: {found.name} has no sub-commands"
-            found = found.get_command(ctx, word)
-            assert found is not None, f"no command {' '.join(path)!r}"
-        return found
-
-    def path_at(text: str) -> list[str]:
-        """The command path at the start of ``text``: words while they name commands."""
-        path: list[str] = []
-        for word in text.split():
-            if not re.fullmatch(r"[a-z][a-z-]*", word):
-                break
-            here = command(path) if path else app.cli
-            if not isinstance(here, click.Group) or here.get_command(ctx, word) is None:
-                break
-            path.append(word)
-        return path
-
-    def options(cmd: click.Command) -> set[str]:
-        return {opt for param in cmd.params for opt in param.opts + param.secondary_opts}
-
-    current: list[str] = []
-    seen = set()
-    for line in listing.splitlines()[1:]:
-        code, _, comment = line.partition("#")
-        if "$F " in code:
-            current = path_at(code.split("$F ", 1)[1])
-            assert current, line
-        if also := re.search(r"\balso ([a-z, ]+)", comment):  # siblings of the command
-            for word in re.findall(r"[a-z]+", also[1]):
-                command([*current[:-1], word])
-                seen.add(word)
-        if other := re.search(r"\b(?:or|and): ([a-z].*)", comment):  # another command
-            comment_path = path_at(other[1])
-            for option in re.findall(r"--[a-z][a-z-]*", other[1]):
-                assert option in options(command(comment_path)), (line, option)
-            comment = comment.replace(other[1], "")
-            seen.add(" ".join(comment_path))
-        for option in re.findall(r"--[a-z][a-z-]*", code + comment):
-            assert option in options(command(current)), (line, option)
-        seen.add(" ".join(current))
-    # The listing's own commands, spelled out: a change to it shows up here.
-    assert {"worker", "openapi print", "openapi write", "connectors start", "restart"} <= seen
