@@ -123,14 +123,18 @@ def test_a_stream_ends_with_an_error_event_when_the_pipeline_stops(
 ) -> None:
     token = running_pipeline.reset()
 
+    stopped: list[int] = []
+
     def stop_later() -> None:
         time.sleep(0.2)
-        assert app.test_client().post("/v0/pipelines/orders/stop", headers=auth_headers).ok
+        client = app.test_client()
+        stopped.append(client.post("/v0/pipelines/orders/stop", headers=auth_headers).status_code)
 
     stopper = threading.Thread(target=stop_later)
     stopper.start()
     found, _ = parse(stream(running_pipeline, token).get_data(as_text=True))
     stopper.join()
+    assert stopped == [200]
     assert found[-1]["event"] == "error"
     assert found[-1]["data"]["error_code"] == "PipelineNotRunning"
     assert set(found[-1]["data"]) == {"message", "error_code", "details"}
