@@ -102,6 +102,14 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "BACKGROUND_WORKER": True,
         # Seconds a client is told to wait when the database is busy.
         "RETRY_AFTER_SECONDS": 1,
+        # reset_status as Server-Sent Events (app/resets/events.py): streams one process
+        # serves at once (each holds a request thread; gunicorn.conf.py sets half of its
+        # threads), how often a stream reads the reset, how often a quiet one writes a
+        # comment line, and how long one lasts before the client reconnects.
+        "EVENT_STREAMS_PER_PROCESS": 2,
+        "EVENT_STREAM_POLL_SECONDS": 1.0,
+        "EVENT_STREAM_HEARTBEAT_SECONDS": 15.0,
+        "EVENT_STREAM_MAX_SECONDS": 300.0,
         # GET /metrics without credentials (True), or with a read credential that sees
         # its own tenant's series (False; see app/metrics.py and the README).
         "METRICS_PUBLIC": False,
@@ -111,14 +119,6 @@ def default_config(instance_path: str) -> dict[str, Any]:
         # attention first; an operator scrape shares it fairly among tenants). A listed
         # connector and its view cost about 1.7 KB of text with short names (up to
         # ~8 KB with 100-character ones): 500 keep a scrape under 1 MB with short
-        # reset_status as Server-Sent Events (app/resets/events.py): streams one process
-        # serves at once (each holds a request thread; gunicorn.conf.py sets half of its
-        # threads), how often a stream reads the reset, how often a quiet one writes a
-        # comment line, and how long one lasts before the client reconnects.
-        "EVENT_STREAMS_PER_PROCESS": 2,
-        "EVENT_STREAM_POLL_SECONDS": 1.0,
-        "EVENT_STREAM_HEARTBEAT_SECONDS": 15.0,
-        "EVENT_STREAM_MAX_SECONDS": 300.0,
         # names (python -m bench.metrics_scale). Per-tenant totals are always all there.
         "METRICS_MAX_ROWS": 500,
         # Seconds each process keeps a scope's (a tenant's, or every tenant's)

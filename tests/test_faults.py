@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -212,6 +213,12 @@ class Cluster:
         path = f"/v0/pipelines/{pipeline}/reset_status"
         return self.call("GET", path, tenant, query_string={"token": token})
 
+    def cancel(self, token: str, pipeline: str = "orders", tenant: str = "default") -> TestResponse:
+        """POST reset_cancel (any status)."""
+        path = f"/v0/pipelines/{pipeline}/reset_cancel"
+        client = self.app.test_client()  # its own: it may run beside the test's requests
+        return client.post(path, headers=self.keys[tenant], query_string={"token": token})
+
     def status(self, token: str, pipeline: str = "orders", tenant: str = "default") -> dict:
         """The reset_status body, which must be a 200."""
         response = self.reset_status(token, pipeline, tenant)
@@ -315,7 +322,7 @@ class Cluster:
         return (
             stats["sync_state"] == "in_sync"
             and stats["delivered_seq"] == stats["log_end"]
-            and stats["resets"]["last_status"] in (None, "complete")
+            and stats["resets"]["last_status"] in (None, "complete", "cancelled")
         )
 
     def wait_caught_up(
@@ -892,3 +899,67 @@ def test_a_connector_paused_mid_stream_by_the_api_loses_and_repeats_nothing(clus
     c.call("POST", f"{url}/start", expect=200)
     c.wait_caught_up()
     c.assert_sink_is_view(sink)
+
+
+def test_cancel_racing_the_final_switch_has_exactly_one_winner(cluster):
+    """A cancel sent as the replay ends, against a real worker: complete or cancelled, never a mix.
+
+    Each round stops the worker (SIGSTOP) in the last batches of its replay,
+    sends the cancel, and lets the worker go on after a delay that ranges from
+    before the cancel reaches the database to well after: both sides win some
+    rounds. Whoever wins, the sink is whole: the old file byte for byte (and
+    the connector streams on from where it was), or the whole snapshot.
+    """
+    c = cluster
+    sink = c.file_pipeline()
+    work = Workload(7)
+    c.push(work.batch(2000))
+    worker = c.worker(REPLAY_BATCH_SIZE=20)
+    c.wait_caught_up()
+    outcomes = []
+    for delay in (0.0, 0.0, 0.005, 0.01, 0.02, 0.05, 0.2, 0.4):
+        before = sink.read_bytes()
+        seq_before = c.stats()["delivered_seq"]
+        token = c.reset()
+
+        def near_the_end(token: str = token) -> bool:
+            status = c.status(token)
+            return (status["status"], status["phase"]) == (
+                "inprogress",
+                "replaying_snapshot",
+            ) and status["replayed_records"] >= status["snapshot_records"] - 200
+
+        pause_when(worker, near_the_end)
+        answers: list[TestResponse] = []
+        sender = threading.Thread(target=lambda: answers.append(c.cancel(token)))  # noqa: B023
+        if delay == 0.0:
+            sender.start()
+            time.sleep(0.05)  # the cancel is in before the worker goes on
+            resume_process(worker)
+        else:
+            resume_process(worker)
+            time.sleep(delay)
+            sender.start()
+        sender.join(timeout=30)
+        ended = lambda: c.status(token)["status"] != "inprogress"  # noqa: B023, E731
+        wait_for(ended, what="the reset to end")
+        final = c.status(token)
+        answer = answers[0]
+        if answer.status_code == 200:
+            assert final["status"] == "cancelled", final
+            wait_for(lambda: c.stats()["sync_state"] == "in_sync", what="the connector back")
+            assert sink.read_bytes() == before  # the old contents, byte for byte
+            assert c.stats()["delivered_seq"] == seq_before
+        else:
+            body = answer.get_json()
+            assert (answer.status_code, body["error_code"]) == (409, "ResetNotCancellable"), body
+            assert body["details"]["reason"] == "complete" and final["status"] == "complete"
+            assert fold_file(sink) == c.view()  # the whole snapshot
+            assert all("insert" in line for line in sink_lines(sink))
+        outcomes.append(final["status"])
+        wait_for(lambda: staging_files(sink) == [], what="the staging file to go")
+        # The connector streams on either way.
+        c.push(work.batch(30))
+        c.wait_caught_up()
+        c.assert_sink_is_view(sink)
+    assert set(outcomes) == {"cancelled", "complete"}, outcomes
