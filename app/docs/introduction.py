@@ -6,10 +6,10 @@ _INTRODUCTION = """\
 The pipeline manager owns the output side of streaming pipelines. A pipeline's
 engine, running elsewhere, pushes the changes of its output views here
 (**View Data**); each view's **Output Connectors** deliver those changes to a
-sink, a file or an HTTP endpoint. **Pipelines** declare the views,
-**Pipeline Lifecycle** starts and stops them (each start of a stopped pipeline
-begins a new *incarnation*), and **API Keys** manage who may call. **Health**
-needs no credentials.
+sink: a file, an HTTP endpoint, a PostgreSQL table or a Delta Lake table.
+**Pipelines** declare the views, **Pipeline Lifecycle** starts and stops them
+(each start of a stopped pipeline begins a new *incarnation*), and **API Keys**
+manage who may call. **Health** needs no credentials.
 
 ## Authorization
 

@@ -19,9 +19,10 @@ TAGS: dict[str, str] = {
     LIFECYCLE: "Start, stop, pause, resume and restart a pipeline. Each start of a stopped "
     "pipeline begins a new incarnation.",
     VIEW_DATA: "The changes of a view, pushed by the pipeline's engine.",
-    OUTPUT_CONNECTORS: "Output connectors deliver a view's changes to a sink (a file or an "
-    "HTTP endpoint): add and remove them, pause and start them, read their delivery "
-    "statistics, and reset them (a full snapshot replayed to the sink) and follow the reset.",
+    OUTPUT_CONNECTORS: "Output connectors deliver a view's changes to a sink (a file, an "
+    "HTTP endpoint, a PostgreSQL table or a Delta Lake table): add and remove them, pause "
+    "and start them, read their delivery statistics, and reset them (a full snapshot "
+    "replayed to the sink), preview, follow or cancel the reset.",
     API_KEYS: "API keys of the caller's tenant; 'admin' role only. A key is shown once, when "
     "it is created, and never outranks or outlives the credential that created it.",
     HEALTH: "Health of the service (no credentials needed).",
