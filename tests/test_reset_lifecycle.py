@@ -2,8 +2,9 @@
 
 In process, on the suite's database (SQLite, or PostgreSQL with
 ``PIPELINE_MANAGER_TEST_DATABASE_URL``). The cancel racing a real worker's
-final switch is in tests/test_reset_cancel_race.py; the event stream in
-tests/test_reset_events.py.
+final switch is in tests/test_faults.py, a cancel of a table sink's staged
+reset under a real worker in tests/test_table_sink_faults.py; the event stream
+in tests/test_reset_events.py.
 """
 
 from __future__ import annotations

@@ -120,6 +120,11 @@ class TableCluster(Cluster):
         )
         return found[0][0] if found else None
 
+    def delta_version(self) -> int:
+        from deltalake import DeltaTable
+
+        return DeltaTable(str(self.delta_path)).version()
+
     def damage(self) -> None:
         """Change the sink behind the service's back: its rows, or its whole table, gone."""
         if self.kind == "postgres":
@@ -417,3 +422,43 @@ def test_a_connector_started_with_skip_records_the_skip_in_its_sink(cluster):
     assert c.table() == fold(log[:held] + log[skipped_to:])
     assert c.sink_position() == stats["delivered_seq"]
     assert c.connector()["skipped_from"] is None
+
+
+def test_a_reset_cancelled_mid_replay_leaves_the_table_as_it_was_and_streams_on(cluster):
+    """A cancel while a real worker stages the snapshot: the table, its version and position stay.
+
+    The worker is stopped mid-replay (outside a service transaction), the cancel
+    is sent, and the worker goes on: it finds the reset cancelled at its next
+    fenced write, drops its staging copy and gives the connector back.
+    """
+    c = cluster
+    c.table_pipeline()
+    work = Workload(21)
+    c.push(work.batch(1500))
+    worker = c.worker(REPLAY_BATCH_SIZE=SLOW_REPLAY_BATCH)
+    c.wait_caught_up()
+    before, position, seq = c.table(), c.sink_position(), c.stats()["delivered_seq"]
+    version = c.delta_version() if c.kind == "delta" else None
+    token = c.reset()
+
+    def replaying() -> bool:
+        status = c.status(token)
+        return status["phase"] == "replaying_snapshot" and status["replayed_records"] >= 100
+
+    pause_when(worker, lambda: replaying() and c.locks_free())
+    answer = c.cancel(token)
+    resume_process(worker)
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["status"] == "cancelled"
+    wait_for(lambda: c.staging_tables() == [], what="the staging copy to go")
+    wait_for(lambda: c.connector()["lease_owner"] is None, what="the connector given back")
+    assert c.stats()["sync_state"] == "in_sync"
+    assert c.table() == before
+    assert c.sink_position() == position
+    assert c.stats()["delivered_seq"] == seq
+    if version is not None:
+        assert c.delta_version() == version  # not one commit more
+    c.push(work.batch(100))
+    c.wait_caught_up()
+    c.assert_table_is_view()
+    assert c.status(token)["status"] == "cancelled"
