@@ -1,7 +1,8 @@
-"""The app and its command line start without the sink libraries.
+"""The app and its command line start without the sink libraries, nor the JWT ones.
 
 deltalake, pyarrow and psycopg load only when a connector of their kind is
-validated or used (:mod:`app.transports`). Each check runs in a fresh
+validated or used (:mod:`app.transports`); PyJWT and cryptography only when a
+JWT is verified or its keys are loaded (:mod:`app.auth.jwt`). Each check runs in a fresh
 interpreter: this test process has long loaded them all.
 """
 
@@ -13,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("deltalake", "pyarrow", "psycopg")
+HEAVY = ("deltalake", "pyarrow", "psycopg", "jwt", "cryptography")
 ROOT = Path(__file__).resolve().parent.parent
 
 # Runs the installed command's entry point in this interpreter, once per call.

@@ -23,16 +23,16 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from flask import Flask
 
 from app.auth import Principal
 from app.auth.models import Role
 from app.pipelines.models import is_valid_name
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 HS256 = "HS256"
 RS256 = "RS256"
@@ -76,6 +76,9 @@ def _as_list(value: Any) -> list[str]:
 
 def _load_pem(path: str) -> RsaKey:
     """Load an RSA public key from a PEM file (it has no ``kid``: it verifies any token)."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     with open(path, "rb") as fh:
         key = load_pem_public_key(fh.read())
     if not isinstance(key, RSAPublicKey):
@@ -85,6 +88,8 @@ def _load_pem(path: str) -> RsaKey:
 
 def _load_jwks(path: str) -> list[RsaKey]:
     """Load the RSA signing keys of a JWKS file."""
+    import jwt
+
     with open(path, encoding="utf-8") as fh:
         document = json.load(fh)
     keys = []
@@ -155,6 +160,8 @@ class JwtVerifier:
 
     def verify(self, token: str) -> Principal:
         """Return the principal a token names, or raise :class:`JwtRejected`."""
+        import jwt
+
         if len(token) > MAX_TOKEN_LENGTH:
             raise JwtRejected("malformed", "The bearer token is too long")
         try:
@@ -198,6 +205,8 @@ class JwtVerifier:
 
     def _decode(self, token: str, key: Any, algorithm: str) -> dict[str, Any]:
         """Verify the signature and the registered claims with one key."""
+        import jwt
+
         try:
             return jwt.decode(
                 token,
