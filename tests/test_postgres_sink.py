@@ -658,6 +658,55 @@ def test_jsonb_deletes_find_their_records_by_index_in_one_statement(app, schema)
     assert any("USING hash (record)" in i for (i,) in indexes)
 
 
+def test_a_sink_too_slow_for_a_whole_batch_gets_smaller_ones_and_moves_on(api, app, schema):
+    """A trigger that sleeps per row makes every full batch outlast the attempt's deadline.
+
+    Tried again the same size it would fail for ever; halved per failure in a row,
+    it goes through, and the connector delivers the whole view.
+    """
+    from app.delivery.worker import DeliveryWorker
+    from app.extensions import db
+
+    orders_table(schema)
+    sql(
+        f'CREATE FUNCTION "{schema}".slow() RETURNS trigger LANGUAGE plpgsql AS '
+        "$$ BEGIN PERFORM pg_sleep(0.005); RETURN NEW; END $$"
+    )
+    sql(
+        f'CREATE TRIGGER slow BEFORE INSERT ON "{schema}".orders '
+        f'FOR EACH ROW EXECUTE FUNCTION "{schema}".slow()'
+    )
+    # A lease of 0.9 s: 0.3 s per attempt, 60 rows' sleep; batches of 240 rows.
+    app.config.update(
+        WORKER_LEASE_SECONDS=0.9, DELIVERY_BATCH_SIZE=240, DELIVERY_RETRY_BASE_SECONDS=0.01
+    )
+    api.create_pipeline()
+    connector = {"dsn_env": "SINK_DSN_TEST", "table": f"{schema}.orders"}
+    r = api.client.post(
+        "/v0/pipelines/orders/views/totals/connectors",
+        json={"name": "sink1", "transport": {"name": "postgres", "config": connector}},
+    )
+    assert r.status_code == 201, r.get_json()
+    api.action("orders", "start")
+    records = [{"id": i, "note": "n"} for i in range(240)]
+    r = api.client.post(
+        "/v0/pipelines/orders/views/totals/changes", json=[{"insert": x} for x in records]
+    )
+    assert r.status_code == 200
+    stats_url = "/v0/pipelines/orders/views/totals/connectors/sink1/stats"
+    deadline = time.monotonic() + 60
+    while api.client.get(stats_url).get_json()["delivered_seq"] < 240:
+        assert time.monotonic() < deadline, api.client.get(stats_url).get_json()
+        with app.app_context():
+            DeliveryWorker("test-deliverer").run_pending()
+            db.session.remove()
+        time.sleep(0.02)  # past the backoff
+    stats = api.client.get(stats_url).get_json()
+    assert stats["transport_errors"] >= 1  # the whole batch did fail
+    assert (stats["sync_state"], stats["consecutive_failures"]) == ("in_sync", 0)
+    assert contents(schema) == Counter((r["id"], r["note"]) for r in records)
+
+
 def test_a_batch_past_its_deadline_is_given_up_and_tried_again(app, schema, monkeypatch):
     """Statements each under their timeout can add up past the lease: a batch is checked
     against a third of the lease between statements, and rolled back past it."""

@@ -325,7 +325,9 @@ def test_stop_mid_replay_then_start_redoes_the_reset(cluster):
     assert c.stats()["sync_state"] == "resetting"
     c.action("orders", "start")
     assert c.reset_status(token).status_code == 410
-    seen = c.watch(lambda s: s["sync_state"] == "in_sync")
+    # The redo replays 2 records a batch too: some 1,400 fenced commits, each slower on
+    # a loaded machine.
+    seen = c.watch(lambda s: s["sync_state"] == "in_sync", timeout=150)
     assert all(s["health"] != "healthy" for s in seen if s["sync_state"] != "in_sync")
     resets = seen[-1]["resets"]
     assert (resets["last_origin"], resets["count"], resets["completed"]) == ("redo", 2, 1)

@@ -83,6 +83,10 @@ def reset_pending(connector_id: sa.ColumnElement[int]) -> sa.Exists:
     )
 
 
+# Halvings of a batch after failures in a row: 2**20 is beyond any batch size.
+MAX_SHRINK = 20
+
+
 def backoff_seconds(failures: int) -> float:
     """Seconds to wait after the ``failures``-th failure in a row (doubling, capped)."""
     config = current_app.config
@@ -103,6 +107,8 @@ class Position:
     log_start: int = 0
     # Where it ended once the lease was taken (last_seq): what this claim delivers.
     log_end: int = 0
+    # New batches are cut to 1/2**shrink of the batch size (see DeliveryWorker._limits).
+    shrink: int = 0
 
 
 class SinkFault(Exception):
@@ -239,6 +245,7 @@ class DeliveryWorker:
             connector.skipped_from,
             log_start,
             log_end,
+            shrink=min(connector.consecutive_failures, MAX_SHRINK),
         )
         db.session.rollback()
         return target, position
@@ -397,7 +404,7 @@ class DeliveryWorker:
                 rows = reader.read_log(target.view_id, first - 1, last - first + 1)
             else:
                 rows = reader.read_log(
-                    target.view_id, position.delivered_seq, self.batch_size, self.batch_bytes
+                    target.view_id, position.delivered_seq, *self._limits(position)
                 )
             db.session.rollback()
             if not rows:
@@ -474,6 +481,22 @@ class DeliveryWorker:
         )
         position.delivered_seq, position.committed_length = last, committed
         position.inflight, position.failures = None, 0
+        position.shrink = max(0, position.shrink - 1)
+
+    def _limits(self, position: Position) -> tuple[int, int]:
+        """The records and bytes of the next new batch.
+
+        After failures in a row, a new batch is halved per failure, then doubled
+        back per delivered batch: a batch that takes longer than an attempt may
+        (a sink slowed by load, a trigger run per row) is given up and tried
+        again smaller, so the connector moves on, a record at a time at worst,
+        instead of failing the same batch for ever. A batch in flight is sent
+        again as it was.
+        """
+        return (
+            max(1, self.batch_size >> position.shrink),
+            max(1, self.batch_bytes >> position.shrink),
+        )
 
     def _out_of_sync(self, lease: Lease, reason: str) -> None:
         """Mark the connector out of sync (a snapshot is owed) and give it back.
