@@ -7,14 +7,17 @@
 // A running reset's bar (.reset-progress[data-events]) follows the reset's event stream
 // (Server-Sent Events: a `status` event, the JSON of reset_status, at each change): the
 // bar, its percent, the records replayed, the rate and the time left move as the reset
-// does. While a stream is open the page polls at its idle pace only (data-idle on the
-// poller), for the other numbers; when the stream ends (the reset ended) the page polls
-// at once for the history. Where EventSource is missing, or a stream fails (503 beyond
-// the server's streams, the reset gone), the page polls as it did without streams.
+// does. While streams carry every running bar, the page polls at its idle pace only
+// (data-idle on the poller), for the other numbers; when a stream ends (the reset ended)
+// the page polls at once for the history. Where EventSource is missing, or a stream
+// fails (503 beyond the server's streams, the reset gone), the page polls as it did
+// without streams. A page opens MAX_STREAMS at most: each holds one of the browser's few
+// connections to the server (six over HTTP/1.1), which the polls and buttons need too.
 (function () {
   "use strict";
 
   var FINAL = { complete: true, failed: true, cancelled: true };
+  var MAX_STREAMS = 2;
   var streams = {}; // stream URL -> {source, open, last}
   var failed = {}; // stream URLs that failed: their bars are polled
   var lastPoll = Date.now();
@@ -29,9 +32,12 @@
     return 1000 * Number((p && p.dataset.idle) || 5);
   }
 
-  function streaming() {
-    return Object.keys(streams).some(function (url) {
-      return streams[url].open;
+  // Whether open streams carry every running bar on the page (then polls can wait).
+  function streamed() {
+    var running = document.querySelectorAll(".reset-progress[data-events]");
+    return running.length > 0 && Array.prototype.every.call(running, function (bar) {
+      var stream = streams[bar.dataset.events];
+      return stream && stream.open;
     });
   }
 
@@ -128,6 +134,9 @@
         close(url); // the page moved on
       } else if (FINAL[data.status]) {
         close(url);
+        shown.forEach(function (bar) {
+          bar.removeAttribute("data-events"); // nothing more to follow
+        });
         refresh();
       }
     });
@@ -160,7 +169,7 @@
         if (last && last.replayed_records >= Number(bar.dataset.replayed || 0)) {
           show(bar, last);
         }
-      } else if (!failed[url]) {
+      } else if (!failed[url] && Object.keys(streams).length < MAX_STREAMS) {
         open(url);
       }
     });
@@ -177,7 +186,7 @@
     }
     if (forcePoll) {
       forcePoll = false;
-    } else if (document.hidden || (streaming() && Date.now() - lastPoll < idleMs())) {
+    } else if (document.hidden || (streamed() && Date.now() - lastPoll < idleMs())) {
       event.preventDefault();
       return;
     }
