@@ -260,6 +260,27 @@ def test_a_bar_whose_stream_is_refused_polls_to_the_end(
     assert page.outside_requests == []
 
 
+def test_a_page_follows_two_streams_at_most_and_polls_for_the_other_bars(
+    page, server, api: Api, auth_headers
+):
+    """Each stream holds one of the browser's few connections: three resets, two streams."""
+    api.create_pipeline("orders", views=("totals",))
+    for name in ("a", "b", "c"):
+        api.add_file_connector("orders", "totals", name, f"out/{name}.jsonl")
+    api.action("orders", "start")
+    for name in ("a", "b", "c"):
+        api.reset(connector=name)
+    polls = _requests_to(page, "/panels")
+    streams = _requests_to(page, "/events")
+    _sign_in(page, server, _key(auth_headers))
+    page.goto(f"{server}/console/pipelines/orders")
+    assert page.locator(".reset-progress[data-events]").count() == 3
+    page.wait_for_timeout(3_000)
+    assert len(streams) == 2, streams
+    assert len(polls) >= 2, polls  # the third bar is polled, at the page's pace
+    assert page.outside_requests == []
+
+
 def test_the_cancel_button_cancels_a_queued_reset(
     page, server, running_pipeline: Api, auth_headers
 ):
