@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -456,7 +457,7 @@ def test_the_pipeline_page_shows_each_connector(writer: Console, running_pipelin
     assert response.status_code == 200
     fragment = response.get_data(as_text=True)
     assert fragment.lstrip().startswith('<p class="poller') and "<html" not in fragment
-    assert 'hx-trigger="every 5s"' in fragment and f'hx-get="{POLL}"' in fragment
+    assert 'hx-trigger="every 5s, console:refresh"' in fragment and f'hx-get="{POLL}"' in fragment
     assert re.findall(r'<div class="panel" id="(panel-\d+)" hx-swap-oob="true">', fragment) == (
         re.findall(r'<div class="panel" id="(panel-\d+)">', html)
     )
@@ -551,7 +552,7 @@ def test_reset_through_the_form_shows_progress_then_completion(
     assert "Reset of connector 'sink1' queued" in flashes(html)[-1][1]
     assert re.search(r'data-status="inprogress" data-phase="queued" data-percent="0"', html)
     assert '<progress max="100" value="0"' in html
-    assert 'hx-trigger="every 1s"' in html  # polled fast while it runs
+    assert 'hx-trigger="every 1s, console:refresh"' in html  # polled fast while it runs
     # The same reset the API shows, by the API's own reset_status.
     (reset,) = client.get("/v0/pipelines/orders/views/totals/connectors/sink1/resets").get_json()
     assert reset["status"] == "inprogress"
@@ -566,7 +567,7 @@ def test_reset_through_the_form_shows_progress_then_completion(
     assert 'data-status="complete" data-phase="done" data-percent="100"' in fragment
     assert '<progress max="100" value="100"' in fragment
     assert "30 / 30 snapshot records replayed" in fragment
-    assert 'hx-trigger="every 5s"' in fragment
+    assert 'hx-trigger="every 5s, console:refresh"' in fragment
     assert re.search(r'<tr class="reset-row status-complete">', fragment)
     # The replayed records count as sent.
     sent = re.search(r'data-field="sent">([^<]*)<', fragment)
@@ -611,6 +612,175 @@ def test_a_reset_of_an_ended_incarnation_is_history_not_progress(writer: Console
     html = writer.page("/console/pipelines/orders")
     assert "<progress" not in html
     assert '<tr class="reset-row status-abandoned">' in html
+
+
+# -- cancelling a reset, and its bar's event stream -------------------------------------------
+
+CANCEL_RE = re.compile(r'<form method="post" action="(/console/[^"]+/resets/[^"/]+/cancel)"')
+EVENTS_RE = re.compile(r'data-events="([^"]+)"')
+RESETS = "/v0/pipelines/orders/views/totals/connectors/sink1/resets"
+SINK1 = "/console/pipelines/orders/views/totals/connectors/sink1"
+
+
+def _cancel_url(html: str) -> str | None:
+    found = CANCEL_RE.search(html)
+    return found[1] if found else None
+
+
+def test_a_queued_reset_has_a_cancel_button_that_cancels_it(writer: Console, client):
+    writer.page("/console/pipelines/orders")
+    writer.post(RESET)
+    html = writer.page("/console/pipelines/orders")
+    (reset,) = client.get(RESETS).get_json()
+    url = _cancel_url(html)
+    assert url == f"{SINK1}/resets/{reset['reset_id']}/cancel"
+    assert 'data-action="cancel-reset"' in html and "Its sink keeps what it had." in html
+    # The poll shows it too, with the page it goes back to.
+    assert _cancel_url(writer.get(POLL, headers=HX).get_data(as_text=True)) == url
+    response = writer.post(url)
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith("/console/pipelines/orders#connector-1")
+    html = writer.page("/console/pipelines/orders")
+    assert flashes(html)[-1] == (
+        "success",
+        "Reset of connector 'sink1' cancelled: the sink keeps what it had, "
+        "and the connector streams on from where it stopped.",
+    )
+    (reset,) = client.get(RESETS).get_json()
+    assert reset["status"] == "cancelled"
+    assert 'data-status="cancelled"' in html and _cancel_url(html) is None
+    assert not EVENTS_RE.search(html)  # an ended reset has no stream to follow
+
+
+def test_a_reset_that_ended_meanwhile_flashes_why_it_was_not_cancelled(
+    writer: Console, client, run_resets
+):
+    writer.page("/console/pipelines/orders")
+    writer.post(RESET)
+    url = _cancel_url(writer.page("/console/pipelines/orders"))
+    assert url and run_resets() == 1
+    html = writer.page("/console/pipelines/orders")
+    assert _cancel_url(html) is None  # complete: nothing to cancel
+    response = writer.post(url, follow_redirects=True)
+    assert response.status_code == 200
+    assert flashes(response.get_data(as_text=True))[-1] == (
+        "error",
+        "The reset of connector 'sink1' was not cancelled: The reset is complete already.",
+    )
+    (reset,) = client.get(RESETS).get_json()
+    assert reset["status"] == "complete"
+
+
+def test_the_button_follows_what_reset_cancel_decides(writer: Console, api: Api, app, receiver):
+    """An http sink told to reset cannot be cancelled: no button, and the API answers 409 too."""
+    from app.resets.models import Reset
+
+    api.client.post("/v0/pipelines/orders/stop")
+    response = api.client.post(
+        "/v0/pipelines/orders/views/totals/connectors",
+        json={"name": "hook", "transport": {"name": "http", "config": {"url": receiver.url}}},
+    )
+    assert response.status_code == 201, response.get_json()
+    api.action("orders", "start")
+    token = api.reset(connector="hook")
+    html = writer.page("/console/pipelines/orders")
+    url = _cancel_url(html)
+    assert url and "/connectors/hook/resets/" in url  # queued: the sink is untouched
+    # The executor took it on and told the sink to reset (in the session the requests share).
+    db.session.execute(
+        sa.update(Reset).values(started_at=dt.datetime.now(dt.UTC), phase="resetting_sink")
+    )
+    db.session.commit()
+    html = writer.page("/console/pipelines/orders")
+    assert 'data-phase="resetting_sink"' in html and _cancel_url(html) is None
+    answer = api.client.post("/v0/pipelines/orders/reset_cancel", query_string={"token": token})
+    assert answer.status_code == 409 and answer.get_json()["details"]["reason"] == "sink_reset"
+    response = writer.post(url, follow_redirects=True)
+    assert flashes(response.get_data(as_text=True))[-1] == (
+        "error",
+        "The reset of connector 'hook' was not cancelled: The sink was already told to "
+        "reset; the reset runs on to the end.",
+    )
+
+
+def test_a_read_session_gets_no_cancel_button_and_403_on_post(
+    reader: Console, writer: Console, client
+):
+    writer.page("/console/pipelines/orders")
+    writer.post(RESET)
+    url = _cancel_url(writer.page("/console/pipelines/orders"))
+    html = reader.page("/console/pipelines/orders")
+    assert 'data-status="inprogress"' in html and _cancel_url(html) is None
+    assert "Cancel</button>" not in html
+    response = reader.post(url)
+    assert response.status_code == 403
+    assert "needs a write key" in response.get_data(as_text=True)
+    (reset,) = client.get(RESETS).get_json()
+    assert reset["status"] == "inprogress"
+
+
+def test_another_connector_s_reset_is_not_found(writer: Console, client):
+    writer.page("/console/pipelines/orders")
+    writer.post(RESET)
+    url = _cancel_url(writer.page("/console/pipelines/orders"))
+    for other in (
+        url.replace("/connectors/sink1/", "/connectors/nope/"),
+        re.sub(r"/resets/[^/]+/", "/resets/00000000-0000-4000-8000-000000000000/", url),
+        re.sub(r"/resets/[^/]+/", "/resets/not-a-uuid/", url),
+    ):
+        response = writer.post(other)
+        assert response.status_code == 404 and response.mimetype == "text/html", other
+    (reset,) = client.get(RESETS).get_json()
+    assert reset["status"] == "inprogress"
+
+
+def _events(text: str) -> list[tuple[str, dict]]:
+    blocks = [b for b in text.split("\n\n") if b.startswith("event: ")]
+    found = []
+    for block in blocks:
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        found.append((fields["event"], json.loads(fields["data"])))
+    return found
+
+
+def test_a_running_bar_streams_the_api_s_status_by_the_session(
+    writer: Console, reader: Console, client, run_resets
+):
+    writer.page("/console/pipelines/orders")
+    writer.post(RESET)
+    html = writer.page("/console/pipelines/orders")
+    (url,) = EVENTS_RE.findall(html)
+    (reset,) = client.get(RESETS).get_json()
+    assert url == f"{SINK1}/resets/{reset['reset_id']}/events"
+    run_resets()
+    # A second reset queued: the bar's stream is still the first one's.
+    assert client.post(RESET.replace("/console", "/v0")).status_code == 202
+    for console in (writer, reader):  # read access is enough, as for reset_status
+        response = console.get(url)
+        assert response.status_code == 200 and response.mimetype == "text/event-stream"
+        assert response.headers["Cache-Control"] == "no-store"
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+        ((kind, data),) = _events(response.get_data(as_text=True))
+        assert kind == "status" and data["status"] == "complete"
+        assert data["reset_id"] == reset["reset_id"]
+    # No session, no stream (and the API takes no cookie: see the session tests above).
+    response = Console(writer.app).get(url)
+    assert response.status_code == 303
+
+
+def test_beyond_the_streams_a_process_serves_the_bar_gets_503_and_polls(
+    writer: Console, app: Flask
+):
+    from app.resets import events
+
+    writer.page("/console/pipelines/orders")
+    writer.post(RESET)
+    (url,) = EVENTS_RE.findall(writer.page("/console/pipelines/orders"))
+    app.extensions[events._SLOTS_KEY] = events._Slots(0)
+    response = writer.get(url)
+    assert response.status_code == 503 and response.mimetype == "text/html"
+    assert response.headers["Retry-After"] == str(app.config["RETRY_AFTER_SECONDS"])
+    assert "retry later, or poll reset_status" in response.get_data(as_text=True)
 
 
 # -- many connectors: a page at a time, one poll a page ---------------------------------------
@@ -738,7 +908,7 @@ def test_a_poll_refreshes_the_page_s_connectors_and_no_others(writer: Console, a
     _many_connectors(app, {"alpha": 60})
     first = writer.page("/console/pipelines/big")
     second = writer.page(link(first, "next"))
-    poller = re.search(r'hx-get="([^"]+)" hx-trigger="every 5s"', second).group(1)
+    poller = re.search(r'hx-get="([^"]+)" hx-trigger="every 5s, console:refresh"', second).group(1)
     assert poller == "/console/pipelines/big/panels?after=alpha.c024"
     assert second.count("hx-trigger=") == 1  # one poller for the page, none per connector
     fragment = writer.get(poller, headers=HX).get_data(as_text=True)
@@ -943,6 +1113,7 @@ def _fill(rule: str, pipeline: str) -> str:
         .replace("<connector_name>", "sink1")
         .replace("<any(start, stop, pause, resume, restart):action>", "stop")
         .replace("<any(pause, start):action>", "pause")
+        .replace("<uuid:reset_id>", "00000000-0000-4000-8000-000000000000")
     )
 
 
@@ -1074,7 +1245,7 @@ def test_a_failed_reset_shows_its_error(writer: Console, app):
     fragment = writer.get(POLL, headers=HX).get_data(as_text=True)
     assert 'data-status="failed"' in fragment
     assert '<p class="flash flash-error reset-error">POST http://sink.example/in: 500' in fragment
-    assert 'hx-trigger="every 5s"' in fragment
+    assert 'hx-trigger="every 5s, console:refresh"' in fragment
 
 
 def test_the_vendored_htmx_is_the_release_unchanged():

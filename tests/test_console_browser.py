@@ -25,6 +25,7 @@ from werkzeug.serving import make_server
 from app import worker
 from app.connectors.models import Connector
 from app.extensions import db
+from app.resets import events
 from tests.chromium import ARTIFACTS_DIR, local_page
 from tests.chromium import browser as browser
 from tests.conftest import Api
@@ -59,12 +60,13 @@ def _screenshot(page: Any, name: str) -> Path:
 
 @pytest.fixture
 def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
-    """Small replay batches and a quick worker, so that a reset's progress can be watched."""
+    """Small replay batches, a quick worker and a quick event stream: a reset can be watched."""
     return {
         **app_config,
         "REPLAY_BATCH_SIZE": REPLAY_BATCH,
         "WORKER_POLL_INTERVAL": 0.05,
         "DELIVERY_CONCURRENCY": 1,
+        "EVENT_STREAM_POLL_SECONDS": 0.2,
     }
 
 
@@ -125,13 +127,12 @@ def _sign_in(page: Any, base: str, key: str) -> None:
     page.locator("h1", has_text="Pipelines").wait_for()
 
 
-def test_sign_in_see_a_pipeline_and_watch_a_reset_reach_100_percent(
-    page, server, api: Api, auth_headers, slow_receiver, background_worker
-):
+def _http_pipeline(api: Api, receiver: Receiver) -> None:
+    """Pipeline 'orders' running, its connector 'sink1' sending to the receiver, RECORDS in."""
     api.create_pipeline("orders", views=("totals",))
     response = api.client.post(
         "/v0/pipelines/orders/views/totals/connectors",
-        json={"name": "sink1", "transport": {"name": "http", "config": {"url": slow_receiver.url}}},
+        json={"name": "sink1", "transport": {"name": "http", "config": {"url": receiver.url}}},
     )
     assert response.status_code == 201, response.get_json()
     api.action("orders", "start")
@@ -139,6 +140,47 @@ def test_sign_in_see_a_pipeline_and_watch_a_reset_reach_100_percent(
     response = api.client.post("/v0/pipelines/orders/views/totals/changes", json=changes)
     assert response.status_code == 200, response.get_json()
 
+
+def _requests_to(page: Any, part: str) -> list[tuple[float, str]]:
+    """(when, URL) of each request the page sends to a URL containing ``part``, as it goes."""
+    seen: list[tuple[float, str]] = []
+    page.on("request", lambda r: seen.append((time.monotonic(), r.url)) if part in r.url else None)
+    return seen
+
+
+def _watch_to_the_end(page: Any, card: Any, midway: str | None = None) -> list[int]:
+    """The percents the card's bar shows until its reset completes (read every 100 ms).
+
+    ``midway``: the name of a screenshot taken once the bar is between 15 and 85%.
+    """
+    seen: list[int] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        # Both from one element at once: a poll may swap the bar in between two reads.
+        percent_text, status = card.locator(".reset-progress").evaluate(
+            "bar => [bar.dataset.percent, bar.dataset.status]"
+        )
+        percent = int(percent_text or 0)
+        if not seen or seen[-1] != percent:
+            seen.append(percent)
+        if midway and 15 <= percent <= 85:
+            _screenshot(page, midway)
+            midway = None
+        if status == "complete":
+            break
+        assert status == "inprogress", card.inner_text()
+        page.wait_for_timeout(100)
+    assert card.locator(".reset-progress").get_attribute("data-status") == "complete", seen
+    return seen
+
+
+def test_sign_in_see_a_pipeline_and_watch_a_reset_reach_100_percent(
+    page, server, api: Api, auth_headers, slow_receiver, background_worker
+):
+    """The bar moves with the reset's event stream; the page polls at its idle pace meanwhile."""
+    _http_pipeline(api, slow_receiver)
+    polls = _requests_to(page, "/panels")
+    streams = _requests_to(page, "/events")
     _sign_in(page, server, _key(auth_headers))
     row = page.locator('tr[data-pipeline="orders"]')
     assert "running" in row.inner_text() and "sink1" in row.inner_text()
@@ -159,35 +201,108 @@ def test_sign_in_see_a_pipeline_and_watch_a_reset_reach_100_percent(
     assert progress.get_attribute("data-status") == "inprogress"
     assert progress.get_attribute("data-phase") == "queued"
     assert card.locator("progress").get_attribute("value") == "0"
+    assert "every 1s" in page.locator("#poller").get_attribute("hx-trigger")
+    # The bar's stream is open (EventSource, with the session's cookie) before the reset runs.
+    page.wait_for_function("() => document.querySelector('.reset-progress').dataset.events")
+    page.wait_for_timeout(300)
+    assert [url for _, url in streams] == [server + progress.get_attribute("data-events")]
 
     background_worker()  # the worker takes the reset on
-    seen: list[int] = []
-    midway = None
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        # Both from one element at once: a poll may swap the bar in between two reads.
-        percent_text, status = card.locator(".reset-progress").evaluate(
-            "bar => [bar.dataset.percent, bar.dataset.status]"
-        )
-        percent = int(percent_text or 0)
-        if not seen or seen[-1] != percent:
-            seen.append(percent)
-        if midway is None and 15 <= percent <= 85:
-            midway = _screenshot(page, "console-reset-progress.png")
-        if status == "complete":
-            break
-        assert status == "inprogress", card.inner_text()
-        page.wait_for_timeout(100)
-    assert card.locator(".reset-progress").get_attribute("data-status") == "complete", seen
+    began = time.monotonic()
+    seen = _watch_to_the_end(page, card, midway="console-reset-progress.png")
+    ended = time.monotonic()
     assert seen[-1] == 100 and seen[0] == 0, seen
-    assert any(0 < p < 100 for p in seen), f"the bar never showed the reset under way: {seen}"
+    moves = [p for p in seen if 0 < p < 100]
+    assert len(moves) >= 3, f"the bar never showed the reset under way: {seen}"
     assert seen == sorted(seen), seen
+    # The stream moved the bar: at the page's pace (every second) the polls would have
+    # brought each move; at most one poll came, at the idle pace (every 5 s).
+    during = [url for when, url in polls if began <= when <= ended]
+    assert len(during) <= 1 + (ended - began) // 5, (during, ended - began)
+    assert len(moves) > len(during) + 1, (seen, during)
+    assert len(streams) == 1, streams  # one stream, never reopened
+    # The stream's end asks for the page's panels at once: the history shows the reset done.
+    card.locator("tr.reset-row.status-complete").wait_for(timeout=3_000)
     text = card.locator(".reset-progress").inner_text()
     assert "100%" in text and f"{RECORDS:,} / {RECORDS:,} snapshot records replayed" in text
     assert "records/s" in text
     assert card.locator("tr.reset-row.status-complete").count() == 1
     assert sum(slow_receiver.contents().values()) == RECORDS
     _screenshot(page, "console-reset-done.png")
+    assert page.outside_requests == []
+
+
+def test_a_bar_whose_stream_is_refused_polls_to_the_end(
+    page, server, app: Flask, api: Api, auth_headers, slow_receiver, background_worker
+):
+    """No stream to be had (503 beyond the streams a process serves): the page polls instead."""
+    app.extensions[events._SLOTS_KEY] = events._Slots(0)
+    _http_pipeline(api, slow_receiver)
+    polls = _requests_to(page, "/panels")
+    streams = _requests_to(page, "/events")
+    refused: list[int] = []
+    page.on("response", lambda r: refused.append(r.status) if "/events" in r.url else None)
+    _sign_in(page, server, _key(auth_headers))
+    page.goto(f"{server}/console/pipelines/orders")
+    card = page.locator('article[data-connector="sink1"]')
+    card.get_by_role("button", name="Reset").click()
+    card.locator(".reset-progress").wait_for()
+    background_worker()
+    began = time.monotonic()
+    seen = _watch_to_the_end(page, card)
+    ended = time.monotonic()
+    assert seen[-1] == 100, seen
+    assert len(streams) == 1 and refused == [503], (streams, refused)  # tried once, then polled
+    during = [url for when, url in polls if began <= when <= ended]
+    # Every second (the replay takes more than 2 s): at the idle pace there would be one.
+    assert len(during) >= 2, (during, ended - began)
+    card.locator("tr.reset-row.status-complete").wait_for(timeout=3_000)
+    assert page.outside_requests == []
+
+
+def test_a_page_follows_two_streams_at_most_and_polls_for_the_other_bars(
+    page, server, api: Api, auth_headers
+):
+    """Each stream holds one of the browser's few connections: three resets, two streams."""
+    api.create_pipeline("orders", views=("totals",))
+    for name in ("a", "b", "c"):
+        api.add_file_connector("orders", "totals", name, f"out/{name}.jsonl")
+    api.action("orders", "start")
+    for name in ("a", "b", "c"):
+        api.reset(connector=name)
+    polls = _requests_to(page, "/panels")
+    streams = _requests_to(page, "/events")
+    _sign_in(page, server, _key(auth_headers))
+    page.goto(f"{server}/console/pipelines/orders")
+    assert page.locator(".reset-progress[data-events]").count() == 3
+    page.wait_for_timeout(3_000)
+    assert len(streams) == 2, streams
+    assert len(polls) >= 2, polls  # the third bar is polled, at the page's pace
+    assert page.outside_requests == []
+
+
+def test_the_cancel_button_cancels_a_queued_reset(
+    page, server, running_pipeline: Api, auth_headers
+):
+    _sign_in(page, server, _key(auth_headers))
+    page.goto(f"{server}/console/pipelines/orders")
+    card = page.locator('article[data-connector="sink1"]')
+    card.get_by_role("button", name="Reset").click()
+    card.locator('.reset-progress[data-status="inprogress"]').wait_for()
+    cancel = card.get_by_role("button", name="Cancel")
+    assert cancel.count() == 1
+    _screenshot(page, "console-reset-cancel.png")
+    cancel.click()  # and accept the confirmation
+    page.locator(".flash-success", has_text="Reset of connector 'sink1' cancelled").wait_for()
+    progress = card.locator(".reset-progress")
+    assert progress.get_attribute("data-status") == "cancelled"
+    assert progress.get_attribute("data-events") is None
+    assert card.get_by_role("button", name="Cancel").count() == 0
+    assert card.locator("tr.reset-row.status-cancelled").count() == 1
+    resets = running_pipeline.client.get(
+        "/v0/pipelines/orders/views/totals/connectors/sink1/resets"
+    ).get_json()
+    assert [r["status"] for r in resets] == ["cancelled"]
     assert page.outside_requests == []
 
 

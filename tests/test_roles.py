@@ -197,7 +197,13 @@ def test_a_write_key_cannot_mint_a_key(app: Flask, callers):
 
 # -- the operator console: a signed-in session instead of a bearer credential -----------------
 
-CONSOLE_PATH_VALUES = {**PATH_VALUES, "action": "pause", "unknown": "nothing", "filename": "x.css"}
+CONSOLE_PATH_VALUES = {
+    **PATH_VALUES,
+    "action": "pause",
+    "unknown": "nothing",
+    "filename": "x.css",
+    "reset_id": "00000000-0000-4000-8000-000000000000",
+}
 
 
 def _console_routes() -> list[tuple[str, str, str]]:

@@ -73,6 +73,8 @@ ROUTE_ROLES: dict[str, dict[str, str]] = {
     "console.pipeline_action": {"POST": _WRITE},
     "console.connector_action": {"POST": _WRITE},
     "console.reset_connector": {"POST": _WRITE},
+    "console.cancel_reset": {"POST": _WRITE},
+    "console.reset_events_stream": {"GET": _READ},
     "console.unknown_page": {"GET": _READ, "POST": _READ},
 }
 

@@ -35,7 +35,8 @@ from app.database import utcnow
 from app.delivery import service as delivery_service
 from app.extensions import db
 from app.pipelines.models import Pipeline, View, is_valid_name
-from app.resets.models import Reset, ResetStatus
+from app.resets import service as resets_service
+from app.resets.models import Reset, ResetPhase, ResetStatus
 from app.view_data.models import ViewLog
 
 # Resets listed per connector (newest first).
@@ -195,11 +196,14 @@ def _histories(connector_ids: list[int]) -> dict[int, list[Reset]]:
     }
 
 
-def _progress(pipeline: Pipeline, latest: Reset | None) -> dict[str, Any] | None:
+def _progress(
+    pipeline: Pipeline, connector: Connector, latest: Reset | None
+) -> dict[str, Any] | None:
     """The latest reset's progress; None where ``reset_status`` would not answer for its token.
 
     It refuses a reset of an ended incarnation, any reset of a stopped
     pipeline, and an abandoned one: the history shows how those ended.
+    ``cancellable`` is what ``reset_cancel`` decides from the same rows.
     """
     if latest is None or latest.status == ResetStatus.ABANDONED or not latest.token:
         return None
@@ -212,12 +216,16 @@ def _progress(pipeline: Pipeline, latest: Reset | None) -> dict[str, Any] | None
         percent = min(100, replayed * 100 // snapshot)
     else:
         percent = 0
-    rate = None
+    rate = eta = None
     if latest.started_at is not None:
         seconds = ((latest.completed_at or utcnow()) - latest.started_at).total_seconds()
         if seconds > 0 and replayed:
             rate = replayed / seconds
+    running = latest.status == ResetStatus.IN_PROGRESS
+    if running and rate and latest.phase == ResetPhase.REPLAYING_SNAPSHOT:
+        eta = round(max(0, snapshot - replayed) / rate)
     return {
+        "reset_id": latest.id,
         "status": latest.status,
         "phase": latest.phase,
         "snapshot_records": snapshot,
@@ -229,7 +237,9 @@ def _progress(pipeline: Pipeline, latest: Reset | None) -> dict[str, Any] | None
         "error": latest.error,
         "percent": percent,
         "rate": rate,
-        "running": latest.status == ResetStatus.IN_PROGRESS,
+        "eta": eta,
+        "running": running,
+        "cancellable": resets_service.cancel_refusal(latest, connector) is None,
     }
 
 
@@ -274,7 +284,7 @@ def load_panels(pipeline: Pipeline, connectors: list[Connector]) -> list[dict[st
                     "last_delivery_by_replay": by_replay,
                 },
                 "history": history,
-                "progress": _progress(pipeline, history[0] if history else None),
+                "progress": _progress(pipeline, connector, history[0] if history else None),
             }
         )
     return shown

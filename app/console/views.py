@@ -6,9 +6,13 @@ Pages render whole. A pipeline's page lists its connectors a page at a time
 not one per connector: the answer holds the page's panels (stats, the latest
 reset's progress, its history), swapped in by id (htmx ``hx-swap-oob``), and
 the poller itself, whose interval follows the page: every second while a
-reset on it runs, every few seconds otherwise. Buttons are plain forms (each
-with its CSRF token) that answer with a redirect back to the page they were
-on, so they work without JavaScript too; htmx boosts them into in-page
+reset on it runs, every few seconds otherwise. A running reset's bar follows
+the reset's event stream (:mod:`app.resets.events`, served here under the
+console's session) while the browser holds it open; ``static/console.js``
+then polls at the idle pace, and at the page's pace again when the stream
+fails (503 beyond ``EVENT_STREAMS_PER_PROCESS``). Buttons are plain forms
+(each with its CSRF token) that answer with a redirect back to the page they
+were on, so they work without JavaScript too; htmx boosts them into in-page
 requests.
 
 Every error is a page or, after a button, a flash message on the page it
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,12 +49,14 @@ from app.connectors.models import Connector
 from app.console import access, panels
 from app.console.panels import Cursor
 from app.database import is_transient_error, utcnow
-from app.errors import ApiError, NotFoundError, request_id
+from app.errors import ApiError, NotFoundError, ResetNotCancellable, request_id
 from app.extensions import db
 from app.headers import SECURITY_HEADERS
 from app.pipelines import service as pipelines_service
 from app.pipelines.models import Pipeline, PipelineStatus, is_valid_name
+from app.resets import events as reset_events
 from app.resets import service as resets_service
+from app.resets.models import Reset
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +227,7 @@ def _error_page(status: int, message: str, headers: dict[str, str] | None = None
 @bp.errorhandler(ApiError)
 def _api_error(error: ApiError) -> Response:
     db.session.rollback()
-    return _error_page(error.status_code, error.message)
+    return _error_page(error.status_code, error.message, error.headers)
 
 
 @bp.errorhandler(HTTPException)
@@ -366,6 +373,8 @@ def _poller(found: Pipeline, after: Cursor | None, shown: list[dict[str, Any]]) 
     return {
         "url": url_for(".pipeline_panels", pipeline_name=found.name, after=_cursor_arg(after)),
         "seconds": POLL_RESET_SECONDS if panels.is_running(shown) else POLL_IDLE_SECONDS,
+        # The pace console.js keeps while event streams carry the running resets.
+        "idle": POLL_IDLE_SECONDS,
         "at": utcnow(),
     }
 
@@ -427,7 +436,11 @@ def pipeline_panels(pipeline_name: str) -> Any:
     after, connectors, _ = _connector_page(found)
     shown = panels.load_panels(found, connectors)
     return render_template(
-        "console/_poll.html", pipeline=found, panels=shown, poll=_poller(found, after, shown)
+        "console/_poll.html",
+        pipeline=found,
+        panels=shown,
+        poll=_poller(found, after, shown),
+        after=_cursor_arg(after),
     )
 
 
@@ -507,6 +520,58 @@ def reset_connector(pipeline_name: str, view_name: str, connector_name: str) -> 
         return f"Reset of connector '{connector_name}' queued; its progress shows below."
 
     return _act(found, act, _anchor(connector))
+
+
+def _connector_reset(
+    found: Pipeline, view_name: str, connector_name: str, reset_id: uuid.UUID
+) -> tuple[Connector, Reset]:
+    """A reset of the caller's connector, by its id (404 for another connector's, or none)."""
+    connector = connectors_service.get_connector(found, view_name, connector_name)
+    reset = db.session.get(Reset, reset_id)
+    if reset is None or reset.connector_id != connector.id or not reset.token:
+        raise NotFound(f"Connector '{connector_name}' has no such reset.")
+    return connector, reset
+
+
+@bp.route(f"{_CONNECTOR}/resets/<uuid:reset_id>/cancel", methods=["POST"])
+def cancel_reset(
+    pipeline_name: str, view_name: str, connector_name: str, reset_id: uuid.UUID
+) -> Response:
+    """Cancel a reset while its sink is untouched, as the API's reset_cancel does."""
+    found = _load_pipeline(pipeline_name)
+    connector, reset = _connector_reset(found, view_name, connector_name, reset_id)
+    token = reset.token
+
+    def act() -> str:
+        try:
+            resets_service.cancel_reset(current_tenant(), found.name, token)
+        except ResetNotCancellable as exc:
+            raise ResetNotCancellable(
+                f"The reset of connector '{connector_name}' was not cancelled: {exc.message}.",
+                details=exc.details,
+            ) from None
+        return (
+            f"Reset of connector '{connector_name}' cancelled: the sink keeps what it had, "
+            "and the connector streams on from where it stopped."
+        )
+
+    return _act(found, act, _anchor(connector))
+
+
+@bp.route(f"{_CONNECTOR}/resets/<uuid:reset_id>/events")
+def reset_events_stream(
+    pipeline_name: str, view_name: str, connector_name: str, reset_id: uuid.UUID
+) -> Response:
+    """A reset's progress as Server-Sent Events, for its bar (the API's stream, by session).
+
+    The browser sends the console's cookie to ``/console`` only, so the bar's
+    stream is served here, by :func:`app.resets.events.stream` as the API's
+    ``reset_status`` serves it. Any other answer (the reset ended with its
+    incarnation, 503 beyond the cap) is a page, and makes the bar poll instead.
+    """
+    found = _load_pipeline(pipeline_name)
+    _, reset = _connector_reset(found, view_name, connector_name, reset_id)
+    return reset_events.stream(current_tenant(), found.name, reset.token)
 
 
 @bp.route("/<path:unknown>", methods=["GET", "POST"])

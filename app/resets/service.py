@@ -201,23 +201,10 @@ def cancel_reset(tenant: str, pipeline_name: str, token: str | None) -> dict[str
     ).scalar_one()
     connector = db.session.get(Connector, connector_id, populate_existing=True)
     started = reset.started_at is not None
-    if reset.status != ResetStatus.IN_PROGRESS:
+    refused = cancel_refusal(reset, connector)
+    if refused is not None:
         db.session.rollback()
-        raise _not_cancellable(reset.status, f"The reset is {reset.status} already")
-    if (
-        reset.origin == ResetOrigin.REDO
-        or reset.prior_sync_state == SyncState.RESETTING
-        or (not started and connector.sync_state == SyncState.RESETTING)
-    ):
-        db.session.rollback()
-        raise _not_cancellable(
-            "owed", "The sink owes this snapshot (it was found damaged, or cut short)"
-        )
-    if started and connector.transport not in STAGED_TRANSPORTS:
-        db.session.rollback()
-        raise _not_cancellable(
-            "sink_reset", "The sink was already told to reset; the reset runs on to the end"
-        )
+        raise _not_cancellable(*refused)
     now = read_db_time()
     held = connector.lease_owner is not None
     live = held and connector.lease_expires_at is not None and connector.lease_expires_at > now
@@ -262,6 +249,27 @@ def cancel_reset(tenant: str, pipeline_name: str, token: str | None) -> dict[str
     due.mark_connector(reset.connector_id)  # it streams on (or is given back) at once
     db.session.commit()
     return reset_status(tenant, pipeline_name, token)
+
+
+def cancel_refusal(reset: Reset, connector: Connector) -> tuple[str, str] | None:
+    """Why the reset's row and its connector's refuse a cancel: ``(reason, message)``, or None.
+
+    :func:`cancel_reset` decides by it (on rows it has locked), and the console
+    asks it before showing a Cancel button. An executor that stopped answering
+    mid-replay is found only when cancelling, against the database's clock.
+    """
+    started = reset.started_at is not None
+    if reset.status != ResetStatus.IN_PROGRESS:
+        return reset.status, f"The reset is {reset.status} already"
+    if (
+        reset.origin == ResetOrigin.REDO
+        or reset.prior_sync_state == SyncState.RESETTING
+        or (not started and connector.sync_state == SyncState.RESETTING)
+    ):
+        return "owed", "The sink owes this snapshot (it was found damaged, or cut short)"
+    if started and connector.transport not in STAGED_TRANSPORTS:
+        return "sink_reset", "The sink was already told to reset; the reset runs on to the end"
+    return None
 
 
 def _not_cancellable(reason: str, message: str) -> ResetNotCancellable:
