@@ -24,9 +24,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from sqlalchemy.orm import Session
 
+from app import prepared
 from app.connectors.models import Connector
-from app.delivery import due
+from app.delivery import due, leases
+from app.delivery.leases import LeaseLost
 from app.delivery.models import WorkerProcess
 from app.extensions import db
 from app.pipelines.models import Pipeline, View
@@ -202,6 +205,151 @@ def test_an_idle_poll_reads_nothing_of_connectors_that_were_served(app, api, cli
     assert left == 0
     for n in range(20):
         assert len(sink_lines(_sink(app, "default", f"out/{n}.jsonl"))) == 1
+
+
+# -- the path of one push -----------------------------------------------------------------------
+
+
+@contextmanager
+def counted() -> Iterator[dict[str, Any]]:
+    """Count the statements run inside the block, and the transactions the server opened.
+
+    Statements: SQLAlchemy's, and those ``app.prepared`` runs on DB-API cursors.
+    Transactions: on PostgreSQL, the session transactions begun out of
+    autocommit (each one a ``BEGIN`` and a ``COMMIT`` or ``ROLLBACK`` round
+    trip around its statements); SQLite opens its own for writes, in process.
+    Also the connections given back to the pool still in autocommit (none may be).
+    """
+    seen: dict[str, Any] = {"statements": [], "transactions": 0, "back_in_autocommit": 0}
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        seen["statements"].append(statement)
+
+    def prepared_before(statement: str, _parameters: Any) -> None:
+        seen["statements"].append(statement)
+
+    def begun(session, transaction, connection):
+        raw = connection.connection.dbapi_connection
+        if connection.dialect.name == "postgresql" and not raw.autocommit:
+            seen["transactions"] += 1
+
+    engine = db.engine
+
+    def checked_in(dbapi_connection, _record):
+        if engine.dialect.name == "postgresql" and dbapi_connection.autocommit:
+            seen["back_in_autocommit"] += 1
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "checkin", checked_in)
+    sa.event.listen(Session, "after_begin", begun)
+    prepared.statement_listeners.append(prepared_before)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+        sa.event.remove(engine, "checkin", checked_in)
+        sa.event.remove(Session, "after_begin", begun)
+        prepared.statement_listeners.remove(prepared_before)
+
+
+def _kinds(statements: list[str]) -> list[str]:
+    return [
+        "read" if s.lstrip().upper().startswith(("SELECT", "WITH")) else "write" for s in statements
+    ]
+
+
+def test_a_push_reaches_its_sink_in_eight_statements_none_in_a_transaction(
+    app, running_pipeline, client
+):
+    """From a push to its line in a file sink: the poller reads three times (tenants,
+    candidates, their work) and takes the lease; the delivery thread reads the
+    connector, checks its lease after opening the file, reads the log, writes the
+    line, then records it and gives the lease back in one write. On PostgreSQL each
+    statement is a transaction by itself, one round trip (no BEGIN, COMMIT or
+    ROLLBACK of its own): ``make bench``, section c (push -> line in the file sink).
+    """
+    app.config["COMPACTION_INTERVAL_SECONDS"] = 0  # no compaction look in the round
+    dispatcher = Dispatcher(app, threading.Event(), threads=2)
+    changes = "/v0/pipelines/orders/views/totals/changes"
+    # The first push creates the view's log: the next one is the path measured.
+    assert client.post(changes, json=[{"insert": {"n": 0}}]).status_code == 200
+    with app.app_context():
+        dispatcher.poll()
+        db.session.remove()
+    for slot in dispatcher.slots:
+        while not slot.inbox.empty():
+            job = slot.inbox.get()
+            with app.app_context():
+                dispatcher._do(slot, job)
+                db.session.remove()
+            dispatcher._give_back(slot, job)
+    assert client.post(changes, json=[{"insert": {"n": 1}}]).status_code == 200
+
+    with app.app_context(), counted() as poll:
+        dispatcher.poll()
+        db.session.remove()
+    [(slot, job)] = [
+        (slot, slot.inbox.get()) for slot in dispatcher.slots if not slot.inbox.empty()
+    ]
+    with app.app_context(), counted() as delivery:
+        dispatcher._do(slot, job)
+        db.session.remove()
+    dispatcher._give_back(slot, job)
+
+    assert [
+        line["insert"]["n"] for line in sink_lines(_sink(app, "default", "out/totals.jsonl"))
+    ] == [0, 1]
+    assert _kinds(poll["statements"]) == ["read", "read", "read", "write"], poll["statements"]
+    assert _kinds(delivery["statements"]) == ["read", "read", "read", "write"], delivery[
+        "statements"
+    ]
+    assert poll["transactions"] == delivery["transactions"] == 0
+    assert poll["back_in_autocommit"] == delivery["back_in_autocommit"] == 0
+    with app.app_context():
+        row = db.session.execute(
+            sa.select(Connector.delivered_seq, Connector.lease_owner, Connector.due_at)
+        ).one()
+        db.session.remove()
+    assert tuple(row) == (2, None, None)  # delivered, given back, out of the due index
+
+
+def test_a_lease_check_sees_a_takeover_committed_before_it(app, running_pipeline):
+    """``leases.check`` (a read, in autocommit on PostgreSQL) refuses a lease another
+    holder took over in a commit made before it, on another connection; inside an
+    open transaction, whose snapshot may be older, it renews the lease and commits."""
+    with app.app_context():
+        cid = db.session.execute(sa.select(Connector.id)).scalar_one()
+        first = leases.take(cid, "first", 30.0)
+        db.session.commit()
+        assert first is not None
+        leases.check(first)
+        assert not db.session().in_transaction()
+        # Another process's takeover of a lease run out, committed on a connection of its own.
+        with db.engine.begin() as other:
+            other.execute(
+                sa.update(Connector)
+                .where(Connector.id == cid)
+                .values(lease_expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+            )
+        db.session.remove()
+        second = leases.take(cid, "second", 30.0)
+        db.session.commit()
+        assert second is not None and second.epoch == first.epoch + 1
+        with pytest.raises(LeaseLost):
+            leases.check(first)
+        leases.check(second)
+
+        def expiry() -> dt.datetime:
+            return db.session.execute(
+                sa.select(Connector.lease_expires_at).where(Connector.id == cid)
+            ).scalar_one()
+
+        before = expiry()  # the read leaves a transaction open
+        time.sleep(0.01)
+        leases.check(second)
+        assert not db.session().in_transaction()
+        assert expiry() > before  # renewed and committed
+        db.session.remove()
 
 
 # -- tenants in turn ----------------------------------------------------------------------------

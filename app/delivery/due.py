@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app.connectors.models import Connector, SyncState
-from app.database import db_time, notify_work
+from app.database import begin_alone, db_time, notify_work
 from app.delivery import leases, wake
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
@@ -220,6 +220,7 @@ def works_of(connector_ids: list[int], lease_seconds: float | None = None) -> li
     if not connector_ids:
         return []
     query = _statement("work", _work_query)
+    begin_alone()
     rows = {row[0]: row for row in db.session.execute(query, {"ids": list(connector_ids)})}
     db.session.rollback()
     seconds = lease_seconds or float(current_app.config["WORKER_LEASE_SECONDS"])
@@ -306,6 +307,7 @@ def settle(work: Work) -> bool:
     is unchanged) and no one holds its lease; return whether it was.
     """
     params = {"cid": work.connector_id, "seen": work.wakes, "next_due": work.next_due}
+    begin_alone()
     result = db.session.execute(_statement("settle", _settle_statement), params)
     db.session.commit()
     return result.rowcount == 1
@@ -398,6 +400,7 @@ def _due_tenants_query() -> sa.Select:
 
 def due_tenants() -> list[DueTenant]:
     """The tenants that have due connectors, now or later; ends the read transaction."""
+    begin_alone()
     rows = db.session.execute(_statement("due_tenants", _due_tenants_query)).all()
     db.session.rollback()
     beyond = horizon()
@@ -428,6 +431,7 @@ def candidates(tenant: str, limit: int, skewed: bool = False) -> list[int]:
     further ahead than any can rightly be.
     """
     params = {"tenant": tenant, "limit": limit}
+    begin_alone()
     ids = list(db.session.execute(_statement("candidates", _candidates_query), params).scalars())
     if skewed and len(ids) < limit:
         base = sa.select(Connector.id).where(

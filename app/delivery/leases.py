@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app.connectors.models import Connector
-from app.database import db_time
+from app.database import begin_alone, db_time, session_busy
 from app.extensions import db
 from app.transports.base import KeepAlive
 
@@ -145,10 +145,48 @@ def renew(lease: Lease, **values: Any) -> None:
         raise LeaseLost(f"connector {lease.connector_id} (epoch {lease.epoch})")
 
 
+def check(lease: Lease) -> None:
+    """Check, by a read, that ``lease`` is still the connector's lease, or raise :class:`LeaseLost`.
+
+    For a proof that something done before it (a sink file opened) happened
+    while the lease was held: every other holder (a takeover, a reset) commits
+    its new epoch before it touches the sink, so one this read does not see
+    came after it. The read must see every commit made before it: out of a
+    transaction it does (a statement's own snapshot, on either engine). In
+    one already open, whose snapshot may be older (SQLite), the lease is
+    renewed and committed instead, as :func:`commit` does. It writes nothing,
+    so it costs no commit (no disk flush on PostgreSQL), and proves nothing
+    about what comes after: writes still go through :func:`renew`.
+    """
+    if session_busy():
+        commit(lease)
+        return
+    begin_alone()
+    found = db.session.execute(sa.select(Connector.id).where(held(lease))).scalar_one_or_none()
+    db.session.rollback()
+    if found is None:
+        raise LeaseLost(f"connector {lease.connector_id} (epoch {lease.epoch})")
+
+
 def commit(lease: Lease, **values: Any) -> None:
-    """Renew the lease, write ``values`` and commit, or raise :class:`LeaseLost`."""
+    """Renew the lease, write ``values`` and commit, or raise :class:`LeaseLost`.
+
+    Outside a transaction the ``UPDATE`` is one by itself (:func:`begin_alone`):
+    the fence and the write are still one atomic statement.
+    """
+    begin_alone()
     renew(lease, **values)
     db.session.commit()
+
+
+def commit_and_release(lease: Lease, due: Due | str = NOW, **values: Any) -> None:
+    """Write ``values`` and give the lease back in one statement, committed; or raise LeaseLost.
+
+    A holder's last write and its release at once (see :func:`given_back` for
+    ``due``): one fenced ``UPDATE`` (:func:`renew`) where :func:`commit` then
+    :func:`release` would take two, each with its commit.
+    """
+    commit(lease, **given_back(lease, due), **values)
 
 
 def keep_alive(lease: Lease) -> KeepAlive:
@@ -188,8 +226,10 @@ def release(lease: Lease, due: Due | str = NOW, **values: Any) -> bool:
     """Give the lease back (if still held), write ``values`` and commit; return whether held.
 
     ``due``: when the connector has work next, as the holder sees it (see
-    :func:`given_back`). ``lease_expires_at`` keeps the release time.
+    :func:`given_back`). ``lease_expires_at`` keeps the release time. Outside
+    a transaction the ``UPDATE`` is one by itself (:func:`begin_alone`).
     """
+    begin_alone()
     result = db.session.execute(
         sa.update(Connector)
         .where(held(lease))

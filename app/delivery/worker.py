@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app.connectors.models import Connector, SyncState
-from app.database import db_time
+from app.database import begin_alone, db_time
 from app.delivery import due, leases, reader, sinks
 from app.delivery.leases import Lease, LeaseLost
 from app.extensions import db
@@ -107,8 +107,40 @@ class Position:
     log_start: int = 0
     # Where it ended once the lease was taken (last_seq): what this claim delivers.
     log_end: int = 0
+    # The lease was given back with the batch that reached ``log_end``.
+    released: bool = False
     # New batches are cut to 1/2**shrink of the batch size (see DeliveryWorker._limits).
     shrink: int = 0
+
+
+# What a claim reads of its connector, built once: the sink, the position, the log's bounds.
+_CLAIMED = (
+    sa.select(
+        Connector.id,
+        Connector.uid,
+        Connector.name,
+        Connector.transport,
+        Connector.config,
+        Connector.view_id,
+        Connector.lease_epoch,
+        Connector.delivered_seq,
+        Connector.committed_length,
+        Connector.consecutive_failures,
+        Connector.inflight_first_seq,
+        Connector.inflight_last_seq,
+        Connector.skipped_from,
+        View.name.label("view_name"),
+        Pipeline.name.label("pipeline_name"),
+        Pipeline.tenant,
+        ViewLog.compacted_seq,
+        ViewLog.last_seq,
+    )
+    .select_from(Connector)
+    .join(View, View.id == Connector.view_id)
+    .join(Pipeline, Pipeline.id == View.pipeline_id)
+    .outerjoin(ViewLog, ViewLog.view_id == Connector.view_id)
+    .where(Connector.id == sa.bindparam("cid"))
+)
 
 
 class SinkFault(Exception):
@@ -162,6 +194,7 @@ class DeliveryWorker:
             return None
         if work.kind is not due.Kind.DELIVER:
             return None
+        begin_alone()  # the take is the claim's one statement
         lease = leases.take(connector_id, self.owner, self.lease_seconds)
         if lease is None:
             db.session.rollback()
@@ -171,6 +204,7 @@ class DeliveryWorker:
 
     def _may_go_on(self, connector_id: int) -> bool:
         """Whether the connector's pipeline still runs, it is in sync, unpaused, no reset waits."""
+        begin_alone()
         row = db.session.execute(
             sa.select(
                 Pipeline.status, Connector.sync_state, reset_pending(Connector.id), Connector.paused
@@ -223,31 +257,38 @@ class DeliveryWorker:
         return claims
 
     def _load(self, lease: Lease) -> tuple[sinks.SinkTarget, Position]:
-        connector = db.session.get(Connector, lease.connector_id, populate_existing=True)
-        if connector is None or connector.lease_epoch != lease.epoch:
-            db.session.rollback()
-            raise LeaseLost(f"connector {lease.connector_id}")
-        target = sinks.target_of(connector)
-        inflight = None
-        if connector.inflight_first_seq is not None and connector.inflight_last_seq is not None:
-            inflight = (connector.inflight_first_seq, connector.inflight_last_seq)
-        log = db.session.execute(
-            sa.select(ViewLog.compacted_seq, ViewLog.last_seq).where(
-                ViewLog.view_id == connector.view_id
-            )
-        ).one_or_none()
-        log_start, log_end = log if log is not None else (0, 0)
-        position = Position(
-            connector.delivered_seq,
-            connector.committed_length,
-            connector.consecutive_failures,
-            inflight,
-            connector.skipped_from,
-            log_start,
-            log_end,
-            shrink=min(connector.consecutive_failures, MAX_SHRINK),
-        )
+        """Read the claimed connector's sink and position, and its view's log bounds.
+
+        One statement, read after the lease was taken (so ``log_end`` holds
+        every push the lease's ``wakes`` counted), outside a transaction.
+        """
+        begin_alone()
+        row = db.session.execute(_CLAIMED, {"cid": lease.connector_id}).one_or_none()
         db.session.rollback()
+        if row is None or row.lease_epoch != lease.epoch:
+            raise LeaseLost(f"connector {lease.connector_id}")
+        target = sinks.SinkTarget(
+            id=row.id,
+            uid=str(row.uid),
+            name=row.name,
+            transport=row.transport,
+            config=dict(row.config),
+            view_id=row.view_id,
+            view=sinks.ViewRef(row.view_name, sinks.PipelineRef(row.pipeline_name, row.tenant)),
+        )
+        inflight = None
+        if row.inflight_first_seq is not None and row.inflight_last_seq is not None:
+            inflight = (row.inflight_first_seq, row.inflight_last_seq)
+        position = Position(
+            row.delivered_seq,
+            row.committed_length,
+            row.consecutive_failures,
+            inflight,
+            row.skipped_from,
+            row.compacted_seq or 0,
+            row.last_seq or 0,
+            shrink=min(row.consecutive_failures, MAX_SHRINK),
+        )
         return target, position
 
     def deliver(self, lease: Lease) -> None:
@@ -273,8 +314,9 @@ class DeliveryWorker:
         except TransportError as exc:
             self._failed(lease, position.failures, exc)
             return
-        # Drained: nothing more until the next push marks it (app.delivery.due).
-        leases.release(lease, due=None if drained else leases.NOW)
+        if not position.released:
+            # Drained: nothing more until the next push marks it (app.delivery.due).
+            leases.release(lease, due=None if drained else leases.NOW)
         if position.delivered_seq - position.log_start >= compaction.batch_size():
             # The view's log may have a batch to drop now that this connector moved on.
             compaction.mark_due(target.view_id)
@@ -343,10 +385,10 @@ class DeliveryWorker:
     def _recover_file(self, lease: Lease, sink: SinkFile, position: Position) -> None:
         """Bring a file sink back to its committed length, or report it damaged.
 
-        The descriptor was opened while the lease was held (the renewal below
+        The descriptor was opened while the lease was held (the check below
         proves it), so it is the sink file, not one a reset replaced since.
         """
-        leases.commit(lease)
+        leases.check(lease)
         size = sink.size()
         committed = position.committed_length
         if size < committed:
@@ -399,6 +441,8 @@ class DeliveryWorker:
                 return True
             if batch and not self._may_go_on(lease.connector_id):
                 return False
+            # Pages of the log, each its own snapshot, as in a READ COMMITTED transaction.
+            begin_alone()
             if position.inflight is not None:
                 first, last = position.inflight
                 rows = reader.read_log(target.view_id, first - 1, last - first + 1)
@@ -463,12 +507,17 @@ class DeliveryWorker:
         is_file: bool,
         sink_version: int | None = None,
     ) -> None:
-        """Record a delivered batch, if the lease (and so the offset) is still ours."""
+        """Record a delivered batch, if the lease (and so the offset) is still ours.
+
+        The batch that reaches the log's end as read after the lease was taken
+        (``Position.log_end``) is the claim's last: it is recorded and the lease
+        given back in one statement (the release's ``wakes`` test still sees a
+        push made meanwhile, which keeps the connector due).
+        """
         committed = position.committed_length + (size if is_file else 0)
         extra = {} if sink_version is None else {"sink_version": sink_version}
-        leases.commit(
-            lease,
-            **extra,
+        values = dict(
+            extra,
             delivered_seq=last,
             committed_length=committed,
             inflight_first_seq=None,
@@ -479,6 +528,11 @@ class DeliveryWorker:
             next_attempt_at=None,
             last_delivered_at=db_time(),
         )
+        if last >= position.log_end:
+            leases.commit_and_release(lease, due=None, **values)
+            position.released = True
+        else:
+            leases.commit(lease, **values)
         position.delivered_seq, position.committed_length = last, committed
         position.inflight, position.failures = None, 0
         position.shrink = max(0, position.shrink - 1)
@@ -510,6 +564,7 @@ class DeliveryWorker:
         db.session.rollback()
         config = current_app.config
         window = float(config["REDO_WINDOW_SECONDS"])
+        begin_alone()
         redone = db.session.execute(
             sa.select(sa.func.count(Reset.id)).where(
                 Reset.connector_id == lease.connector_id,

@@ -7,8 +7,8 @@ from typing import Any
 from flask import request
 
 from app import idempotency
+from app.auth import current_tenant
 from app.extensions import Blueprint
-from app.pipelines.routes import load_pipeline
 from app.schemas import documents_errors
 from app.view_data import service
 from app.view_data.schemas import CHANGES_BODY, ChangesAccepted
@@ -47,7 +47,7 @@ def push_changes(pipeline_name, view_name):
     in; its connectors deliver them after it resumes.
     """
     service.check_content_type(request.mimetype)
-    view = service.writable_view(load_pipeline(pipeline_name), view_name)
+    view = service.view_to_push(current_tenant(), pipeline_name, view_name)
     service.check_size(size=request.content_length)
     # A chunked body over MAX_CONTENT_LENGTH raises 413 here (app.extensions.Request).
     body = request.get_data(cache=False)

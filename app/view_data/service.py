@@ -13,7 +13,7 @@ from app.delivery import due
 from app.errors import InvalidRequest, PayloadTooLarge, PipelineNotRunning, UnsupportedMediaType
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
-from app.pipelines.service import get_view
+from app.pipelines.service import get_pipeline_view, get_view
 from app.view_data import store
 
 JSON_TYPE = "application/json"
@@ -213,11 +213,23 @@ def writable_view(pipeline: Pipeline, view_name: str) -> View:
     A paused pipeline takes changes in; only their delivery waits for resume.
     """
     view = get_view(pipeline, view_name)
+    _check_taking_changes(pipeline)
+    return view
+
+
+def view_to_push(tenant: str, pipeline_name: str, view_name: str) -> View:
+    """:func:`writable_view` of the tenant's pipeline named so, looked up in one statement."""
+    view = get_pipeline_view(tenant, pipeline_name, view_name)
+    _check_taking_changes(view.pipeline)
+    return view
+
+
+def _check_taking_changes(pipeline: Pipeline) -> None:
+    """Raise 503 ``PipelineNotRunning`` if the pipeline is stopped."""
     if pipeline.status == PipelineStatus.STOPPED:
         raise PipelineNotRunning(
             pipeline.name, f"Pipeline '{pipeline.name}' is stopped; start it to push changes"
         )
-    return view
 
 
 def push_changes(
