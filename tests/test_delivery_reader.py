@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import sqlalchemy as sa
 
+from app import prepared
 from app.delivery import reader
 from app.extensions import db
 from app.pipelines.service import get_pipeline
 from app.view_data import service as view_data
 from app.view_data import store
+from app.view_data.models import ViewRecord
 
 
 @pytest.fixture
@@ -85,3 +88,125 @@ def test_an_empty_view_has_an_empty_snapshot(view):
     with reader.open_snapshot(view.id) as snapshot:
         assert (snapshot.seq, snapshot.records) == (0, 0)
         assert list(snapshot.batches(10)) == []
+
+
+@pytest.fixture
+def statements():
+    """The snapshot pages' statements as they run (they bypass the engine's events)."""
+    seen: list[str] = []
+    listener = lambda statement, _params: seen.append(statement)  # noqa: E731
+    prepared.statement_listeners.append(listener)
+    yield seen
+    prepared.statement_listeners.remove(listener)
+
+
+def test_a_snapshot_page_is_one_row_of_joined_texts(view, statements):
+    push(view, [(store.INSERT, text(i)) for i in range(7)])
+    db.session.commit()
+    with reader.open_snapshot(view.id) as snapshot:
+        flat = [t for batch in snapshot.batches(100) for t in batch]
+    # Joined in key order, within pages and across them, on either engine.
+    assert flat == sorted(map(text, range(7)), key=store.record_key)
+    # Pages of 3 rows: 3, 3 and 1, one statement each; no page read row by row.
+    assert len(statements) == 3
+    assert all(s == statements[0] for s in statements)
+
+
+def test_a_page_that_does_not_split_into_its_rows_is_read_row_by_row(view, statements):
+    # Not canonical (canonical text holds no newline), written straight into the
+    # Z-set: the joined page does not split into one text per row.
+    odd = '{"id":\n1}'
+    db.session.execute(
+        sa.insert(ViewRecord).values(view_id=view.id, key="0" * 64, record=odd, weight=1)
+    )
+    push(view, [(store.INSERT, text(i)) for i in range(4)])
+    db.session.commit()
+    with reader.open_snapshot(view.id) as snapshot:
+        flat = [t for batch in snapshot.batches(100) for t in batch]
+    assert Counter(flat) == Counter([odd, *map(text, range(4))])
+    # The first page (the odd record and two more) was read again row by row.
+    assert len(statements) == 3
+
+
+def test_snapshot_pages_shrink_to_hold_about_page_characters(view, monkeypatch):
+    # Texts of 12 characters, pages of at most 3 rows and about 24 characters.
+    monkeypatch.setattr(reader, "PAGE_CHARACTERS", 2 * len(text(0)))
+    push(view, [(store.INSERT, text(i)) for i in range(7)])
+    db.session.commit()
+    with reader.open_snapshot(view.id) as snapshot:
+        pages = [len(page) for page in snapshot._texts()]
+        flat = [t for batch in snapshot.batches(100) for t in batch]
+    assert pages == [3, 2, 2]
+    assert sorted(flat) == sorted(map(text, range(7)))
+
+
+def in_key_order(changes) -> list[str]:
+    """The texts a snapshot of these inserts holds, in key order, weight n n times."""
+    weights = Counter(t for _op, t in changes)
+    return [t for t in sorted(weights, key=store.record_key) for _ in range(weights[t])]
+
+
+def test_weights_above_one_and_unicode_are_replayed_exactly(view, statements):
+    # Records of weight 2 and 3: the pages holding one are read again row by
+    # row, the others are not.
+    odd = ["é", "😀", "\u2028", "a\nb", '"\\']
+    texts = [store.canonical({"id": i, "s": s}) for i, s in enumerate(odd)]
+    changes = [(store.INSERT, t) for t in texts] + [(store.INSERT, texts[1])] * 2
+    changes += [(store.INSERT, texts[3])] + [(store.INSERT, text(i)) for i in range(4)]
+    push(view, changes)
+    db.session.commit()
+    with reader.open_snapshot(view.id) as snapshot:
+        assert snapshot.records == len(changes)
+        flat = [t for batch in snapshot.batches(4) for t in batch]
+    assert flat == in_key_order(changes)
+    rows = list(dict.fromkeys(flat))
+    pages = [rows[i : i + 3] for i in range(0, len(rows), 3)]
+    heavy = sum(texts[1] in page or texts[3] in page for page in pages)
+    # Nine rows: three full pages and an empty one, and the heavy pages again.
+    assert (len(pages), heavy) in {(3, 1), (3, 2)}
+    assert len(statements) == 4 + heavy
+
+
+@pytest.mark.parametrize("page", [36, 48])
+def test_records_about_the_page_size_are_replayed_exactly(view, monkeypatch, page):
+    # Texts of 12 characters, and texts one short of PAGE_CHARACTERS, of it,
+    # one over it and five times it (twice): pages shrink to one row after a
+    # page of long texts and grow again after short ones.
+    monkeypatch.setattr(reader, "PAGE_ROWS", 4)
+    monkeypatch.setattr(reader, "FIRST_PAGE_ROWS", 2)
+    monkeypatch.setattr(reader, "PAGE_CHARACTERS", page)
+    shape = len(store.canonical({"id": 0, "n": ""}))
+    big = [
+        store.canonical({"id": i, "n": "x" * (size - shape)})
+        for i, size in enumerate([page - 1, page, page + 1, 5 * page])
+    ]
+    assert [len(t) for t in big] == [page - 1, page, page + 1, 5 * page]
+    changes = [(store.INSERT, t) for t in big] + [(store.INSERT, text(i)) for i in range(12)]
+    changes += [(store.INSERT, big[3])]
+    push(view, changes)
+    db.session.commit()
+    with reader.open_snapshot(view.id) as snapshot:
+        pages = list(snapshot._texts())
+        by_bytes = list(snapshot.batches(100, max_bytes=page))
+        whole = list(snapshot.batches(100))
+    want = in_key_order(changes)
+    assert [t for p in pages for t in p] == want
+    assert [t for b in by_bytes for t in b] == want
+    assert all(sum(map(len, b[:-1])) < page for b in by_bytes)
+    assert whole == [want]
+    rows = [len(set(p)) for p in pages]
+    assert min(rows) == 1
+    assert max(rows) > 1
+    assert all(n <= 4 for n in rows)
+
+
+def test_a_record_near_the_limits_of_a_page_string(view, monkeypatch):
+    # One record of 1 MB among small ones, the default page sizes: one page.
+    monkeypatch.setattr(reader, "PAGE_ROWS", 2000)
+    large = store.canonical({"id": -1, "blob": "é" * (1024 * 1024)})
+    changes = [(store.INSERT, large)] + [(store.INSERT, text(i)) for i in range(20)]
+    push(view, changes)
+    db.session.commit()
+    with reader.open_snapshot(view.id) as snapshot:
+        flat = [t for batch in snapshot.batches(10_000) for t in batch]
+    assert flat == in_key_order(changes)

@@ -3,13 +3,20 @@
 Records are kept as canonical JSON text (``app.view_data.store.canonical``),
 and sinks receive them in that form, so this path never decodes one: the
 transports splice the stored texts into the lines and messages they send
-(:func:`app.transports.file.encode_changes`, ``HttpTransport.send_changes``).
+(:func:`app.transports.file.encode_texts`, ``HttpTransport.send_changes``).
 
 The statements are Core, built once; rows come back as plain tuples, a page
 of at most :data:`PAGE_ROWS` per statement, and a batch ends at a number of
 records or of bytes, whichever comes first: memory holds one page and one
 batch, whatever the view's size. ``make bench`` section b (stream delivery
-and snapshot replay to a file sink) measures this path.
+and snapshot replay to a file sink) and section c (a reset to complete,
+issue 19's target 5) measure this path.
+
+A snapshot page comes back as one row: its records' texts joined by newlines
+in the database (a canonical text holds none: JSON escapes it in strings and
+has no whitespace between tokens). Fetched row by row, each record cost a
+row tuple and three Python objects, its 64-character key among them; split
+in Python, it costs one string.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from app.database import snapshot_connection
 from app.extensions import db
@@ -29,6 +37,14 @@ from app.view_data.models import ViewChange, ViewLog, ViewRecord
 # Rows per statement: enough that a statement's own cost is small beside its
 # rows', few enough that one page of large records stays small.
 PAGE_ROWS = 2000
+# A snapshot page's texts come back as one string, which neither engine lets
+# grow past 1 GB: after a first page of FIRST_PAGE_ROWS, each page asks for as
+# many rows as should hold about PAGE_CHARACTERS at the last page's sizes
+# (between 1 and PAGE_ROWS), so a view of large records is read in small pages.
+# The first page is small because nothing is known of the sizes yet: 16
+# records of a 16 MB request body (MAX_CONTENT_LENGTH) each are 256 MB.
+FIRST_PAGE_ROWS = 16
+PAGE_CHARACTERS = 4 * 1024 * 1024
 # A batch with no byte bound.
 UNBOUNDED = sys.maxsize
 
@@ -43,12 +59,41 @@ _LOG_PAGE = PreparedSelect(
     .order_by(_changes.seq)
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
-_SNAPSHOT_PAGE = PreparedSelect(
+_PAGE = (
     sa.select(_records.key, _records.record, _records.weight)
     .where(_records.view_id == sa.bindparam("view_id"), _records.key > sa.bindparam("after"))
     .order_by(_records.key)
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
+_SNAPSHOT_PAGE = PreparedSelect(_PAGE)
+_page = _PAGE.subquery("page")
+# The separator is written into the statement (a literal newline), not bound:
+# the aggregates take it as a constant.
+_NEWLINE = sa.literal_column("'\n'", sa.Text)
+
+
+def _joined_page(texts: sa.ColumnElement[str]) -> PreparedSelect:
+    """The snapshot page as one row: its texts joined, how many rows, the largest weight and key.
+
+    The largest weight is 1 when each record is in once; the largest key is
+    the one the next page starts after.
+    """
+    return PreparedSelect(
+        sa.select(texts, sa.func.count(), sa.func.max(_page.c.weight), sa.func.max(_page.c.key))
+    )
+
+
+# The page's texts joined by newlines in key order, per engine. PostgreSQL is
+# told the order (``string_agg`` takes no order from its input). SQLite
+# (``group_concat`` takes an ORDER BY from 3.44 only) gets the page's rows in
+# the subquery's order: it runs the subquery as a co-routine that feeds the
+# aggregate row by row. ``test_delivery_reader`` holds both to key order.
+_SNAPSHOT_JOINED = {
+    "postgresql": _joined_page(
+        sa.func.string_agg(_page.c.record, aggregate_order_by(_NEWLINE, _page.c.key))
+    ),
+    "sqlite": _joined_page(sa.func.group_concat(_page.c.record, _NEWLINE)),
+}
 # The log's end and the Z-set's size at it, both kept by every batch (one row).
 _LOG_HEAD = sa.select(_logs.last_seq, _logs.records).where(_logs.view_id == sa.bindparam("view_id"))
 
@@ -110,20 +155,37 @@ class Snapshot:
     seq: int
     records: int
 
-    def _texts(self) -> Iterator[Sequence[str]]:
-        """Yield the records' texts page by page, in key order, a record of weight n n times."""
-        params = {"view_id": self.view_id, "after": "", "limit": PAGE_ROWS}
-        while True:
+    def _page(self, after: str, limit: int) -> tuple[list[str], int, str]:
+        """Read up to ``limit`` rows after key ``after``: their texts, weight n n times.
+
+        Return them with the page's row count and its largest key. The page is
+        read joined (:data:`_SNAPSHOT_JOINED`) and split here; one with a
+        record of weight above 1, or whose split does not give one text per
+        row, is read again row by row, within the same snapshot.
+        """
+        params = {"view_id": self.view_id, "after": after, "limit": limit}
+        joined_page = _SNAPSHOT_JOINED[self.connection.dialect.name]
+        ((joined, count, heaviest, last),) = joined_page.all(self.connection, params)
+        if not count:
+            return [], 0, after
+        texts = joined.split("\n") if heaviest == 1 else []
+        if len(texts) != count:
             rows = _SNAPSHOT_PAGE.all(self.connection, params)
-            if not rows:
+            texts = [text for _key, text, weight in rows for _ in range(weight)]
+        return texts, count, last
+
+    def _texts(self) -> Iterator[list[str]]:
+        """Yield the records' texts page by page, in key order, pages sized by their text."""
+        after = ""
+        limit = min(FIRST_PAGE_ROWS, PAGE_ROWS)
+        while True:
+            texts, count, after = self._page(after, limit)
+            if texts:
+                yield texts
+            if count < limit:
                 return
-            keys, texts, weights = zip(*rows, strict=True)
-            if sum(weights) != len(weights):
-                texts = tuple(t for t, w in zip(texts, weights, strict=True) for _ in range(w))
-            yield texts
-            if len(rows) < PAGE_ROWS:
-                return
-            params["after"] = keys[-1]
+            characters = max(1, sum(map(len, texts)))
+            limit = max(1, min(PAGE_ROWS, PAGE_CHARACTERS * count // characters))
 
     def batches(self, max_records: int, max_bytes: int | None = None) -> Iterator[list[str]]:
         """Yield the snapshot's records as canonical JSON texts, in batches.

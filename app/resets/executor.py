@@ -59,7 +59,7 @@ from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.resets.models import Reset, ResetOrigin, ResetPhase, ResetStatus, state_given_back
 from app.resets.tokens import reset_tokens
 from app.transports import TransportError, get_transport
-from app.transports.file import StagingFile, encode_texts
+from app.transports.file import StagingFile
 from app.transports.tables import TableReset, is_table_sink
 from app.view_data import compaction
 
@@ -447,14 +447,13 @@ class ResetExecutor:
         seq: int,
     ) -> int:
         """Send one snapshot batch (stored records' JSON texts, not decoded); return its bytes."""
-        if staging is not None and not isinstance(staging, StagingFile):
-            return staging.append(batch)
-        changes = reader.insert_texts(batch)
+        if isinstance(staging, StagingFile):
+            return staging.append_records(batch)
         if staging is not None:
-            return staging.append(encode_texts(changes))
+            return staging.append(batch)
         return get_transport(target.transport).send_changes(
             target,
-            changes,
+            reader.insert_texts(batch),
             kind="snapshot",
             epoch=lease.epoch,
             first_seq=replayed + 1,
