@@ -570,3 +570,14 @@ def test_records_as_json_strings_still_land_when_no_columns_are_declared(
     deliver(app)
     rows = read(Path(app.config["SINK_DIR"]) / "default" / "tables" / "t").to_pylist()
     assert [json.loads(r["record"]) for r in rows] == [record]
+
+
+def test_the_merge_benchmark_runs_and_checks_its_table(tmp_path: Path) -> None:
+    """``python -m bench.delta_merge`` at a small size: one MERGE of the batch, rows counted."""
+    from bench.delta_merge import run
+
+    timings = run(2_000, 200, tmp_path)
+    assert set(timings) == {"reset", "merge"}
+    table = DeltaTable(str(tmp_path / "default" / "keyed"))
+    assert table.to_pyarrow_dataset().count_rows() == 2_100
+    assert [h["operation"] for h in table.history()] == ["MERGE", "WRITE", "CREATE TABLE"]

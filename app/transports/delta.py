@@ -868,6 +868,9 @@ class DeltaTransport:
                 target_alias="t",
                 writer_properties=WRITER_PROPERTIES,
                 commit_properties=properties,
+                # The batch is small and in memory: read twice, it lets the MERGE narrow
+                # its scan of the table to the batch's keys.
+                streamed_exec=False,
             )
             .when_matched_delete(predicate=unchanged)
             .when_matched_update_all(predicate=f"NOT s.`{DELETE_FLAG}`", except_cols=[DELETE_FLAG])
