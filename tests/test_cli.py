@@ -261,7 +261,28 @@ def test_add_table_sink_connectors(cli, monkeypatch):
         ),
         "InvalidRequest",
     )  # fmt: skip
-    assert details == {"transport.config.key": ["Unknown setting."]}
+    assert details == {"transport.config.key": ["A key applies to mode rows."]}
+    body = ok_json(
+        cli(
+            "connectors", "add", "orders", "totals", "keyed", "--transport", "delta",
+            "--path", "tables/keyed", "--mode", "rows", "--key", "id",
+            "--column", "id=long", "--column", "price=decimal(10,2)", "--json",
+        )
+    )  # fmt: skip
+    assert body["transport"]["config"] == {
+        "path": "tables/keyed",
+        "mode": "rows",
+        "columns": {"id": "long", "price": "decimal(10,2)"},
+        "key": ["id"],
+    }
+    details = cli_error(
+        cli(
+            "connectors", "add", "orders", "totals", "bad", "--transport", "delta",
+            "--path", "tables/y", "--column", "id=int",
+        ),
+        "InvalidRequest",
+    )  # fmt: skip
+    assert "unknown type" in details["transport.config.columns"][0]
 
 
 def test_connectors_list_covers_all_views_or_one(cli):

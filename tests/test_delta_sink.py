@@ -158,7 +158,9 @@ def test_config_schema() -> None:
     assert schema["properties"]["path"]["minLength"] == 1
     assert schema["properties"]["path"]["example"] == "tables/orders"
     assert schema["properties"]["path"]["description"]
-    assert schema["properties"]["mode"]["enum"] == ["changes"]
+    assert schema["properties"]["mode"]["enum"] == ["changes", "rows"]
+    assert schema["properties"]["key"]["minItems"] == 1
+    assert schema["properties"]["columns"]["minProperties"] == 1
 
 
 # -- streaming --------------------------------------------------------------------------

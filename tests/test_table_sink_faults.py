@@ -2,10 +2,13 @@
 
 The fault cases of ``tests/test_faults.py`` (SIGSTOP past the lease and SIGKILL,
 mid-batch and mid-reset, a stop mid-replay, a sink changed or locked behind
-the service's back), with the ``postgres`` and ``delta`` transports. Each test
-ends the same way: the sink table holds exactly the view (as a multiset of
-records; a Delta change table folded), the position the sink recorded is the
-connector's, the connector is in sync and healthy, and no staging copy is left.
+the service's back), with the ``postgres`` and ``delta`` transports, the
+latter in both its modes (``delta``: a change table of JSON records;
+``delta-rows``: typed columns keyed by ``id``, one MERGE per batch, fed a view
+keyed so). Each test ends the same way: the sink table holds exactly the view
+(as a multiset of records; a Delta change table folded), the position the
+sink recorded is the connector's, the connector is in sync and healthy, and
+no staging copy is left.
 """
 
 # ruff: noqa: S608 (the statements name a schema the fixture made, never input)
@@ -24,7 +27,7 @@ import psycopg
 import pytest
 
 from tests.faults import canonical, kill, pause_when, resume_process, wait_for
-from tests.test_faults import LEASE, Cluster, Workload
+from tests.test_faults import LEASE, NOTES, Cluster, Workload
 from tests.test_faults import app_config as app_config
 from tests.test_postgres_sink import SINK_DSN
 
@@ -38,6 +41,30 @@ RESET_CHANGES = 4000
 SLOW_REPLAY_BATCH = 2
 
 
+class KeyedWorkload(Workload):
+    """Valid batches of a view keyed by ``id``: new records, deletes, updates (delete, insert)."""
+
+    def batch(self, n: int) -> list[dict]:
+        changes: list[dict] = []
+        while len(changes) < n:
+            roll = self.rng.random()
+            if roll < 0.4 and self.live:
+                i = self.rng.randrange(len(self.live))
+                self.live[i], self.live[-1] = self.live[-1], self.live[i]
+                old = self.live.pop()
+                changes.append({"delete": old})
+                if roll < 0.2:  # an update: the same key, another note
+                    new = {"id": old["id"], "note": f"{old['note']}'"[-20:]}
+                    self.live.append(new)
+                    changes.append({"insert": new})
+                continue
+            record = {"id": self.next_id, "note": NOTES[self.next_id % len(NOTES)]}
+            self.next_id += 1
+            self.live.append(record)
+            changes.append({"insert": record})
+        return changes
+
+
 class TableCluster(Cluster):
     """The fault tests' cluster, with one table sink: ``postgres`` or ``delta``."""
 
@@ -45,6 +72,12 @@ class TableCluster(Cluster):
         super().__init__(*args)
         self.kind = kind
         self.schema = schema
+        # The transport: "delta-rows" is the delta transport in mode rows.
+        self.transport = kind.partition("-")[0]
+
+    def workload(self, seed: int) -> Workload:
+        """The changes a test pushes: keyed by id for a keyed table."""
+        return KeyedWorkload(seed) if self.kind == "delta-rows" else Workload(seed)
 
     def sql(self, statement: str, *params: Any) -> list[tuple]:
         assert SINK_DSN is not None
@@ -61,10 +94,17 @@ class TableCluster(Cluster):
         if self.kind == "postgres":
             self.sql(f'CREATE TABLE "{self.schema}".totals (id integer NOT NULL, note text)')
             config = {"dsn_env": "SINK_DSN_FAULTS", "table": f"{self.schema}.totals"}
+        elif self.kind == "delta-rows":
+            config = {
+                "path": DELTA_PATH,
+                "mode": "rows",
+                "columns": {"id": "long", "note": "string"},
+                "key": ["id"],
+            }
         else:
             config = {"path": DELTA_PATH}
         self.create()
-        body = {"name": "sink1", "transport": {"name": self.kind, "config": config}}
+        body = {"name": "sink1", "transport": {"name": self.transport, "config": config}}
         self.call("POST", self.connectors_url("orders"), "default", 201, json=body)
         self.action("orders", "start")
 
@@ -78,6 +118,10 @@ class TableCluster(Cluster):
         if not self.delta_path.exists():
             return Counter()
         data = DeltaTable(str(self.delta_path)).to_pyarrow_dataset().to_table(use_threads=False)
+        if self.kind == "delta-rows":
+            keys = Counter(data["id"].to_pylist())
+            assert not [k for k, n in keys.items() if n > 1], "a key twice in a keyed table"
+            return Counter(canonical(row) for row in data.to_pylist())
         # Files come in no set order: the change-log order is the seq (a snapshot's rows
         # share one seq, and are all inserts).
         changes = sorted(
@@ -96,7 +140,7 @@ class TableCluster(Cluster):
         return +folded
 
     def staging_tables(self) -> list[str]:
-        if self.kind == "delta":
+        if self.transport == "delta":
             parent = self.delta_path.parent
             return sorted(p.name for p in parent.glob(f".{self.delta_path.name}.reset-*"))
         return [
@@ -110,7 +154,7 @@ class TableCluster(Cluster):
 
     def sink_position(self) -> int | None:
         uid = str(self.connector()["uid"])
-        if self.kind == "delta":
+        if self.transport == "delta":
             from deltalake import DeltaTable
 
             return DeltaTable(str(self.delta_path)).transaction_version(uid)
@@ -156,6 +200,7 @@ KINDS = [
         marks=pytest.mark.skipif(not SINK_DSN, reason="no PostgreSQL server for sink tables"),
     ),
     "delta",
+    "delta-rows",
 ]
 
 
@@ -181,7 +226,7 @@ def cluster(request, app, app_config, make_key, tmp_path, monkeypatch) -> Iterat
 def test_worker_stopped_past_its_lease_mid_batch_lands_nothing_twice(cluster):
     c = cluster
     c.table_pipeline()
-    work = Workload(11)
+    work = c.workload(11)
     c.push(work.batch(1500))
     a = c.worker(DELIVERY_BATCH_SIZE=5)
     wait_for(lambda: c.stats()["delivered_seq"] >= 200, what="delivery to get under way")
@@ -210,7 +255,7 @@ def test_worker_killed_mid_delivery_loses_and_repeats_nothing(cluster):
     """SIGKILL at a random moment of streaming: maybe inside a sink commit, maybe between two."""
     c = cluster
     c.table_pipeline()
-    work = Workload(19)
+    work = c.workload(19)
     c.push(work.batch(1500))
     a = c.worker(DELIVERY_BATCH_SIZE=5)
     wait_for(lambda: c.stats()["delivered_seq"] >= 200, what="delivery to get under way")
@@ -235,7 +280,7 @@ def test_a_batch_the_sink_committed_but_the_service_did_not_record_is_not_applie
 
     c = cluster
     c.table_pipeline()
-    work = Workload(12)
+    work = c.workload(12)
     c.push(work.batch(400))
     a = c.worker()
     c.wait_caught_up()
@@ -249,7 +294,7 @@ def test_a_batch_the_sink_committed_but_the_service_did_not_record_is_not_applie
         target = sinks.target_of(connector)
         rows = reader.read_log(target.view_id, connector.delivered_seq, 60)
         db.session.rollback()
-        get_transport(c.kind).apply(target, rows, epoch=connector.lease_epoch)
+        get_transport(c.transport).apply(target, rows, epoch=connector.lease_epoch)
         db.session.remove()
     assert c.sink_position() == c.stats()["delivered_seq"] + 60
 
@@ -261,7 +306,7 @@ def test_a_batch_the_sink_committed_but_the_service_did_not_record_is_not_applie
 def test_executor_stopped_past_its_lease_cannot_switch_its_snapshot_in(cluster):
     c = cluster
     c.table_pipeline()
-    work = Workload(13)
+    work = c.workload(13)
     c.push(work.batch(RESET_CHANGES))
     a = c.worker(REPLAY_BATCH_SIZE=SLOW_REPLAY_BATCH, DELIVERY_BATCH_SIZE=500)
     c.wait_caught_up()
@@ -291,7 +336,7 @@ def test_executor_stopped_past_its_lease_cannot_switch_its_snapshot_in(cluster):
 def test_worker_killed_mid_reset_leaves_the_old_rows_until_the_next_one_switches_in(cluster):
     c = cluster
     c.table_pipeline()
-    work = Workload(14)
+    work = c.workload(14)
     c.push(work.batch(RESET_CHANGES))
     a = c.worker(REPLAY_BATCH_SIZE=SLOW_REPLAY_BATCH, DELIVERY_BATCH_SIZE=500)
     c.wait_caught_up()
@@ -314,7 +359,7 @@ def test_worker_killed_mid_reset_leaves_the_old_rows_until_the_next_one_switches
 def test_stop_mid_replay_then_start_redoes_the_reset(cluster):
     c = cluster
     c.table_pipeline()
-    work = Workload(15)
+    work = c.workload(15)
     c.push(work.batch(RESET_CHANGES))
     c.worker(REPLAY_BATCH_SIZE=SLOW_REPLAY_BATCH, DELIVERY_BATCH_SIZE=500)
     c.wait_caught_up()
@@ -340,7 +385,7 @@ def test_stop_mid_replay_then_start_redoes_the_reset(cluster):
 def test_a_sink_changed_behind_the_service_is_reported_then_redone(cluster):
     c = cluster
     c.table_pipeline()
-    work = Workload(16)
+    work = c.workload(16)
     c.push(work.batch(600))
     c.worker()
     c.wait_caught_up()
@@ -365,7 +410,7 @@ def test_a_sink_table_truncated_behind_the_service_is_found_out_with_no_delete_m
     recorded with its position, tells the worker the table was emptied; it is redone."""
     c = cluster
     c.table_pipeline()
-    work = Workload(17)
+    work = c.workload(17)
     c.push(work.batch(300))
     c.worker()
     c.wait_caught_up()
@@ -382,7 +427,7 @@ def test_a_sink_table_locked_by_another_session_is_retried_then_catches_up(clust
     """A hung sink: the table is locked; each attempt gives up after a third of the lease."""
     c = cluster
     c.table_pipeline()
-    work = Workload(17)
+    work = c.workload(17)
     c.push(work.batch(300))
     c.worker()
     c.wait_caught_up()
@@ -404,7 +449,7 @@ def test_a_connector_started_with_skip_records_the_skip_in_its_sink(cluster):
 
     c = cluster
     c.table_pipeline()
-    work = Workload(18)
+    work = c.workload(18)
     c.push(work.batch(300))
     c.worker()
     c.wait_caught_up()

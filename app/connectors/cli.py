@@ -55,11 +55,19 @@ def _config_text(connector: Connector) -> str:
     "--key",
     "keys",
     multiple=True,
-    help="postgres: a column that identifies a record (repeat for several).",
+    help="postgres, delta (mode rows): a column that identifies a record (repeat for several).",
+)
+@click.option(
+    "--column",
+    "columns",
+    multiple=True,
+    metavar="NAME=TYPE",
+    help="delta: a column of the table and its type, e.g. id=long (repeat for each).",
 )
 @click.option(
     "--mode",
-    help="postgres: rows (one column per field, the default) or jsonb; delta: changes.",
+    help="postgres: rows (one column per field, the default) or jsonb; "
+    "delta: changes (the default) or rows.",
 )
 @tenant_option
 @json_option
@@ -74,6 +82,7 @@ def add_command(
     dsn_env: str | None,
     table: str | None,
     keys: tuple[str, ...],
+    columns: tuple[str, ...],
     mode: str | None,
     tenant: str,
     as_json: bool,
@@ -84,7 +93,7 @@ def add_command(
     file:     --path out/totals.jsonl
     http:     --url http://127.0.0.1:9000/in [--timeout 10]
     postgres: --dsn-env SINK_DSN_WAREHOUSE --table analytics.totals [--key id]...
-    delta:    --path tables/totals
+    delta:    --path tables/totals [--column id=long]... [--mode rows --key id]
     """
     given = {
         "path": path,
@@ -94,6 +103,8 @@ def add_command(
         "table": table,
         "key": list(keys) or None,
         "mode": mode,
+        # NAME=TYPE pairs, in order; the transport driver checks names and types.
+        "columns": dict(c.partition("=")[::2] for c in columns) or None,
     }
     # Only the options given become settings: the transport driver refuses the others.
     config = {k: v for k, v in given.items() if v is not None}

@@ -5,20 +5,34 @@ one Delta commit that also records the connector's position, as the Delta
 *application transaction* of the connector's UUID (``txn`` action: app id
 ``target.uid``, version = the last change-log seq the table holds).
 
-Settings: ``{"path": "tables/orders", "mode": "changes"}``. ``path`` names the
-table's folder inside the tenant's sink folder (a relative path is taken from
-it, as for the ``file`` transport; it may not exist yet, but must not be a
-file). ``mode`` is optional and ``changes`` is the only one. Two connectors
-cannot write one table: the sink key is the resolved folder.
+Settings: ``{"path": "tables/orders", "mode": "changes"}``, and optionally
+``columns`` and ``key``. ``path`` names the table's folder inside the tenant's
+sink folder (a relative path is taken from it, as for the ``file`` transport;
+it may not exist yet, but must not be a file). Two connectors cannot write one
+table: the sink key is the resolved folder. ``columns`` declares the table's
+columns, name -> Delta primitive type; each record's fields land in them,
+converted as :mod:`app.transports.delta_columns` says (a field that is not a
+column, or a value its column cannot take, refuses the batch: a poison
+``TransportError``, the connector fails until a reset).
 
-Table layout (mode ``changes``): an append-only table of changes, with the
+Mode ``changes`` (the default): an append-only table of changes, with the
 columns ``seq`` (long, not null: the change-log seq of the change; a snapshot
 row carries the snapshot's seq), ``op`` (string, not null: ``insert`` or
-``delete``) and ``record`` (string, not null: the record's canonical JSON text
-exactly as stored). Each change-log row is one table row: weight > 0 an
-``insert``, weight < 0 a ``delete``. Deletes are rows, never Delta deletes:
-the view is the fold of the table, +1 per ``insert`` row and -1 per
-``delete`` row of a record text. The table is created on its first write.
+``delete``) and, without declared columns, ``record`` (string, not null: the
+record's canonical JSON text exactly as stored), or else the declared columns.
+Each change-log row is one table row: weight > 0 an ``insert``, weight < 0 a
+``delete``. Deletes are rows, never Delta deletes: the view is the fold of the
+table, +1 per ``insert`` row and -1 per ``delete`` row of a record. The table
+is created on its first write.
+
+Mode ``rows`` (``columns`` and ``key`` required): the table equals the view,
+one row per key. Each batch is one ``MERGE`` commit of its net changes on the
+key, the rule of the postgres transport's keyed mode: a record's copies are
+netted over the batch; an insert replaces the row with its key (or adds one),
+a delete removes the row with its key only if every column still equals the
+record, so an update split over two batches, in either order, lands right. A
+MERGE that changes no row makes no commit in ``deltalake``: the batch's
+position is then committed alone (an empty ``WRITE``), still one commit per batch.
 
 Streaming (:meth:`DeltaTransport.apply`): the table is loaded, the position
 read from it, and the batch appended (``write_deltalake`` with the loaded
@@ -33,12 +47,14 @@ both land, whereas racing creators of an empty table do no harm (at worst a
 second, empty ``CREATE TABLE`` commit).
 
 Reset (:class:`DeltaReset`): each snapshot batch is written as a parquet file
-(one column, ``record``) in a staging folder beside the table,
+(the column ``record``, or the declared columns, converted then) in a staging
+folder beside the table,
 ``.<table folder name>.reset-<epoch>/``, so memory holds one batch at a time.
 Every row of the table carries the snapshot's seq, which is only given to
 :meth:`DeltaReset.switch_in`, so staged files cannot become table files as
 they are: ``switch_in`` streams them, one staged batch at a time, into the
-table's data files (``seq``, ``op``, ``record``, zstd; written into the
+table's data files (``seq``, ``op`` and the record's columns, or the declared
+columns alone in mode ``rows``, zstd; written into the
 table's folder, where no reader looks until a commit names them), then calls
 ``fence()``, then makes one ``WRITE`` commit in ``Overwrite`` mode
 (``DeltaTable.create_write_transaction``: metadata only, the data files are
@@ -72,6 +88,7 @@ import shutil
 import stat
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,21 +110,35 @@ from flask import current_app, has_app_context
 
 from app.errors import InvalidRequest
 from app.transports.base import KeepAlive, TransportError
-from app.transports.delta_spec import MODES, SETTINGS, config_schema
+from app.transports.delta_columns import Columns, Refused, is_type
+from app.transports.delta_spec import (
+    CHANGE_COLUMNS,
+    COLUMN,
+    MAX_COLUMNS,
+    MAX_KEY_COLUMNS,
+    MODES,
+    SETTINGS,
+    TYPES,
+    config_schema,
+)
 from app.transports.file import fsync_dir, resolve_sink_path, sink_dir
 from app.transports.tables import Applied, LogRow, SinkMoved
 
-# The change table's columns (mode "changes").
-SCHEMA = pa.schema(
-    [
-        pa.field("seq", pa.int64(), nullable=False),
-        pa.field("op", pa.string(), nullable=False),
-        pa.field("record", pa.string(), nullable=False),
-    ]
+# The change table's first columns (mode "changes"), then the record's.
+CHANGE_FIELDS = (
+    pa.field("seq", pa.int64(), nullable=False),
+    pa.field("op", pa.string(), nullable=False),
 )
-DELTA_SCHEMA = Schema.from_arrow(SCHEMA)
-# A staged snapshot batch: the records only (their seq is known at the switch).
-STAGED_SCHEMA = pa.schema([pa.field("record", pa.string(), nullable=False)])
+RECORD_FIELD = pa.field("record", pa.string(), nullable=False)
+# The change table's columns when no columns are declared.
+SCHEMA = pa.schema([*CHANGE_FIELDS, RECORD_FIELD])
+# A staged snapshot batch, no columns declared: the records only (their seq is known
+# at the switch).
+STAGED_SCHEMA = pa.schema([RECORD_FIELD])
+# Mode rows: the source column of a MERGE that marks a delete (no declared column
+# may be named so: names starting with _pm_ are the service's).
+DELETE_FLAG = "_pm_delete"
+RESERVED_PREFIX = "_pm_"
 
 COMPRESSION = "zstd"
 WRITER_PROPERTIES = WriterProperties(compression="ZSTD")
@@ -139,16 +170,133 @@ def _constant(value: Any, type_: pa.DataType, length: int) -> pa.Array:
     return pa.nulls(length, type_).fill_null(pa.scalar(value, type_))
 
 
+class _Layout:
+    """What a connector's table looks like: its mode, declared columns and key.
+
+    No declared columns: the change table of record texts (``seq``, ``op``,
+    ``record``). Declared columns: ``seq``, ``op`` and the columns (mode
+    ``changes``), or the columns alone (mode ``rows``, one row per key).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.mode = config.get("mode", "changes")
+        declared = config.get("columns")
+        self.columns = Columns(declared, config.get("key") or ()) if declared else None
+        if self.columns is None:
+            self.schema = SCHEMA
+            self.staged = STAGED_SCHEMA
+        else:
+            self.staged = self.columns.schema
+            before = CHANGE_FIELDS if self.mode == "changes" else ()
+            self.schema = pa.schema([*before, *self.columns.schema])
+        self.delta_schema = Schema.from_arrow(self.schema)
+
+    @property
+    def rows(self) -> bool:
+        return self.mode == "rows"
+
+    def described(self) -> str:
+        return ", ".join(
+            f"{f.name} ({getattr(f.type, 'type', f.type)})" for f in self.delta_schema.fields
+        )
+
+    def stage(self, records: Sequence[str]) -> pa.Table:
+        """Snapshot records as a staged batch (raises ``Refused``)."""
+        if self.columns is None:
+            return pa.Table.from_arrays([pa.array(records, pa.string())], schema=STAGED_SCHEMA)
+        return self.columns.table(records)
+
+    def data(self, staged: pa.Table, snapshot_seq: int) -> pa.Table:
+        """A staged batch as table rows of the snapshot at ``snapshot_seq``."""
+        if self.rows:
+            return staged
+        length = staged.num_rows
+        return pa.Table.from_arrays(
+            [
+                _constant(snapshot_seq, pa.int64(), length),
+                _constant("insert", pa.string(), length),
+                *staged.columns,
+            ],
+            schema=self.schema,
+        )
+
+    def changes(self, rows: Sequence[LogRow]) -> pa.Table:
+        """Log rows as change-table rows: one per log row, an insert or a delete."""
+        kept = [row for row in rows if row[1] != 0]
+        head = [
+            pa.array([row[0] for row in kept], pa.int64()),
+            pa.array(["insert" if row[1] > 0 else "delete" for row in kept], pa.string()),
+        ]
+        if self.columns is None:
+            tail = [pa.array([row[2] for row in kept], pa.string())]
+        else:
+            tail = self.columns.arrays([self.columns.parse(row[2]) for row in kept])
+        return pa.Table.from_arrays([*head, *tail], schema=self.schema)
+
+    def merge_source(self, rows: Sequence[LogRow]) -> pa.Table:
+        """A batch's net changes per key (mode rows), as the source of one MERGE.
+
+        The fold of the postgres transport's keyed mode: each record's copies
+        are netted over the batch; a key with a net insert gets that record
+        (it replaces the row, whatever a delete of the batch said); a key with
+        net deletes only gets a delete, which removes the row only if it still
+        equals the record. Two records inserted with one key, or two deleted
+        with none inserted, mean the view is not keyed so: refused.
+        """
+        assert self.columns is not None
+        weights: Counter[str] = Counter()
+        for _seq, weight, text in rows:
+            if weight:
+                weights[text] += 1 if weight > 0 else -1
+        upserts: dict[tuple[Any, ...], dict[str, Any]] = {}
+        deletes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for text, net in weights.items():
+            if net == 0:
+                continue
+            row = self.columns.parse(text)
+            key = self.columns.key_of(row)
+            chosen = upserts if net > 0 else deletes
+            if net > 1 or key in chosen:
+                shown = json.dumps(list(key), default=str)[:80]
+                raise Refused(
+                    f"the batch {'inserts' if net > 0 else 'deletes'} two records with the "
+                    f"key {shown}: the view is not keyed by {', '.join(self.columns.key)}"
+                )
+            chosen[key] = row
+        kept = list(upserts.values()) + [r for k, r in deletes.items() if k not in upserts]
+        flags = [False] * len(upserts) + [True] * (len(kept) - len(upserts))
+        return pa.Table.from_arrays(
+            [*self.columns.arrays(kept), pa.array(flags, pa.bool_())],
+            names=[*self.columns.names, DELETE_FLAG],
+        )
+
+    def merge_predicates(self) -> tuple[str, str]:
+        """The MERGE's match predicate (the key) and its delete predicate (the row unchanged)."""
+        assert self.columns is not None
+        key = " AND ".join(f"t.`{name}` = s.`{name}`" for name in self.columns.key)
+        same = "".join(
+            f" AND (t.`{name}` IS NOT DISTINCT FROM s.`{name}`)"
+            for name in self.columns.names
+            if name not in self.columns.key
+        )
+        return key, f"s.`{DELETE_FLAG}`{same}"
+
+
 _ABSOLUTE = re.compile(r"(?<![\w.])(?:file://)?/[^\s\"'`]+")
 
 
 class _Table:
     """A connector's table: where it is, how messages name it, how errors are told."""
 
-    def __init__(self, path: Path, shown: str, tenant: str) -> None:
+    def __init__(self, path: Path, shown: str, tenant: str, layout: _Layout | None = None) -> None:
         self.path = path
         self.shown = shown
         self.tenant_dir = sink_dir(tenant)
+        self.layout = layout or _Layout({})
+
+    def refused(self, action: str, exc: Refused) -> TransportError:
+        """A batch the table's columns cannot hold: sending it again cannot succeed."""
+        return TransportError(f"Cannot {action} Delta table '{self.shown}': {exc}", poison=True)
 
     def error(self, action: str, exc: BaseException) -> TransportError:
         """A ``TransportError`` for ``exc``: one line, no server path outside the tenant's."""
@@ -184,7 +332,7 @@ class _Table:
     def create(self, action: str) -> DeltaTable:
         """Create the table, empty, if it is missing (racing creators do no harm); load it."""
         try:
-            DeltaTable.create(str(self.path), schema=SCHEMA, mode="ignore")
+            DeltaTable.create(str(self.path), schema=self.layout.schema, mode="ignore")
         except _FAILURES as exc:
             if self.load(action) is None:  # not created meanwhile by another writer
                 raise self.error(action, exc) from None
@@ -203,29 +351,16 @@ class _Table:
             raise self.error(action, exc) from None
 
     def check_schema(self, table: DeltaTable, action: str) -> None:
-        """Refuse a table whose columns are not those of a change table."""
+        """Refuse a table whose columns are not the connector's."""
         try:
             fields = [(f.name, str(f.type)) for f in table.schema().fields]
         except _FAILURES as exc:
             raise self.error(action, exc) from None
-        if fields != [(f.name, str(f.type)) for f in DELTA_SCHEMA.fields]:
+        if fields != [(f.name, str(f.type)) for f in self.layout.delta_schema.fields]:
             raise TransportError(
                 f"Cannot {action} Delta table '{self.shown}': its columns are not "
-                "seq (long), op (string), record (string)"
+                + self.layout.described()[:300]
             )
-
-
-def _change_table(rows: Sequence[LogRow]) -> pa.Table:
-    """Log rows as change-table rows: one per log row, an insert or a delete."""
-    kept = [row for row in rows if row[1] != 0]
-    return pa.Table.from_arrays(
-        [
-            pa.array([row[0] for row in kept], pa.int64()),
-            pa.array(["insert" if row[1] > 0 else "delete" for row in kept], pa.string()),
-            pa.array([row[2] for row in kept], pa.string()),
-        ],
-        schema=SCHEMA,
-    )
 
 
 def _renewal_seconds() -> float:
@@ -252,6 +387,8 @@ class DeltaReset:
         # Data files written into the table's folder that no commit names yet.
         self.written: list[Path] = []
         self.switched = False
+        # Mode rows: the keys staged so far (a key twice in the snapshot is refused).
+        self.keys: set[tuple[Any, ...]] = set()
         try:
             table.path.parent.mkdir(parents=True, exist_ok=True)
             self.remove_leftovers(table.path, epoch)
@@ -280,17 +417,43 @@ class DeltaReset:
                 shutil.rmtree(entry.path, ignore_errors=True)
 
     def append(self, records: Sequence[str]) -> int:
-        """Stage snapshot records (canonical JSON texts) as one parquet file; return their bytes."""
+        """Stage snapshot records (canonical JSON texts) as one parquet file; return their bytes.
+
+        With declared columns the records are converted here, so a record the
+        columns cannot hold fails the reset as refused, before anything is switched in.
+        """
         if not records:
             return 0
-        texts = pa.array(records, pa.string())
+        layout = self.table.layout
+        try:
+            staged = layout.stage(records)
+            if layout.rows:
+                self._check_keys(staged)
+        except Refused as exc:
+            raise self.table.refused("reset", exc) from None
         part = self.staging / f"part-{self.parts:06d}.parquet"
         try:
-            pq.write_table(pa.Table.from_arrays([texts], schema=STAGED_SCHEMA), part)
+            pq.write_table(staged, part)
         except _FAILURES as exc:
             raise self.table.error("stage the snapshot of", exc) from None
         self.parts += 1
-        return _text_bytes(texts)
+        if layout.columns is None:
+            return _text_bytes(staged.column("record"))
+        return sum(len(text) if text.isascii() else len(text.encode()) for text in records)
+
+    def _check_keys(self, staged: pa.Table) -> None:
+        """Refuse a snapshot (mode rows) that holds one key twice: the view is not keyed so."""
+        columns = self.table.layout.columns
+        assert columns is not None
+        keys = zip(*(staged.column(name).to_pylist() for name in columns.key), strict=True)
+        for key in keys:
+            if key in self.keys:
+                shown = json.dumps(list(key), default=str)[:80]
+                raise Refused(
+                    f"the snapshot holds two records with the key {shown}: the view is "
+                    f"not keyed by {', '.join(columns.key)}"
+                )
+            self.keys.add(key)
 
     def switch_in(self, snapshot_seq: int, fence: Callable[[], None]) -> int | None:
         """Replace the table's contents with the staged snapshot in one commit.
@@ -317,7 +480,7 @@ class DeltaReset:
             current.create_write_transaction(
                 actions,
                 mode="overwrite",
-                schema=SCHEMA,
+                schema=self.table.layout.schema,
                 commit_properties=_txn(self.uid, snapshot_seq),
             )
         except CommitFailedError:
@@ -356,6 +519,7 @@ class DeltaReset:
     def _write_data(self, snapshot_seq: int) -> list[AddAction]:
         """Write the staged records as the table's data files; return their add actions."""
         self.table.path.mkdir(parents=True, exist_ok=True)
+        layout = self.table.layout
         actions: list[AddAction] = []
         writer: pq.ParquetWriter | None = None
         rows = text = 0
@@ -370,24 +534,19 @@ class DeltaReset:
                     self.keep_alive()
                     renew_at = time.monotonic() + every
                 with pq.ParquetFile(self.staging / f"part-{index:06d}.parquet") as staged:
-                    records = staged.read(use_threads=False).column("record")
+                    batch = staged.read(use_threads=False)
                 if writer is None:
                     name = f"part-{len(actions):05d}-{uuid.uuid4()}-c000.{COMPRESSION}.parquet"
                     self.written.append(self.table.path / name)
-                    writer = pq.ParquetWriter(self.written[-1], SCHEMA, compression=COMPRESSION)
-                length = len(records)
-                writer.write_table(
-                    pa.Table.from_arrays(
-                        [
-                            _constant(snapshot_seq, pa.int64(), length),
-                            _constant("insert", pa.string(), length),
-                            records,
-                        ],
-                        schema=SCHEMA,
+                    writer = pq.ParquetWriter(
+                        self.written[-1], layout.schema, compression=COMPRESSION
                     )
-                )
-                rows += length
-                text += _text_bytes(records)
+                writer.write_table(layout.data(batch, snapshot_seq))
+                rows += batch.num_rows
+                if layout.columns is None:
+                    text += _text_bytes(batch.column("record"))
+                else:
+                    text += batch.nbytes
                 if text >= DATA_FILE_TEXT_BYTES or index == self.parts - 1:
                     writer.close()
                     writer = None
@@ -401,8 +560,7 @@ class DeltaReset:
             fsync_dir(self.table.path)
         return actions
 
-    @staticmethod
-    def _added(path: Path, rows: int, snapshot_seq: int) -> AddAction:
+    def _added(self, path: Path, rows: int, snapshot_seq: int) -> AddAction:
         """Flush a written data file to disk; return the add action that names it."""
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -410,13 +568,14 @@ class DeltaReset:
             info = os.fstat(fd)
         finally:
             os.close(fd)
-        bounds = {"seq": snapshot_seq, "op": "insert"}
-        stats = {
-            "numRecords": rows,
-            "minValues": bounds,
-            "maxValues": bounds,
-            "nullCount": {"seq": 0, "op": 0, "record": 0},
-        }
+        stats: dict[str, Any] = {"numRecords": rows}
+        if not self.table.layout.rows:
+            # What readers count and skip files by; declared columns carry no bounds.
+            bounds = {"seq": snapshot_seq, "op": "insert"}
+            nulls = {"seq": 0, "op": 0}
+            if self.table.layout.columns is None:
+                nulls["record"] = 0
+            stats.update(minValues=bounds, maxValues=bounds, nullCount=nulls)
         return AddAction(
             path.name, info.st_size, {}, info.st_mtime_ns // 1_000_000, True, json.dumps(stats)
         )
@@ -457,7 +616,91 @@ class DeltaTransport:
 
     def validate_config(self, config: dict[str, Any], *, tenant: str) -> dict[str, Any]:
         """Check the settings; return them with the mode filled in."""
-        return {"path": self.resolve(config, tenant)[0], "mode": "changes"}
+        normal: dict[str, Any] = {"path": self.resolve(config, tenant)[0]}
+        normal.update(self._layout_settings(config))
+        return normal
+
+    @staticmethod
+    def _layout_settings(config: dict[str, Any]) -> dict[str, Any]:
+        """Check ``mode``, ``columns`` and ``key`` together; return them normalised."""
+        mode = config.get("mode", "changes")
+        columns = config.get("columns")
+        key = config.get("key")
+        normal: dict[str, Any] = {"mode": mode}
+        if columns is not None:
+            if not isinstance(columns, dict) or not 1 <= len(columns) <= MAX_COLUMNS:
+                raise _refuse(
+                    "columns",
+                    "The delta transport's columns are not valid",
+                    f"An object of 1 to {MAX_COLUMNS} columns, name -> type, is required.",
+                )
+            problems: list[str] = []
+            seen: set[str] = set()
+            for name, type_name in columns.items():
+                if not COLUMN.match(name):
+                    problems.append(
+                        f"Column '{name[:130]}': a name is letters, digits and _, not "
+                        "starting with a digit (at most 128)."
+                    )
+                elif name.lower().startswith(RESERVED_PREFIX):
+                    problems.append(
+                        f"Column '{name}': names starting {RESERVED_PREFIX} are reserved."
+                    )
+                elif mode == "changes" and name.lower() in CHANGE_COLUMNS:
+                    problems.append(f"Column '{name}': mode changes adds seq and op itself.")
+                elif name.lower() in seen:
+                    problems.append(f"Column '{name}': named twice (names ignore case in Delta).")
+                if not is_type(type_name):
+                    shown = json.dumps(type_name)[:60]
+                    problems.append(
+                        f"Column '{name[:130]}': unknown type {shown}; one of: "
+                        f"{', '.join(TYPES)}, decimal(p,s) (p 1 to 38, s 0 to p)."
+                    )
+                seen.add(name.lower())
+            if problems:
+                raise InvalidRequest(
+                    "The delta transport's columns are not valid",
+                    details={"transport.config.columns": problems},
+                )
+            normal["columns"] = dict(columns)
+        if key is not None:
+            if mode != "rows":
+                raise _refuse(
+                    "key", "The delta transport's key is not valid", "A key applies to mode rows."
+                )
+            if (
+                not isinstance(key, list)
+                or not 1 <= len(key) <= MAX_KEY_COLUMNS
+                or not all(isinstance(k, str) for k in key)
+                or len(set(key)) != len(key)
+            ):
+                raise _refuse(
+                    "key",
+                    "The delta transport's key is not valid",
+                    f"A list of 1 to {MAX_KEY_COLUMNS} distinct column names is required.",
+                )
+            missing = [k for k in key if k not in (columns or {})]
+            if missing:
+                raise _refuse(
+                    "key",
+                    "The delta transport's key is not valid",
+                    f"Not declared in columns: {', '.join(m[:130] for m in missing)}.",
+                )
+            normal["key"] = list(key)
+        if mode == "rows":
+            if columns is None:
+                raise _refuse(
+                    "columns",
+                    "Mode rows needs the table's columns",
+                    "Required in mode rows: an object of columns, name -> type.",
+                )
+            if key is None:
+                raise _refuse(
+                    "key",
+                    "Mode rows needs a key",
+                    "Required in mode rows: the columns that identify a record.",
+                )
+        return normal
 
     def shown_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """A path holds no secret: the settings are shown as they are."""
@@ -487,7 +730,9 @@ class DeltaTransport:
                 details={f"transport.config.{k}": ["Unknown setting."] for k in unknown},
             )
         if config.get("mode", "changes") not in MODES:
-            raise _refuse("mode", "The delta transport's mode is not valid", "One of: changes.")
+            raise _refuse(
+                "mode", "The delta transport's mode is not valid", f"One of: {', '.join(MODES)}."
+            )
         path = config.get("path")
         if not isinstance(path, str) or not path:
             raise _refuse("path", "The delta transport needs a 'path'", "A string is required.")
@@ -530,7 +775,7 @@ class DeltaTransport:
                 f"Delta table '{shown}': the path must name a folder inside the tenant's "
                 "sink directory"
             ) from None
-        return _Table(path, shown, target.view.pipeline.tenant)
+        return _Table(path, shown, target.view.pipeline.tenant, _Layout(target.config))
 
     def position(self, target: Any) -> int | None:
         """The seq the table records for the connector; None if no table or none recorded."""
@@ -538,16 +783,19 @@ class DeltaTransport:
         return table.position(table.load("read"), target.uid, "read")
 
     def apply(self, target: Any, rows: Sequence[LogRow], *, epoch: int) -> Applied:
-        """Append the changes and record ``rows[-1][0]``, in one commit (see the module's text).
+        """Apply the changes and record ``rows[-1][0]``, in one commit (see the module's text).
 
-        ``epoch`` is not needed: the position check is what fences a stale writer.
+        Mode ``changes`` appends them; mode ``rows`` merges their net changes on
+        the key. ``epoch`` is not needed: the position check is what fences a
+        stale writer. A batch the declared columns cannot hold is refused (a
+        poison ``TransportError``), once the position says it is due.
         """
         if not rows:
             return Applied(0, None, skipped=True)
         table = self.table_of(target)
         first, last = rows[0][0], rows[-1][0]
-        changes = _change_table(rows)
-        size = _text_bytes(changes.column("record"))
+        size = sum(len(row[2]) if row[2].isascii() else len(row[2].encode()) for row in rows)
+        data: pa.Table | None = None
         for _ in range(COMMIT_ATTEMPTS):
             current = table.load("write")
             held = table.position(current, target.uid, "write")
@@ -563,14 +811,32 @@ class DeltaTransport:
             if current is None:
                 table.create("write")
                 continue  # decide again on the table as loaded
+            table.check_schema(current, "write")
+            if data is None:
+                try:
+                    layout = table.layout
+                    data = layout.merge_source(rows) if layout.rows else layout.changes(rows)
+                except Refused as exc:
+                    raise table.refused("write", exc) from None
             try:
-                write_deltalake(
-                    current,
-                    changes,
-                    mode="append",
-                    writer_properties=WRITER_PROPERTIES,
-                    commit_properties=_txn(target.uid, last),
-                )
+                if not table.layout.rows:
+                    write_deltalake(
+                        current,
+                        data,
+                        mode="append",
+                        writer_properties=WRITER_PROPERTIES,
+                        commit_properties=_txn(target.uid, last),
+                    )
+                elif data.num_rows and self._merge(table, current, data, _txn(target.uid, last)):
+                    pass
+                else:  # nothing to change (cancelled out, or deletes of no row): the position
+                    current.create_write_transaction(
+                        [],
+                        mode="append",
+                        schema=current.schema(),
+                        commit_properties=_txn(target.uid, last),
+                    )
+                    current.update_incremental()  # (not moved by a transaction's commit)
                 return Applied(size, current.version())
             except CommitFailedError:
                 continue  # another writer committed since the load: decide again
@@ -579,6 +845,41 @@ class DeltaTransport:
         raise TransportError(
             f"Cannot write Delta table '{table.shown}': other writers kept committing to it"
         )
+
+    @staticmethod
+    def _merge(
+        table: _Table, current: DeltaTable, source: pa.Table, properties: CommitProperties
+    ) -> bool:
+        """One MERGE commit of a batch's net changes on the key (mode rows), with its position.
+
+        Matched on the key: a delete removes the row only if every column still
+        equals the record's (nulls equal), an insert replaces the row; an
+        insert whose key is not in the table adds a row; a delete that finds
+        no row does nothing. Returns False when the MERGE changed no row:
+        ``deltalake`` then makes no commit, so the position is not recorded yet.
+        """
+        on, unchanged = table.layout.merge_predicates()
+        before = current.version()
+        (
+            current.merge(
+                source,
+                predicate=on,
+                source_alias="s",
+                target_alias="t",
+                writer_properties=WRITER_PROPERTIES,
+                commit_properties=properties,
+                # The batch is small and in memory: read twice, it lets the MERGE narrow
+                # its scan of the table to the batch's keys.
+                streamed_exec=False,
+            )
+            .when_matched_delete(predicate=unchanged)
+            .when_matched_update_all(predicate=f"NOT s.`{DELETE_FLAG}`", except_cols=[DELETE_FLAG])
+            .when_not_matched_insert_all(
+                predicate=f"NOT s.`{DELETE_FLAG}`", except_cols=[DELETE_FLAG]
+            )
+            .execute()
+        )
+        return current.version() != before
 
     def skip_to(self, target: Any, *, held: int, to_seq: int, epoch: int) -> Applied:
         """Record ``to_seq`` as the position, from ``held``, in a commit with no rows (a skip)."""
