@@ -32,7 +32,7 @@ GROUPS = (pipelines, connectors, resets, api_keys, views, notifications)
 @click.command("worker")
 @with_appcontext
 def worker_command() -> None:
-    """Run the worker in the foreground (resets, delivery) until interrupted."""
+    """Run the worker in the foreground (resets, delivery, notifications) until interrupted."""
     from app.delivery import wake
     from app.worker import run_loop
 

@@ -522,6 +522,16 @@ def test_a_failing_endpoint_ends_dead_after_the_retry_window(app, client, hook):
         db.session.remove()
 
 
+def test_the_backoff_doubles_up_to_its_cap_with_jitter(app):
+    app.config.update(NOTIFICATION_RETRY_BASE_SECONDS=1.0, NOTIFICATION_RETRY_MAX_SECONDS=8.0)
+    with app.app_context():
+        for attempts, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0), (500, 8.0)]:
+            waits = [delivery._backoff(attempts) for _ in range(200)]
+            assert all(ceiling / 2 <= w <= ceiling for w in waits), (attempts, waits)
+            # Jittered: failures at one moment do not all retry at the next.
+            assert max(waits) - min(waits) > ceiling / 10, (attempts, waits)
+
+
 def test_a_denied_network_is_refused_at_connect(app, client, hook):
     # The name passes registration; the address it resolves to is refused when connecting.
     app.config["HTTP_SINK_DENIED_NETWORKS"] = [*DEFAULT_DENIED, "127.0.0.0/8", "::1/128"]
