@@ -46,6 +46,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         docs,
         headers,
         health,
+        notifications,
         pipelines,
         resets,
         view_data,
@@ -62,6 +63,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         resets,
         view_data,
         delivery,
+        notifications,
         docs,
         cli,
     )

@@ -20,18 +20,19 @@ from app.auth.cli import api_keys
 from app.cli_helpers import fail, require_schema
 from app.connectors.cli import connectors
 from app.errors import ServiceUnavailable
+from app.notifications.cli import notifications
 from app.pipelines.cli import pipelines
 from app.resets.cli import resets
 from app.view_data.cli import views
 
 # One OperatorGroup per resource package; a new resource's group is added here.
-GROUPS = (pipelines, connectors, resets, api_keys, views)
+GROUPS = (pipelines, connectors, resets, api_keys, views, notifications)
 
 
 @click.command("worker")
 @with_appcontext
 def worker_command() -> None:
-    """Run the worker in the foreground (resets, delivery) until interrupted."""
+    """Run the worker in the foreground (resets, delivery, notifications) until interrupted."""
     from app.delivery import wake
     from app.worker import run_loop
 
@@ -87,6 +88,6 @@ def main() -> None:
         name="pipeline-manager",
         create_app=lambda: create_app(),
         help="Manage the pipeline-manager service: pipelines, connectors, resets, "
-        "API keys, the worker and the database.",
+        "API keys, notification endpoints, the worker and the database.",
     )
     group.main(prog_name="pipeline-manager")

@@ -98,6 +98,15 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "IDEMPOTENCY_MAX_ERROR_BYTES": 64 * 1024,
         # Keys a tenant may hold at once (409 QuotaExceeded past it; 0: no quota).
         "IDEMPOTENCY_MAX_KEYS_PER_TENANT": 1_000_000,
+        # Notification endpoints (app/notifications): the most a tenant may register
+        # (409 QuotaExceeded past it; 0: no quota); seconds one attempt may take, all
+        # of it (connect, send, answer); the retry backoff, doubled per failed attempt
+        # up to the cap; hours after the event before a delivery is given up (failed).
+        "TENANT_MAX_NOTIFICATION_ENDPOINTS": 100,
+        "NOTIFICATION_TIMEOUT_SECONDS": 10.0,
+        "NOTIFICATION_RETRY_BASE_SECONDS": 5.0,
+        "NOTIFICATION_RETRY_MAX_SECONDS": 3600.0,
+        "NOTIFICATION_RETRY_HOURS": 24,
         # Run the worker loop in a background thread of each serving process.
         "BACKGROUND_WORKER": True,
         # Seconds a client is told to wait when the database is busy.

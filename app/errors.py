@@ -225,6 +225,18 @@ class UnknownApiKey(NotFoundError):
         super().__init__(f"Unknown API key name '{name}'", details={"api_key_name": name})
 
 
+class UnknownNotificationEndpoint(NotFoundError):
+    """The tenant has no notification endpoint of that id."""
+
+    error_code = "UnknownNotificationEndpoint"
+
+    def __init__(self, notification_id: str) -> None:
+        super().__init__(
+            f"Unknown notification endpoint '{notification_id}'",
+            details={"notification_id": notification_id},
+        )
+
+
 # The code of an HTTP error of a status not listed below.
 HTTP_ERROR_FALLBACK = "HttpError"
 # Werkzeug's HTTP errors, by status code, under stable names.

@@ -1,10 +1,12 @@
-"""The worker: runs resets, delivery and change-log compaction outside the request path.
+"""The worker: runs resets, delivery, notifications and compaction outside the request path.
 
 A process runs one :class:`Dispatcher`. Its poller thread finds due
 connectors through the due index (:mod:`app.delivery.due`), taking tenants in
 turn, takes each one's lease and hands it to one of ``DELIVERY_CONCURRENCY``
 threads, which delivers its changes or runs its reset and gives the lease
-back. A sink that hangs holds up its own thread; the others go on. Between
+back. A sink that hangs holds up its own thread; the others go on. When a
+notification is due (:mod:`app.notifications.delivery`), one thread at a time
+sends what is due, tenants in turn. Between
 looks the poller sleeps until there can be work: rung in process, told by the
 database across processes (:mod:`app.delivery.wake`), woken when timed work
 (a retry, a lease running out) comes due, and at the latest every
@@ -58,6 +60,10 @@ log = logging.getLogger(__name__)
 # at in one round before it checks its doorbell again.
 CANDIDATES_PER_TENANT = 16
 MAX_LOOKS_PER_ROUND = 256
+# Notification deliveries one pass sends at most (a pass starts none after the
+# attempt timeout, NOTIFICATION_TIMEOUT_SECONDS, so slow receivers hold a thread
+# for two timeouts at most); what is left is due at once for the next pass.
+NOTIFICATIONS_PER_PASS = 100
 # A worker process whose heartbeat is older than this many leases is gone: its row goes.
 STALE_LEASES = 10
 
@@ -85,9 +91,9 @@ def run_once(executor: object | None = None, delivery: object | None = None) -> 
 
 @dataclass(frozen=True)
 class Job:
-    """A piece of work handed to a thread: a claimed connector, or a compaction pass."""
+    """A piece of work handed to a thread: a claimed connector, or a compaction or notify pass."""
 
-    kind: str  # "deliver", "reset" or "compact"
+    kind: str  # "deliver", "reset", "compact" or "notify"
     tenant: str = ""
     lease: Lease | None = None
     reset_id: uuid.UUID | None = None
@@ -144,6 +150,7 @@ class Dispatcher:
         self._free = list(self.slots)
         self._busy: Counter[str] = Counter()
         self._compacting = False
+        self._notifying = False
         self._last_compaction = 0.0
         self._last_beat = 0.0
         self._last_tenant: str | None = None
@@ -256,7 +263,7 @@ class Dispatcher:
         ``TENANT_MAX_CONCURRENT_CLAIMS`` of this process's threads waits for
         one of them. Returns 0 when there may be more to hand out at once.
         """
-        wait = min(self.safety_net, self._compaction())
+        wait = min(self.safety_net, self._compaction(), self._notifications())
         if not self._has_free():
             return wait  # a thread that comes free rings the doorbell
         tenants = due.due_tenants()
@@ -356,6 +363,29 @@ class Dispatcher:
         slot.inbox.put(Job("compact"))
         return self.compaction_every
 
+    def _notifications(self) -> float:
+        """Hand a notification pass to a free thread if a delivery is due; return seconds to one.
+
+        One pass at a time in this process (its end rings the doorbell); the
+        passes of other processes take other deliveries, each claimed in the
+        database (:mod:`app.notifications.delivery`).
+        """
+        if self._notifying:
+            return self.safety_net
+        from app.notifications import delivery as notifications
+
+        due_in = notifications.due_in()
+        if due_in is None:
+            return self.safety_net  # an emit rings the doorbell
+        if due_in > 0:
+            return due_in + 0.001
+        slot = self._take_slot()
+        if slot is None:
+            return self.safety_net  # a thread coming free rings the doorbell
+        self._notifying = True
+        slot.inbox.put(Job("notify"))
+        return self.safety_net
+
     # -- the threads --------------------------------------------------------------------------
 
     def _has_free(self) -> bool:
@@ -375,6 +405,8 @@ class Dispatcher:
             self._free.append(slot)
             if job is not None and job.kind == "compact":
                 self._compacting = False
+            elif job is not None and job.kind == "notify":
+                self._notifying = False
             elif job is not None:
                 self._busy[job.tenant] -= 1
         self.doorbell.ring()
@@ -403,6 +435,11 @@ class Dispatcher:
         elif job.kind == "reset":
             assert job.lease is not None and job.reset_id is not None
             slot.executor.execute(job.reset_id, job.lease)
+        elif job.kind == "notify":
+            from app.notifications import delivery as notifications
+
+            budget = float(current_app.config["NOTIFICATION_TIMEOUT_SECONDS"])
+            notifications.deliver_due(NOTIFICATIONS_PER_PASS, budget)
         else:
             from app.view_data import compaction
 

@@ -149,6 +149,11 @@ PADDED_BODIES = {
     ("post", "/v0/api_keys"): {"name": "cut"},
     ("post", CHANGES): [{"insert": {"id": "cut"}}],
     ("post", "/v0/pipelines/orders/views/totals/connectors/sink1/start"): {"skip": True},
+    ("post", "/v0/notifications"): {
+        "url": "http://hooks.example/cut",
+        "events": ["reset.completed"],
+        "name": "cut",
+    },
 }
 
 
@@ -180,6 +185,7 @@ def _stored_anything(app: Flask) -> bool:
                 " + (SELECT count(*) FROM views WHERE name = 'cut')"
                 " + (SELECT count(*) FROM connectors WHERE name = 'cut')"
                 " + (SELECT count(*) FROM api_keys WHERE name = 'cut')"
+                " + (SELECT count(*) FROM notification_endpoints WHERE name = 'cut')"
             )
         ).scalar_one()
         db.session.remove()
@@ -513,6 +519,11 @@ def _name_bodies(name: str) -> list[tuple[str, str, dict]]:
             {"name": name, "transport": {"name": "file", "config": {"path": "out/n.jsonl"}}},
         ),
         ("post", "/v0/api_keys", {"name": name}),
+        (
+            "post",
+            "/v0/notifications",
+            {"url": "http://hooks.example/n", "events": ["reset.completed"], "name": name},
+        ),
     ]
 
 
@@ -532,15 +543,16 @@ def test_every_name_field_of_the_api_is_walked(anon_client):
         ("ViewCreate", "name"),
         ("ConnectorCreate", "name"),
         ("ApiKeyCreate", "name"),
+        ("NotificationCreate", "name"),
     }
     assert len(_name_bodies("x")) == len(named)
 
 
-NAMED_TABLES = ("pipelines", "views", "connectors", "api_keys")
+NAMED_TABLES = ("pipelines", "views", "connectors", "api_keys", "notification_endpoints")
 
 
 def _everything(app: Flask) -> tuple[list[str], ...]:
-    """Every name stored anywhere: of pipelines, views, connectors and API keys."""
+    """Every name stored anywhere: of pipelines, views, connectors, API keys and endpoints."""
     with app.app_context():
         found = tuple(
             sorted(

@@ -81,6 +81,7 @@ SECTIONS = [
     "View Data",
     "Output Connectors",
     "API Keys",
+    "Notifications",
     "Health",
 ]
 RESET_STATUS = "/v0/pipelines/{pipeline_name}/reset_status"
@@ -107,6 +108,7 @@ def test_operations_are_filed_under_human_section_names(document):
         ("/v0/pipelines/{pipeline_name}/views/{view_name}/changes", "post")
     }
     assert all(path.startswith("/v0/api_keys") for path, _ in filed["API Keys"])
+    assert all(path.startswith("/v0/notifications") for path, _ in filed["Notifications"])
     assert filed["Health"] == {("/healthz", "get"), ("/readyz", "get")}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+import uuid
 from typing import Any
 
 import jwt
@@ -23,6 +24,7 @@ from app.auth import service as auth_service
 from app.auth.models import ApiKey, Role
 from app.console import access as console_access
 from app.extensions import db
+from app.notifications import service as notification_service
 from tests.conftest import Api, assert_error
 
 ISSUER = "https://idp.example.test"
@@ -34,9 +36,10 @@ PATH_VALUES = {
     "view_name": "totals",
     "connector_name": "sink1",
     "api_key_name": "victim",
+    "notification_id": "6f1b5c2e-0d4a-4e8b-9c3f-2a7d8e9b1c40",
 }
 # Parameters naming something a tenant owns: another tenant's credential gets 404 there.
-TENANT_OWNED = {"pipeline_name", "api_key_name"}
+TENANT_OWNED = {"pipeline_name", "api_key_name", "notification_id"}
 CREDENTIAL_ERRORS = (401, 403)
 # Valid bodies, so that another tenant's call gets as far as looking the pipeline up
 # (a body that fails validation answers 400 whoever owns the pipeline); others send {}.
@@ -97,9 +100,16 @@ def _bearer(credential: str) -> dict[str, str]:
 
 @pytest.fixture
 def callers(app: Flask, make_key, running_pipeline: Api, other_tenant_headers) -> dict[str, dict]:
-    """The headers of each kind of caller, on a running pipeline of the default tenant."""
+    """The headers of each kind of caller, on a running pipeline of the default tenant.
+
+    The tenant also has the API key and the notification endpoint PATH_VALUES name.
+    """
     make_key("default", "read", name="victim")
     with app.app_context():
+        endpoint, _ = notification_service.create_endpoint(
+            "default", "http://hooks.example.test/in", ["reset.completed"]
+        )
+        endpoint.uid = uuid.UUID(PATH_VALUES["notification_id"])
         _, expired_key = auth_service.create_key(
             "default",
             "expired",

@@ -1,9 +1,10 @@
 """The check in front of every ``/v0`` route: who is calling, and may they?
 
 ``ROUTE_ROLES`` declares the role each route and method needs: reads need
-``read``, changes ``write``, managing API keys ``admin``. The role matrix test
-(tests/test_roles.py) fails for a ``/v0`` route missing from it; until it is
-declared, such a route needs ``read`` to read and ``write`` for anything else.
+``read``, changes ``write``, managing API keys and notification endpoints
+``admin``. The role matrix test (tests/test_roles.py) fails for a ``/v0``
+route missing from it; until it is declared, such a route needs ``read`` to
+read and ``write`` for anything else.
 CORS preflights (OPTIONS) pass unchecked. The check runs before routing
 errors are raised, so an anonymous caller gets 401 even for a route that does
 not exist, and cannot map the API by probing.
@@ -50,11 +51,16 @@ ROUTE_ROLES: dict[str, dict[str, str]] = {
     "resets.issue_reset": {"POST": _WRITE},
     "resets.get_reset_status": {"GET": _READ},
     "resets.list_resets": {"GET": _READ},
-    "view_data.push_changes": {"POST": _WRITE},
     "resets.cancel_reset": {"POST": _WRITE},
+    "view_data.push_changes": {"POST": _WRITE},
     # Managing credentials: a write credential must not mint or revoke keys.
     "api_keys.ApiKeys": {"GET": _ADMIN, "POST": _ADMIN},
     "api_keys.ApiKeyItem": {"GET": _ADMIN, "DELETE": _ADMIN},
+    # Notification endpoints hold a signing secret and send the tenant's events out.
+    "notifications.Notifications": {"GET": _ADMIN, "POST": _ADMIN},
+    "notifications.NotificationItem": {"GET": _ADMIN, "DELETE": _ADMIN},
+    "notifications.send_test": {"POST": _ADMIN},
+    "notifications.list_deliveries": {"GET": _ADMIN},
 }
 
 

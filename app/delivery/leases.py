@@ -29,6 +29,7 @@ renews, checks and gives back a lease.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,19 +223,28 @@ def given_back(lease: Lease, due: Due | str = NOW) -> dict[str, Any]:
     }
 
 
-def release(lease: Lease, due: Due | str = NOW, **values: Any) -> bool:
+def release(
+    lease: Lease, due: Due | str = NOW, then: Callable[[], None] | None = None, **values: Any
+) -> bool:
     """Give the lease back (if still held), write ``values`` and commit; return whether held.
 
     ``due``: when the connector has work next, as the holder sees it (see
     :func:`given_back`). ``lease_expires_at`` keeps the release time. Outside
-    a transaction the ``UPDATE`` is one by itself (:func:`begin_alone`).
+    a transaction the ``UPDATE`` is one by itself (:func:`begin_alone`). ``then``
+    runs in the same transaction, only if the lease was still held: what
+    tells of the change (an event, :mod:`app.notifications.events`) is
+    committed with it, or not at all (so then the ``UPDATE`` opens a transaction).
     """
-    begin_alone()
+    if then is None:
+        begin_alone()
     result = db.session.execute(
         sa.update(Connector)
         .where(held(lease))
         .values(**given_back(lease, due), **values)
         .execution_options(synchronize_session=False)
     )
+    still_held = result.rowcount == 1
+    if still_held and then is not None:
+        then()
     db.session.commit()
-    return result.rowcount == 1
+    return still_held

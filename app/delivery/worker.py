@@ -41,6 +41,8 @@ from app.database import begin_alone, db_time
 from app.delivery import due, leases, reader, sinks
 from app.delivery.leases import Lease, LeaseLost
 from app.extensions import db
+from app.notifications import events
+from app.notifications.models import EventType
 from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.resets.models import Reset, ResetOrigin, ResetStatus
 from app.transports import TransportError, get_transport
@@ -588,6 +590,7 @@ class DeliveryWorker:
             leases.release(
                 lease,
                 due=None,
+                then=events.later(lease.connector_id, EventType.CONNECTOR_FAILED, reason),
                 sync_state=SyncState.FAILED,
                 sync_reason=reason[:MAX_ERROR_LENGTH],
                 **{**values, "last_error": reason[:MAX_ERROR_LENGTH]},
@@ -599,6 +602,7 @@ class DeliveryWorker:
         leases.release(
             lease,
             due=redo_at,
+            then=events.later(lease.connector_id, EventType.CONNECTOR_OUT_OF_SYNC, reason),
             sync_state=SyncState.RESETTING,
             sync_reason=reason[:MAX_ERROR_LENGTH],
             next_attempt_at=None if redone == 0 else redo_at,
@@ -628,4 +632,11 @@ class DeliveryWorker:
             # Sending it again cannot succeed: stop here, visibly, until a reset.
             values.update(sync_state=SyncState.FAILED, sync_reason=message, next_attempt_at=None)
             retry = None
-        leases.release(lease, due=retry, **values)
+        leases.release(
+            lease,
+            due=retry,
+            then=events.later(lease.connector_id, EventType.CONNECTOR_FAILED, message)
+            if exc.poison
+            else None,
+            **values,
+        )

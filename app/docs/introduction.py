@@ -8,8 +8,10 @@ engine, running elsewhere, pushes the changes of its output views here
 (**View Data**); each view's **Output Connectors** deliver those changes to a
 sink: a file, an HTTP endpoint, a PostgreSQL table or a Delta Lake table.
 **Pipelines** declare the views, **Pipeline Lifecycle** starts and stops them
-(each start of a stopped pipeline begins a new *incarnation*), and **API Keys**
-manage who may call. **Health** needs no credentials.
+(each start of a stopped pipeline begins a new *incarnation*), **API Keys**
+manage who may call, and **Notifications** send a tenant's events (a reset
+ended, a connector failed or fell out of sync) to its own HTTP endpoints,
+signed. **Health** needs no credentials.
 
 ## Authorization
 
@@ -24,11 +26,12 @@ once, and only its hash is kept:
     pipeline-manager api-keys create NAME --role write
 
 `--role` is `read` (may only read), `write` (may also change pipelines and
-reset connectors) or `admin` (may also manage API keys); `--tenant` names the
-tenant (`default` unless given). A caller with an `admin` credential may also
-create keys with **Create API Key**. A JWT is accepted when the service is
-configured with the key that signs it; its claims name the tenant and the
-role. A caller sees only its tenant's pipelines.
+reset connectors) or `admin` (may also manage API keys and notification
+endpoints); `--tenant` names the tenant (`default` unless given). A caller
+with an `admin` credential may also create keys with **Create API Key**. A
+JWT is accepted when the service is configured with the key that signs it;
+its claims name the tenant and the role. A caller sees only its tenant's
+pipelines.
 
 On this page, press **Authorize**, paste the API key (`apikey:...`) or the
 JWT, then **Try it out** on any operation. The credential stays authorized

@@ -13,6 +13,7 @@ LIFECYCLE = "Pipeline Lifecycle"
 VIEW_DATA = "View Data"
 OUTPUT_CONNECTORS = "Output Connectors"
 API_KEYS = "API Keys"
+NOTIFICATIONS = "Notifications"
 HEALTH = "Health"
 TAGS: dict[str, str] = {
     PIPELINES: "Create, read, change and delete pipelines and declare their output views.",
@@ -25,6 +26,10 @@ TAGS: dict[str, str] = {
     "replayed to the sink), preview, follow or cancel the reset.",
     API_KEYS: "API keys of the caller's tenant; 'admin' role only. A key is shown once, when "
     "it is created, and never outranks or outlives the credential that created it.",
+    NOTIFICATIONS: "Endpoints of the caller's tenant that its events (a reset completed, "
+    "failed or cancelled; a connector failed or out of sync) are POSTed to, signed with a "
+    "secret shown once; 'admin' role only. Each event is delivered at least once, retried "
+    "for NOTIFICATION_RETRY_HOURS; its deliveries can be followed.",
     HEALTH: "Health of the service (no credentials needed).",
 }
 
@@ -45,6 +50,7 @@ class Operation(NamedTuple):
 _P = "/v0/pipelines/{pipeline_name}"
 _V = _P + "/views/{view_name}"
 _C = _V + "/connectors/{connector_name}"
+_N = "/v0/notifications/{notification_id}"
 # Every operation, by path and method. A new operation is added here;
 # tests/test_openapi.py fails for one left out.
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -78,6 +84,44 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("/v0/api_keys/{api_key_name}", "delete"): Operation(
         "revoke_api_key", API_KEYS, "Revoke API Key", "The API key has been revoked"
+    ),
+    ("/v0/notifications", "get"): Operation(
+        "list_notification_endpoints",
+        NOTIFICATIONS,
+        "List Notification Endpoints",
+        "A page of the tenant's notification endpoints, oldest first (never their secrets); "
+        "`Link` points at the next one",
+    ),
+    ("/v0/notifications", "post"): Operation(
+        "create_notification_endpoint",
+        NOTIFICATIONS,
+        "Register Notification Endpoint",
+        "The endpoint has been registered; `secret` holds its signing secret, shown this once",
+    ),
+    (_N, "get"): Operation(
+        "get_notification_endpoint",
+        NOTIFICATIONS,
+        "Get Notification Endpoint",
+        "The endpoint and how its deliveries stand (never its secret)",
+    ),
+    (_N, "delete"): Operation(
+        "delete_notification_endpoint",
+        NOTIFICATIONS,
+        "Remove Notification Endpoint",
+        "The endpoint and its deliveries have been removed",
+    ),
+    (_N + "/test", "post"): Operation(
+        "test_notification_endpoint",
+        NOTIFICATIONS,
+        "Send Test Notification",
+        "A `notification.test` event has been queued to the endpoint; the answer is its "
+        "delivery, and `Location` lists the endpoint's deliveries",
+    ),
+    (_N + "/deliveries", "get"): Operation(
+        "list_notification_deliveries",
+        NOTIFICATIONS,
+        "List Notification Deliveries",
+        "A page of the endpoint's deliveries, newest first; `Link` points at the next one",
     ),
     ("/v0/pipelines", "get"): Operation(
         "list_pipelines",
@@ -246,4 +290,5 @@ NOT_FOUND_DESCRIPTIONS = {
     "view_name": "Pipeline or view with that name does not exist",
     "connector_name": "Pipeline, view or connector with that name does not exist",
     "api_key_name": "API key with that name does not exist",
+    "notification_id": "Notification endpoint with that id does not exist",
 }

@@ -55,6 +55,8 @@ from app.delivery import due, leases, reader, sinks
 from app.delivery.leases import Lease, LeaseLost
 from app.delivery.worker import MAX_ERROR_LENGTH, backoff_seconds, error_text
 from app.extensions import db
+from app.notifications import events
+from app.notifications.models import EventType
 from app.pipelines.models import Pipeline, PipelineStatus, View
 from app.resets.models import Reset, ResetOrigin, ResetPhase, ResetStatus, state_given_back
 from app.resets.tokens import reset_tokens
@@ -501,6 +503,7 @@ class ResetExecutor:
                 error=None,
                 lease_owner=None,
             )
+            events.reset_ended(reset_id, EventType.RESET_COMPLETED)
 
         if staging is not None and not isinstance(staging, StagingFile):
             # The sink commits while the update in fence() holds the connector's
@@ -597,6 +600,9 @@ class ResetExecutor:
             values.update(phase=ResetPhase.QUEUED, next_attempt_at=retry)
         try:
             self._advance(reset_id, lease, connector=connector, **values)
+            if final:  # told in the same commit
+                events.reset_ended(reset_id, EventType.RESET_FAILED)
+                events.connector_changed(lease.connector_id, EventType.CONNECTOR_FAILED, message)
             db.session.commit()
         except LeaseLost:  # cancelled, or taken over: the connector is given back
             db.session.rollback()

@@ -22,6 +22,8 @@ from app.errors import (
     UnknownPipelineName,
 )
 from app.extensions import db
+from app.notifications import events
+from app.notifications.models import EventType
 from app.pipelines.models import Pipeline, PipelineStatus, View, is_valid_name
 from app.pipelines.service import get_pipeline
 from app.prepared import PreparedSelect
@@ -247,6 +249,7 @@ def cancel_reset(tenant: str, pipeline_name: str, token: str | None) -> dict[str
         .execution_options(synchronize_session=False)
     )
     due.mark_connector(reset.connector_id)  # it streams on (or is given back) at once
+    events.reset_ended(reset_id, EventType.RESET_CANCELLED)
     db.session.commit()
     return reset_status(tenant, pipeline_name, token)
 
