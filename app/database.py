@@ -40,6 +40,9 @@ _SQLITE_TRANSIENT_MESSAGES = (
     "database is locked",
     "database is busy",
     "database table is locked",
+    # SQLITE_PROTOCOL: in WAL mode, a reader lost the race for the wal-index lock too
+    # many times in a row while other processes checkpointed or wrote; retry later.
+    "locking protocol",
     # The disk is full, or failing: the operator's to fix, not a bug; retry later.
     "database or disk is full",
     "disk i/o error",

@@ -157,3 +157,23 @@ def test_every_answer_carries_a_request_id(client: FlaskClient) -> None:
     # A request id that could forge log lines is replaced.
     forged = client.get("/nope", headers={"X-Request-Id": "a\tb"}).headers["X-Request-Id"]
     assert forged != "a\tb"
+
+
+@pytest.mark.parametrize(
+    ("message", "transient"),
+    [
+        ("database is locked", True),
+        ("locking protocol", True),  # SQLITE_PROTOCOL, under WAL contention
+        ("database or disk is full", True),
+        ("no such table: pipelines", False),
+    ],
+)
+def test_sqlite_errors_that_mean_retry_later_are_transient(message: str, transient: bool) -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from app.database import is_transient_error
+
+    error = OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
+    assert is_transient_error(error) is transient
