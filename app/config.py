@@ -107,6 +107,8 @@ def default_config(instance_path: str) -> dict[str, Any]:
         "NOTIFICATION_RETRY_BASE_SECONDS": 5.0,
         "NOTIFICATION_RETRY_MAX_SECONDS": 3600.0,
         "NOTIFICATION_RETRY_HOURS": 24,
+        # The worker's poller looks for due notifications at most this often (seconds).
+        "NOTIFICATION_LOOK_SECONDS": 1.0,
         # Run the worker loop in a background thread of each serving process.
         "BACKGROUND_WORKER": True,
         # Seconds a client is told to wait when the database is busy.

@@ -28,6 +28,7 @@ any number of processes on any number of hosts. Where one runs:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
@@ -151,6 +152,11 @@ class Dispatcher:
         self._busy: Counter[str] = Counter()
         self._compacting = False
         self._notifying = False
+        # The last look for due notifications (time.monotonic()), and when the earliest
+        # pending one is due, as that look saw it (None: none was).
+        self._notifications_looked = -math.inf
+        self._notification_due: float | None = None
+        self.notification_look_every = float(config["NOTIFICATION_LOOK_SECONDS"])
         self._last_compaction = 0.0
         self._last_beat = 0.0
         self._last_tenant: str | None = None
@@ -368,15 +374,26 @@ class Dispatcher:
 
         One pass at a time in this process (its end rings the doorbell); the
         passes of other processes take other deliveries, each claimed in the
-        database (:mod:`app.notifications.delivery`).
+        database (:mod:`app.notifications.delivery`). The look is one indexed
+        read, made at most every ``NOTIFICATION_LOOK_SECONDS`` (and when what
+        the last look saw comes due): a round woken by a push does not pay for
+        it, and an event emitted meanwhile (which wakes the poller) is looked
+        for that much later at most. An idle poller looks once a safety-net round.
         """
         if self._notifying:
             return self.safety_net
+        now = time.monotonic()
+        due = self._notification_due
+        next_look = self._notifications_looked + self.notification_look_every
+        if now < next_look and (due is None or now < due):
+            return min(next_look, math.inf if due is None else due) - now
         from app.notifications import delivery as notifications
 
         due_in = notifications.due_in()
+        self._notifications_looked = now
+        self._notification_due = None if due_in is None else now + max(0.0, due_in)
         if due_in is None:
-            return self.safety_net  # an emit rings the doorbell
+            return self.safety_net  # an emit wakes the poller
         if due_in > 0:
             return due_in + 0.001
         slot = self._take_slot()
@@ -407,6 +424,7 @@ class Dispatcher:
                 self._compacting = False
             elif job is not None and job.kind == "notify":
                 self._notifying = False
+                self._notifications_looked = -math.inf  # more may be due: look at once
             elif job is not None:
                 self._busy[job.tenant] -= 1
         self.doorbell.ring()
