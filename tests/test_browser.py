@@ -282,6 +282,7 @@ def test_docs_issue_a_reset_then_check_its_status_with_try_it_out(
         "View Data",
         "Output Connectors",
         "API Keys",
+        "Notifications",
         "Health",
     ]
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
