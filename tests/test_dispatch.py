@@ -161,6 +161,20 @@ def idle_poll(app: Flask) -> dict[str, Any]:
     return seen
 
 
+def poll_and_run(app: Flask, dispatcher: Dispatcher) -> None:
+    """One poller round, then every job it handed out, run here and given back."""
+    with app.app_context():
+        dispatcher.poll()
+        db.session.remove()
+    for slot in dispatcher.slots:
+        while not slot.inbox.empty():
+            job = slot.inbox.get()
+            with app.app_context():
+                dispatcher._do(slot, job)
+                db.session.remove()
+            dispatcher._give_back(slot, job)
+
+
 def test_an_idle_poll_costs_the_same_with_50_or_3000_idle_connectors(app):
     add_idle_connectors(app, 50)
     small = idle_poll(app)
@@ -186,16 +200,7 @@ def test_an_idle_poll_reads_nothing_of_connectors_that_were_served(app, api, cli
         assert len(due.in_turn(100)) == 20
     dispatcher = Dispatcher(app, threading.Event(), threads=1)
     for _ in range(40):  # one thread, run by hand: take a claim, do it, give it back
-        with app.app_context():
-            dispatcher.poll()
-            db.session.remove()
-        for slot in dispatcher.slots:
-            while not slot.inbox.empty():
-                job = slot.inbox.get()
-                with app.app_context():
-                    dispatcher._do(slot, job)
-                    db.session.remove()
-                dispatcher._give_back(slot, job)
+        poll_and_run(app, dispatcher)
     with app.app_context():
         assert due.in_turn(100) == []
         left = db.session.execute(
@@ -275,16 +280,7 @@ def test_a_push_reaches_its_sink_in_eight_statements_none_in_a_transaction(
     changes = "/v0/pipelines/orders/views/totals/changes"
     # The first push creates the view's log: the next one is the path measured.
     assert client.post(changes, json=[{"insert": {"n": 0}}]).status_code == 200
-    with app.app_context():
-        dispatcher.poll()
-        db.session.remove()
-    for slot in dispatcher.slots:
-        while not slot.inbox.empty():
-            job = slot.inbox.get()
-            with app.app_context():
-                dispatcher._do(slot, job)
-                db.session.remove()
-            dispatcher._give_back(slot, job)
+    poll_and_run(app, dispatcher)
     assert client.post(changes, json=[{"insert": {"n": 1}}]).status_code == 200
 
     with app.app_context(), counted() as poll:
