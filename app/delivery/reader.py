@@ -59,41 +59,58 @@ _LOG_PAGE = PreparedSelect(
     .order_by(_changes.seq)
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
-_PAGE = (
-    sa.select(_records.key, _records.record, _records.weight)
-    .where(_records.view_id == sa.bindparam("view_id"), _records.key > sa.bindparam("after"))
-    .order_by(_records.key)
-    .limit(sa.bindparam("limit", type_=sa.Integer))
-)
-_SNAPSHOT_PAGE = PreparedSelect(_PAGE)
-_page = _PAGE.subquery("page")
+# A snapshot page: ``at`` is where the next page starts after. Pages follow
+# an order that only has to hold within the snapshot's read transaction (a
+# replay that stops starts again from the beginning in a new one), so each
+# engine reads in the order its storage makes cheapest:
+# - PostgreSQL, the key: the primary key's index gives it;
+# - SQLite, the rowid, through ``ix_view_records_view_rowid`` (``view_id``,
+#   and the rowid every SQLite index ends with): the rows come in the table's
+#   own order. In key order (hashes) each row is fetched from a random place
+#   of the table, about 4x slower for 100,000 records (bench/README.md,
+#   "Target 5").
+_ROWID = sa.literal_column("view_records.rowid", sa.Integer)
+_ORDER = {"postgresql": _records.key, "sqlite": _ROWID}
+_START = {"postgresql": "", "sqlite": 0}
+
+
+def _page_of(order: sa.ColumnElement) -> sa.Select:
+    return (
+        sa.select(order.label("at"), _records.record, _records.weight)
+        .where(_records.view_id == sa.bindparam("view_id"), order > sa.bindparam("after"))
+        .order_by(order)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+    )
+
+
+_PAGES = {dialect: _page_of(order) for dialect, order in _ORDER.items()}
+_SNAPSHOT_PAGE = {dialect: PreparedSelect(page) for dialect, page in _PAGES.items()}
 # The separator is written into the statement (a literal newline), not bound:
 # the aggregates take it as a constant.
 _NEWLINE = sa.literal_column("'\n'", sa.Text)
 
 
-def _joined_page(texts: sa.ColumnElement[str]) -> PreparedSelect:
-    """The snapshot page as one row: its texts joined, how many rows, the largest weight and key.
+def _joined_page(dialect: str) -> PreparedSelect:
+    """The snapshot page as one row: its texts joined, how many rows, the largest weight and ``at``.
 
-    The largest weight is 1 when each record is in once; the largest key is
-    the one the next page starts after.
+    The largest weight is 1 when each record is in once; the largest ``at``
+    is where the next page starts after. PostgreSQL is told the order
+    (``string_agg`` takes none from its input). SQLite (``group_concat``
+    takes an ORDER BY from 3.44 only) gets the page's rows in the subquery's
+    order: it runs the subquery as a co-routine that feeds the aggregate row
+    by row. ``test_delivery_reader`` holds both to their page order.
     """
+    page = _PAGES[dialect].subquery("page")
+    if dialect == "postgresql":
+        texts = sa.func.string_agg(page.c.record, aggregate_order_by(_NEWLINE, page.c.at))
+    else:
+        texts = sa.func.group_concat(page.c.record, _NEWLINE)
     return PreparedSelect(
-        sa.select(texts, sa.func.count(), sa.func.max(_page.c.weight), sa.func.max(_page.c.key))
+        sa.select(texts, sa.func.count(), sa.func.max(page.c.weight), sa.func.max(page.c.at))
     )
 
 
-# The page's texts joined by newlines in key order, per engine. PostgreSQL is
-# told the order (``string_agg`` takes no order from its input). SQLite
-# (``group_concat`` takes an ORDER BY from 3.44 only) gets the page's rows in
-# the subquery's order: it runs the subquery as a co-routine that feeds the
-# aggregate row by row. ``test_delivery_reader`` holds both to key order.
-_SNAPSHOT_JOINED = {
-    "postgresql": _joined_page(
-        sa.func.string_agg(_page.c.record, aggregate_order_by(_NEWLINE, _page.c.key))
-    ),
-    "sqlite": _joined_page(sa.func.group_concat(_page.c.record, _NEWLINE)),
-}
+_SNAPSHOT_JOINED = {dialect: _joined_page(dialect) for dialect in _ORDER}
 # The log's end and the Z-set's size at it, both kept by every batch (one row).
 _LOG_HEAD = sa.select(_logs.last_seq, _logs.records).where(_logs.view_id == sa.bindparam("view_id"))
 
@@ -155,28 +172,29 @@ class Snapshot:
     seq: int
     records: int
 
-    def _page(self, after: str, limit: int) -> tuple[list[str], int, str]:
-        """Read up to ``limit`` rows after key ``after``: their texts, weight n n times.
+    def _page(self, after: str | int, limit: int) -> tuple[list[str], int, str | int]:
+        """Read up to ``limit`` rows after ``after``: their texts, weight n n times.
 
-        Return them with the page's row count and its largest key. The page is
-        read joined (:data:`_SNAPSHOT_JOINED`) and split here; one with a
-        record of weight above 1, or whose split does not give one text per
-        row, is read again row by row, within the same snapshot.
+        Return them with the page's row count and where the next page starts
+        after. The page is read joined (:data:`_SNAPSHOT_JOINED`) and split
+        here; one with a record of weight above 1, or whose split does not
+        give one text per row, is read again row by row, within the same
+        snapshot.
         """
         params = {"view_id": self.view_id, "after": after, "limit": limit}
-        joined_page = _SNAPSHOT_JOINED[self.connection.dialect.name]
-        ((joined, count, heaviest, last),) = joined_page.all(self.connection, params)
+        dialect = self.connection.dialect.name
+        ((joined, count, heaviest, last),) = _SNAPSHOT_JOINED[dialect].all(self.connection, params)
         if not count:
             return [], 0, after
         texts = joined.split("\n") if heaviest == 1 else []
         if len(texts) != count:
-            rows = _SNAPSHOT_PAGE.all(self.connection, params)
-            texts = [text for _key, text, weight in rows for _ in range(weight)]
+            rows = _SNAPSHOT_PAGE[dialect].all(self.connection, params)
+            texts = [text for _at, text, weight in rows for _ in range(weight)]
         return texts, count, last
 
     def _texts(self) -> Iterator[list[str]]:
-        """Yield the records' texts page by page, in key order, pages sized by their text."""
-        after = ""
+        """Yield the records' texts page by page, in page order, pages sized by their text."""
+        after = _START[self.connection.dialect.name]
         limit = min(FIRST_PAGE_ROWS, PAGE_ROWS)
         while True:
             texts, count, after = self._page(after, limit)
@@ -192,9 +210,10 @@ class Snapshot:
 
         A record of weight n comes n times. A batch holds at most
         ``max_records`` texts and ends, with ``max_bytes``, at the text that
-        brings its length to ``max_bytes``. Pages through the Z-set by key
-        (keyset pagination) within the snapshot's read transaction, so memory
-        holds one page and one batch.
+        brings its length to ``max_bytes``. Pages through the Z-set (keyset
+        pagination, in each engine's page order: see :data:`_ORDER`) within
+        the snapshot's read transaction, so memory holds one page and one
+        batch.
         """
         budget = UNBOUNDED if max_bytes is None else max_bytes
         batch: list[str] = []

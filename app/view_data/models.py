@@ -74,7 +74,13 @@ class ViewRecord(db.Model):
     """
 
     __tablename__ = "view_records"
-    __table_args__ = (sa.CheckConstraint("weight > 0", name="ck_view_records_weight"),)
+    __table_args__ = (
+        sa.CheckConstraint("weight > 0", name="ck_view_records_weight"),
+        # SQLite only: a view's rows in the table's own (rowid) order, which a
+        # snapshot reads them in (app.delivery.reader). PostgreSQL reads them
+        # by the primary key.
+        sa.Index("ix_view_records_view_rowid", "view_id").ddl_if(dialect="sqlite"),
+    )
 
     view_id: Mapped[int] = mapped_column(
         sa.ForeignKey(_VIEW_FK, ondelete="CASCADE"), primary_key=True
