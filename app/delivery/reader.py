@@ -12,26 +12,26 @@ batch, whatever the view's size. ``make bench`` section b (stream delivery
 and snapshot replay to a file sink) and section c (a reset to complete,
 issue 19's target 5) measure this path.
 
-A snapshot page comes back as one row: its records' texts joined by newlines
-in the database (a canonical text holds none: JSON escapes it in strings and
-has no whitespace between tokens). Fetched row by row, each record cost a
-row tuple and three Python objects, its 64-character key among them; split
-in Python, it costs one string.
+On SQLite a snapshot page comes back as one row: its records' texts joined by
+newlines in the database (a canonical text holds none: JSON escapes it in
+strings and has no whitespace between tokens). Fetched row by row, each record
+cost a row tuple and three Python objects, its 64-character key among them;
+split in Python, it costs one string. On PostgreSQL the snapshot is one
+statement, fetched a page at a time from a server-side cursor.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from app.database import snapshot_connection
 from app.extensions import db
-from app.prepared import PreparedSelect
+from app.prepared import PreparedSelect, statement_listeners
 from app.view_data.models import ViewChange, ViewLog, ViewRecord
 
 # Rows per statement: enough that a statement's own cost is small beside its
@@ -59,58 +59,49 @@ _LOG_PAGE = PreparedSelect(
     .order_by(_changes.seq)
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
-# A snapshot page: ``at`` is where the next page starts after. Pages follow
-# an order that only has to hold within the snapshot's read transaction (a
-# replay that stops starts again from the beginning in a new one), so each
-# engine reads in the order its storage makes cheapest:
-# - PostgreSQL, the key: the primary key's index gives it;
-# - SQLite, the rowid, through ``ix_view_records_view_rowid`` (``view_id``,
-#   and the rowid every SQLite index ends with): the rows come in the table's
-#   own order. In key order (hashes) each row is fetched from a random place
-#   of the table, about 4x slower for 100,000 records (bench/README.md,
-#   "Target 5").
-_ROWID = sa.literal_column("view_records.rowid", sa.Integer)
-_ORDER = {"postgresql": _records.key, "sqlite": _ROWID}
-_START = {"postgresql": "", "sqlite": 0}
-
-
-def _page_of(order: sa.ColumnElement) -> sa.Select:
-    return (
-        sa.select(order.label("at"), _records.record, _records.weight)
-        .where(_records.view_id == sa.bindparam("view_id"), order > sa.bindparam("after"))
-        .order_by(order)
-        .limit(sa.bindparam("limit", type_=sa.Integer))
-    )
-
-
-_PAGES = {dialect: _page_of(order) for dialect, order in _ORDER.items()}
-_SNAPSHOT_PAGE = {dialect: PreparedSelect(page) for dialect, page in _PAGES.items()}
+# A snapshot is read in whatever order each engine's storage makes cheapest:
+# nothing needs an order beyond the snapshot's read transaction (a replay that
+# stops starts again from the beginning, in a new one).
+#
+# SQLite: pages, each a range of the view's rowids read through
+# ``ix_view_records_view_rowid`` (``view_id``, and the rowid every SQLite
+# index ends with), so the table is read in its own order, and each page comes
+# back as one row, its texts joined (see the module's docstring). In key order
+# (hashes) each row was fetched from a random place of the table, about 4x
+# slower for 100,000 records (bench/README.md, "Target 5").
+_rowid = sa.literal_column("view_records.rowid", sa.Integer)
+_PAGE = (
+    sa.select(_rowid.label("at"), _records.record, _records.weight)
+    .where(_records.view_id == sa.bindparam("view_id"), _rowid > sa.bindparam("after"))
+    .order_by(_rowid)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_SNAPSHOT_PAGE = PreparedSelect(_PAGE)
+_page = _PAGE.subquery("page")
 # The separator is written into the statement (a literal newline), not bound:
-# the aggregates take it as a constant.
-_NEWLINE = sa.literal_column("'\n'", sa.Text)
-
-
-def _joined_page(dialect: str) -> PreparedSelect:
-    """The snapshot page as one row: its texts joined, how many rows, the largest weight and ``at``.
-
-    The largest weight is 1 when each record is in once; the largest ``at``
-    is where the next page starts after. PostgreSQL is told the order
-    (``string_agg`` takes none from its input). SQLite (``group_concat``
-    takes an ORDER BY from 3.44 only) gets the page's rows in the subquery's
-    order: it runs the subquery as a co-routine that feeds the aggregate row
-    by row. ``test_delivery_reader`` holds both to their page order.
-    """
-    page = _PAGES[dialect].subquery("page")
-    if dialect == "postgresql":
-        texts = sa.func.string_agg(page.c.record, aggregate_order_by(_NEWLINE, page.c.at))
-    else:
-        texts = sa.func.group_concat(page.c.record, _NEWLINE)
-    return PreparedSelect(
-        sa.select(texts, sa.func.count(), sa.func.max(page.c.weight), sa.func.max(page.c.at))
+# the aggregate takes it as a constant. ``group_concat`` (an ORDER BY of its
+# own from SQLite 3.44 only) gets the page's rows in the subquery's order: it
+# runs the subquery as a co-routine that feeds the aggregate row by row.
+# The largest weight is 1 when each record is in once; the largest rowid is
+# where the next page starts after.
+_SNAPSHOT_JOINED = PreparedSelect(
+    sa.select(
+        sa.func.group_concat(_page.c.record, sa.literal_column("'\n'", sa.Text)),
+        sa.func.count(),
+        sa.func.max(_page.c.weight),
+        sa.func.max(_page.c.at),
     )
-
-
-_SNAPSHOT_JOINED = {dialect: _joined_page(dialect) for dialect in _ORDER}
+)
+# PostgreSQL: one statement for the whole snapshot, read through a server-side
+# cursor (``DECLARE``, then ``FETCH`` a page at a time) in the snapshot's
+# transaction: one scan of the view's rows in the table's order. Keyset pages
+# by key cost a scan of the index and a top-N sort each wherever the planner
+# misjudges the view's size (a view filled since the last ``ANALYZE``): 17 ms
+# a page of 2,000, 0.87 s for 100,000 records, against about 0.1 s.
+_SNAPSHOT_ROWS = sa.select(_records.record, _records.weight).where(
+    _records.view_id == sa.bindparam("view_id")
+)
+_SNAPSHOT_CURSOR = "pipeline_manager_snapshot"
 # The log's end and the Z-set's size at it, both kept by every batch (one row).
 _LOG_HEAD = sa.select(_logs.last_seq, _logs.records).where(_logs.view_id == sa.bindparam("view_id"))
 
@@ -172,48 +163,73 @@ class Snapshot:
     seq: int
     records: int
 
-    def _page(self, after: str | int, limit: int) -> tuple[list[str], int, str | int]:
-        """Read up to ``limit`` rows after ``after``: their texts, weight n n times.
+    def _page(self, after: int, limit: int) -> tuple[list[str], int, int]:
+        """SQLite: read up to ``limit`` rows after rowid ``after``: their texts, weight n n times.
 
-        Return them with the page's row count and where the next page starts
-        after. The page is read joined (:data:`_SNAPSHOT_JOINED`) and split
-        here; one with a record of weight above 1, or whose split does not
-        give one text per row, is read again row by row, within the same
-        snapshot.
+        Return them with the page's row count and its largest rowid. The page
+        is read joined (:data:`_SNAPSHOT_JOINED`) and split here; one with a
+        record of weight above 1, or whose split does not give one text per
+        row, is read again row by row, within the same snapshot.
         """
         params = {"view_id": self.view_id, "after": after, "limit": limit}
-        dialect = self.connection.dialect.name
-        ((joined, count, heaviest, last),) = _SNAPSHOT_JOINED[dialect].all(self.connection, params)
+        ((joined, count, heaviest, last),) = _SNAPSHOT_JOINED.all(self.connection, params)
         if not count:
             return [], 0, after
         texts = joined.split("\n") if heaviest == 1 else []
         if len(texts) != count:
-            rows = _SNAPSHOT_PAGE[dialect].all(self.connection, params)
+            rows = _SNAPSHOT_PAGE.all(self.connection, params)
             texts = [text for _at, text, weight in rows for _ in range(weight)]
         return texts, count, last
 
+    @contextmanager
+    def _reader(self) -> Iterator[Callable[[int], tuple[list[str], int]]]:
+        """Yield ``fetch(limit)``: the next rows' texts (weight n n times) and their count."""
+        if self.connection.dialect.name != "postgresql":
+            after = 0
+
+            def fetch_page(limit: int) -> tuple[list[str], int]:
+                nonlocal after
+                texts, count, after = self._page(after, limit)
+                return texts, count
+
+            yield fetch_page
+            return
+        sql = str(_SNAPSHOT_ROWS.compile(dialect=self.connection.dialect))
+        params = {"view_id": self.view_id}
+        for listener in statement_listeners:
+            listener(sql, params)
+        driver = self.connection.connection.driver_connection
+        with driver.cursor(name=_SNAPSHOT_CURSOR) as cursor:
+            cursor.execute(sql, params)
+
+            def fetch_rows(limit: int) -> tuple[list[str], int]:
+                rows = cursor.fetchmany(limit)
+                return [text for text, weight in rows for _ in range(weight)], len(rows)
+
+            yield fetch_rows
+
     def _texts(self) -> Iterator[list[str]]:
-        """Yield the records' texts page by page, in page order, pages sized by their text."""
-        after = _START[self.connection.dialect.name]
+        """Yield the records' texts page by page, pages sized by their text."""
         limit = min(FIRST_PAGE_ROWS, PAGE_ROWS)
-        while True:
-            texts, count, after = self._page(after, limit)
-            if texts:
-                yield texts
-            if count < limit:
-                return
-            characters = max(1, sum(map(len, texts)))
-            limit = max(1, min(PAGE_ROWS, PAGE_CHARACTERS * count // characters))
+        with self._reader() as fetch:
+            while True:
+                texts, count = fetch(limit)
+                if texts:
+                    yield texts
+                if count < limit:
+                    return
+                characters = max(1, sum(map(len, texts)))
+                limit = max(1, min(PAGE_ROWS, PAGE_CHARACTERS * count // characters))
 
     def batches(self, max_records: int, max_bytes: int | None = None) -> Iterator[list[str]]:
         """Yield the snapshot's records as canonical JSON texts, in batches.
 
         A record of weight n comes n times. A batch holds at most
         ``max_records`` texts and ends, with ``max_bytes``, at the text that
-        brings its length to ``max_bytes``. Pages through the Z-set (keyset
-        pagination, in each engine's page order: see :data:`_ORDER`) within
-        the snapshot's read transaction, so memory holds one page and one
-        batch.
+        brings its length to ``max_bytes``. Reads the Z-set a page at a time
+        (SQLite: keyset pages by rowid; PostgreSQL: fetches of one server-side
+        cursor) within the snapshot's read transaction, in the table's order,
+        so memory holds one page and one batch.
         """
         budget = UNBOUNDED if max_bytes is None else max_bytes
         batch: list[str] = []
