@@ -307,6 +307,11 @@ def init_app(app: Flask) -> None:
     app.before_request(require_schema)
     # Registered after Flask-SQLAlchemy's, so it runs first (teardowns run in reverse).
     app.teardown_appcontext(_remove_session)
+    # And at the end of each request: a request that runs inside an app context
+    # already pushed (a test's, or a command's) shares that context, and would
+    # otherwise carry its session, with the objects it loaded, into the next
+    # request, which would read them as they were, not as the database has them.
+    app.teardown_request(_remove_session)
 
 
 def _remove_session(_exc: BaseException | None) -> None:
