@@ -1244,6 +1244,9 @@ def define_processes(
             "PIPELINE_MANAGER_BIND": f"127.0.0.1:{port}",
             "PIPELINE_MANAGER_WORKERS": str(args.gunicorn_workers),
             "PIPELINE_MANAGER_BACKGROUND_WORKER": "true" if n < with_thread else "false",
+            # No delivery process beside gunicorn's request workers (gunicorn.conf.py
+            # starts one by default, never faulted): only the processes named above deliver.
+            "PIPELINE_MANAGER_DELIVERY_PROCESSES": "0",
         }
         argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
         servers.append(Proc(f"gunicorn-{n + 1}", argv, env, folder / f"gunicorn-{n + 1}.log"))
