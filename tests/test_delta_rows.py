@@ -581,3 +581,79 @@ def test_the_merge_benchmark_runs_and_checks_its_table(tmp_path: Path) -> None:
     table = DeltaTable(str(tmp_path / "default" / "keyed"))
     assert table.to_pyarrow_dataset().count_rows() == 2_100
     assert [h["operation"] for h in table.history()] == ["MERGE", "WRITE", "CREATE TABLE"]
+
+
+# -- read back with Polars --------------------------------------------------------------
+
+TYPED = {**COLUMNS, "at": "timestamp", "price": "decimal(10,2)"}
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "table-sinks.md"
+
+
+def typed_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A keyed workload's record with a timestamp and a decimal, both a function of its id."""
+    i = record["id"]
+    return {**record, "at": f"2024-05-{1 + i % 28:02d}T12:{i % 60:02d}:00Z", "price": i % 997 / 4}
+
+
+def typed_view(app: Flask, columns: dict[str, str]) -> Counter[frozenset]:
+    """The view's records, converted into the declared columns (nulls left out), with weights."""
+    parser = delta.Columns(columns)
+    return Counter(
+        {frozenset(parser.parse(text).items()): w for text, w in view_contents(app).items()}
+    )
+
+
+def frame_rows(frame: Any, weight: str | None = None) -> Counter[frozenset]:
+    """A Polars frame's rows (nulls left out); ``weight`` names a column of copies."""
+    rows: Counter[frozenset] = Counter()
+    for row in frame.to_dicts():
+        copies = row.pop(weight) if weight else 1
+        rows[frozenset((k, v) for k, v in row.items() if v is not None)] += copies
+    return rows
+
+
+def polars_block() -> str:
+    """The Polars reader of docs/table-sinks.md, as a reader would paste it."""
+    blocks = [b for b in DOCS.read_text().split("```python\n")[1:] if "import polars" in b]
+    assert len(blocks) == 1, "one Polars block in docs/table-sinks.md"
+    return blocks[0].split("\n```")[0]
+
+
+def test_the_polars_queries_of_the_docs_read_the_view(
+    app: Flask, api, client, run_resets, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The docs' Polars block, run on a keyed table and a change table (typed columns, a
+    timestamp and a decimal among them) of one view, reads that view: after batches
+    (inserts, updates, deletes) and after a reset of each."""
+    app.config.update(DELIVERY_BATCH_SIZE=11, REPLAY_BATCH_SIZE=17)
+    api.create_pipeline()
+    for name, path, mode in (("keyed", "totals", "rows"), ("changes", "changes", "changes")):
+        config: dict[str, Any] = {"path": f"tables/{path}", "mode": mode, "columns": TYPED}
+        if mode == "rows":
+            config["key"] = ["id"]
+        body = {"name": name, "transport": {"name": "delta", "config": config}}
+        assert client.post(CONNECTORS, json=body).status_code == 201
+    api.action("orders", "start")
+    code = polars_block().replace("instance/sinks", app.config["SINK_DIR"])
+    changes = [
+        {op: typed_record(record) for op, record in change.items()}
+        for change in keyed_workload(8, 400)
+    ]
+
+    def read_back() -> None:
+        found: dict[str, Any] = {}
+        exec(code, found)  # noqa: S102 (the docs' own block)
+        expected = typed_view(app, TYPED)
+        assert frame_rows(found["keyed"].collect()) == expected
+        assert frame_rows(found["view"], weight="copies") == expected
+        assert str(sum(expected.values())) in capsys.readouterr().out
+
+    for start in range(0, len(changes), 100):
+        assert client.post(CHANGES, json=changes[start : start + 100]).status_code == 200
+        deliver(app)
+        read_back()
+    for connector in ("keyed", "changes"):
+        token = api.reset(connector=connector)
+        run_resets()
+        assert api.status(token).get_json()["status"] == "complete"
+    read_back()
