@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections import Counter
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -657,3 +658,85 @@ def test_the_polars_queries_of_the_docs_read_the_view(
         run_resets()
         assert api.status(token).get_json()["status"] == "complete"
     read_back()
+
+
+# -- a reader during a reset ------------------------------------------------------------
+
+BIG = 200_000
+GONE_EVERY = 40  # every 40th record leaves the view before the second reset: 5,000
+
+
+def push(app: Flask, changes: list[tuple[int, str]]) -> None:
+    """Store changes in the view as the API would, in one transaction (no HTTP, for speed)."""
+    from app.pipelines.service import get_pipeline
+    from app.view_data import service as view_data
+
+    with app.app_context():
+        view = view_data.writable_view(get_pipeline("default", "orders"), "totals")
+        view_data.push_changes(view, changes)
+        db.session.remove()
+
+
+def count_rows(path: Path, reader: int) -> int:
+    """The table's row count as a reader sees it, opening the table anew each time:
+    with deltalake, or with Polars, in turn."""
+    if reader % 2:
+        import polars as pl
+
+        return int(pl.scan_delta(str(path)).select(pl.len()).collect().item())
+    return DeltaTable(str(path)).to_pyarrow_dataset().count_rows()
+
+
+@pytest.mark.slow
+def test_a_reader_counting_rows_during_a_200k_record_reset_sees_the_old_count_or_the_new(
+    app: Flask, api, client, run_resets
+) -> None:
+    """A keyed table of 200,000 rows, reset through the service to a view 5,000 records
+    smaller: a reader counting rows all along (deltalake and Polars in turn, the table
+    opened anew each time) sees 200,000 until the overwrite commit, then 195,000."""
+    config = {"path": "tables/t", "mode": "rows", "columns": COLUMNS, "key": ["id"]}
+    lake_pipeline(api, client, config)
+    path = Path(app.config["SINK_DIR"]) / "default" / "tables" / "t"
+    for start in range(0, BIG, 20_000):
+        push(app, [(store.INSERT, rec(i)) for i in range(start, start + 20_000)])
+    first = api.reset(connector="lake")
+    run_resets()
+    assert api.status(first).get_json()["status"] == "complete"
+    old = count_rows(path, 0)
+    assert old == BIG
+    push(app, [(store.DELETE, rec(i)) for i in range(0, BIG, GONE_EVERY)])
+    new = BIG - BIG // GONE_EVERY
+
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(count_rows(path, len(seen)))
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    token = api.reset(connector="lake")
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        while len(seen) < 3 and not errors:  # the reader runs before the reset...
+            time.sleep(0.01)
+        before = len(seen)
+        assert run_resets() == 1
+        during = len(seen) - before
+        while len(seen) < before + during + 3 and not errors:  # ...and after it
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        reader.join(60)
+    assert not errors, errors
+    assert api.status(token).get_json()["status"] == "complete"
+    assert set(seen) == {old, new}, Counter(seen)
+    flip = seen.index(new)
+    assert set(seen[flip:]) == {new}, "the old count seen again after the new one"
+    assert during >= 3, f"only {during} reads while the reset ran"
+    assert as_records(read(path).to_pylist()) == view_contents(app)
