@@ -24,6 +24,8 @@ import pytest
 import sqlalchemy as sa
 from deltalake import DeltaTable
 from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.delivery.sinks import PipelineRef, SinkTarget, ViewRef
 from app.delivery.worker import DeliveryWorker
@@ -239,6 +241,80 @@ def test_a_refused_batch_already_held_is_skipped_not_refused(sinks: Path) -> Non
     t = target()
     DRIVER.apply(t, log(1, (1, rec(1))), epoch=1)
     assert DRIVER.apply(t, log(1, (1, '{"id":1,"colour":"red"}')), epoch=1).skipped
+
+
+# The types Arrow's JSON reader converts in one pass (delta_columns._READER_TYPES), with
+# values around each one's edges; a field now and then holds a value of another kind, or
+# is not a column. A batch must come out exactly as converted one record at a time, or be
+# refused with the same message.
+READER_COLUMNS = {
+    "id": "long",
+    "i": "integer",
+    "s": "short",
+    "b": "byte",
+    "d": "double",
+    "t": "boolean",
+    "name": "string",
+}
+
+
+def _in(low: int, high: int) -> st.SearchStrategy[int]:
+    return st.integers(low, high) | st.sampled_from([low, high, 0, -1])
+
+
+TAKEN = {
+    "id": _in(-(2**63), 2**63 - 1),
+    "i": _in(-(2**31), 2**31 - 1),
+    "s": _in(-(2**15), 2**15 - 1),
+    "b": _in(-128, 127),
+    "d": st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from([1e20, 1e21, 2**53 + 1, -0.0, 5e-324, 1.7976931348623157e308]),
+    "t": st.booleans(),
+    "name": st.text(max_size=6) | st.sampled_from(["é", "😀", '"\\', "\n\t", "1", ""]),
+}
+ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.sampled_from(["a", "b"]), st.integers(), max_size=2),
+)
+
+
+def _field(name: str) -> st.SearchStrategy[Any]:
+    """Mostly a value the column takes (or null), one time in ten any JSON value."""
+    return st.integers(0, 9).flatmap(lambda r: ANY if r == 0 else (st.none() | TAKEN[name]))
+
+
+RECORDS = st.tuples(
+    st.fixed_dictionaries({}, optional={name: _field(name) for name in READER_COLUMNS}),
+    st.integers(0, 19),
+).map(lambda pair: {**pair[0], "other": 1} if pair[1] == 0 else pair[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(RECORDS, min_size=1, max_size=5))
+def test_a_batch_read_in_one_pass_is_what_record_by_record_conversion_gives(
+    records: list[dict[str, Any]],
+) -> None:
+    for key in ((), ("id",)):
+        columns = delta.Columns(READER_COLUMNS, key)
+        texts = [store.canonical(r) for r in records]
+        try:
+            one_by_one = pa.Table.from_arrays(
+                columns.arrays([columns.parse(t) for t in texts]), schema=columns.schema
+            )
+        except delta.Refused as exc:
+            with pytest.raises(delta.Refused) as caught:
+                columns.table(texts)
+            assert str(caught.value) == str(exc)
+            continue
+        read = columns.table(texts)
+        assert read.schema == one_by_one.schema
+        assert read.to_pylist() == one_by_one.to_pylist()
 
 
 # -- mode changes -----------------------------------------------------------------------
