@@ -9,12 +9,14 @@ What runs, all on one PostgreSQL database and one temporary folder (sinks, logs)
 - two ``flask worker`` processes;
 - ``--tenants`` tenants, each with a write API key and one pipeline
   (``orders``, view ``totals``, connector ``sink1``: a file, or with ``--sink`` a
-  Delta table, a PostgreSQL table, or an http endpoint);
+  Delta change table, a keyed Delta table of typed columns (``delta-rows``), a
+  PostgreSQL table, or an http endpoint);
 - with ``--sink http``, one reference receiver (``tests/receiver.py``) in the
   soak's own process, on loopback, that every tenant's connector POSTs to.
 
 One thread per tenant pushes its share of ``--records`` changes (inserts, and
-deletes of records inserted earlier; some records are inserted more than once)
+deletes of records inserted earlier; some records are inserted more than once,
+except with ``--sink delta-rows``, whose view is keyed by ``id``)
 in batches, alternating between the two ports and paced over the push window.
 Meanwhile the main thread injects a bounded number of faults at random times:
 connector resets, SIGKILL of a worker (restarted at once), SIGSTOP of a worker
@@ -64,9 +66,19 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PIPELINE, VIEW, CONNECTOR = "orders", "totals", "sink1"
 SINK_PATH = "out/totals.jsonl"
-# --sink delta: each tenant's Delta change table; --sink postgres: a jsonb table per
-# tenant in a schema of its own of the --sink-dsn database, named by this variable.
+# --sink delta: each tenant's Delta change table; --sink delta-rows: a keyed Delta table
+# of the record's typed columns (mode rows, key id), equal to the view; --sink postgres: a
+# jsonb table per tenant in a schema of its own of the --sink-dsn database, named by this
+# variable.
 DELTA_PATH = "tables/totals"
+DELTA_COLUMNS = {
+    "id": "long",
+    "tenant": "string",
+    "qty": "long",
+    "label": "string",
+    "note": "string",
+}
+DELTA_KEY = ["id"]
 SINK_DSN_ENV = "SINK_DSN_SOAK"
 # --sink http: where the workers may connect (the receiver listens on loopback only).
 HTTP_SINK_NETWORKS = ["127.0.0.1/32"]
@@ -829,7 +841,7 @@ def wait_caught_up(soak: Soak, until: float) -> bool:
 
 def sink_path(soak: Soak, tenant: Tenant) -> Path:
     """The tenant's sink on disk: its file, or its Delta table's folder (missing for others)."""
-    if soak.args.sink == "delta":
+    if soak.args.sink in ("delta", "delta-rows"):
         return soak.folder / "sinks" / tenant.name / DELTA_PATH
     return soak.folder / "sinks" / tenant.sink
 
@@ -897,6 +909,20 @@ def delta_lines(path: Path) -> Iterator[str]:
         yield '{"' + op + '":' + text + "}\n"
 
 
+def delta_rows_lines(path: Path) -> Iterator[str]:
+    """A keyed Delta table's rows (mode rows), each as an insert line: the table is the view.
+
+    A key held twice would fold to an extra copy of a record, and so fail the run.
+    """
+    from deltalake import DeltaTable
+
+    if not path.exists():
+        return
+    data = DeltaTable(str(path)).to_pyarrow_dataset().to_table(use_threads=False)
+    for row in data.to_pylist():
+        yield '{"insert":' + json.dumps(row, ensure_ascii=False) + "}\n"
+
+
 def postgres_lines(dsn: str, schema: str, table: str) -> Iterator[str]:
     """A jsonb sink table's rows, each as an insert line (the table holds the view itself)."""
     import psycopg
@@ -919,6 +945,8 @@ def sink_lines_of(soak: Soak, tenant: Tenant) -> Iterator[str]:
     """The tenant's sink as change lines, whatever its transport."""
     if soak.args.sink == "delta":
         return delta_lines(sink_path(soak, tenant))
+    if soak.args.sink == "delta-rows":
+        return delta_rows_lines(sink_path(soak, tenant))
     if soak.args.sink == "postgres":
         return postgres_lines(soak.args.sink_dsn, soak.args.sink_schema, tenant.table)
     if soak.receiver is not None:
@@ -1148,7 +1176,7 @@ def report(soak: Soak, results: list[Result], caught: bool) -> None:
     for r in results:
         t, c = r.tally, r.connector
         tenant = next(x for x in soak.tenants if x.name == r.tenant)
-        on_disk = f", {r.sink_bytes} bytes" if soak.args.sink in ("file", "delta") else ""
+        on_disk = f", {r.sink_bytes} bytes" if soak.args.sink not in ("postgres", "http") else ""
         log(
             f"{r.tenant}: {'OK' if r.ok else 'FAIL'}  pushed {tenant.pushed} changes "
             f"({tenant.inserts} inserts, {tenant.deletes} deletes, {tenant.batches} batches); "
@@ -1244,6 +1272,9 @@ def define_processes(
             "PIPELINE_MANAGER_BIND": f"127.0.0.1:{port}",
             "PIPELINE_MANAGER_WORKERS": str(args.gunicorn_workers),
             "PIPELINE_MANAGER_BACKGROUND_WORKER": "true" if n < with_thread else "false",
+            # No delivery process beside gunicorn's request workers (gunicorn.conf.py
+            # starts one by default, never faulted): only the processes named above deliver.
+            "PIPELINE_MANAGER_DELIVERY_PROCESSES": "0",
         }
         argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
         servers.append(Proc(f"gunicorn-{n + 1}", argv, env, folder / f"gunicorn-{n + 1}.log"))
@@ -1259,6 +1290,9 @@ def transport_of(soak: Soak, tenant: Tenant) -> dict[str, Any]:
     """The tenant's connector's transport: ``--sink`` says which."""
     if soak.args.sink == "delta":
         return {"name": "delta", "config": {"path": DELTA_PATH}}
+    if soak.args.sink == "delta-rows":
+        config = {"path": DELTA_PATH, "mode": "rows", "columns": DELTA_COLUMNS, "key": DELTA_KEY}
+        return {"name": "delta", "config": config}
     if soak.args.sink == "postgres":
         table = f"{soak.args.sink_schema}.{tenant.table}"
         return {
@@ -1310,8 +1344,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--delete-ratio", type=float, default=0.3, help="share of deletes (0.3)")
     p.add_argument(
-        "--again-ratio", type=float, default=0.05,
-        help="share of inserts of a record already in the view, weight up to 3 (0.05)",
+        "--again-ratio", type=float, default=None,
+        help="share of inserts of a record already in the view, weight up to 3 (0.05; "
+        "0 with --sink delta-rows, whose view is keyed by id)",
     )  # fmt: skip
     p.add_argument("--kills", type=int, default=6, help="SIGKILLs of a worker (6)")
     p.add_argument("--stalls", type=int, default=4, help="SIGSTOPs of a worker past the lease (4)")
@@ -1343,9 +1378,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--database-url", default=None, help="overrides the environment's URL")
     p.add_argument("--keep", action="store_true", help="keep the temp folder even on success")
     p.add_argument(
-        "--sink", choices=("file", "delta", "postgres", "http"), default="file",
-        help="the connectors' transport: a file, a Delta change table, a jsonb table in "
-        "the --sink-dsn database, or http to a receiver in the soak's process (file)",
+        "--sink", choices=("file", "delta", "delta-rows", "postgres", "http"), default="file",
+        help="the connectors' transport: a file, a Delta change table, a keyed Delta table "
+        "of typed columns (mode rows), a jsonb table in the --sink-dsn database, or http "
+        "to a receiver in the soak's process (file)",
     )  # fmt: skip
     p.add_argument(
         "--sink-dsn", default=os.environ.get("BENCH_SINK_DSN"),
@@ -1358,6 +1394,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--batch MIN MAX needs 1 <= MIN <= MAX")
     if args.sink == "postgres" and not args.sink_dsn:
         p.error("--sink postgres needs --sink-dsn (or BENCH_SINK_DSN)")
+    if args.again_ratio is None:
+        args.again_ratio = 0.0 if args.sink == "delta-rows" else 0.05
+    elif args.again_ratio and args.sink == "delta-rows":
+        # A record twice in the view is two rows of one key: a keyed table refuses it.
+        p.error("--sink delta-rows needs --again-ratio 0 (the view is keyed by id)")
     args.sink_schema = f"soak_{args.seed}"
     if args.tenants < 1 or args.records < args.tenants:
         p.error("--records must be at least --tenants, and --tenants at least 1")

@@ -6,14 +6,23 @@ of ``records`` pushed inserts delivered as a stream, then a reset replaying the
 same records as a snapshot. A file connector measured the same way in the same
 run is the baseline (the ratio column says how the table sink compares).
 
+The ``delta`` transport is measured twice: a change table of JSON records, and
+one of declared typed columns (``delta-typed``: ``id`` long, ``customer``
+string, ``amount`` double), whose records are converted as they land.
+
 PostgreSQL needs a sink database: ``--sink-dsn`` (or ``BENCH_SINK_DSN``); the
 ``postgres`` rows are skipped without one. The sink table is created in a
 schema of its own and dropped afterwards.
+
+Run alone: ``python -m bench.tables [--records 100000] [--sink-dsn DSN]``
+(SQLite service database).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -24,16 +33,23 @@ from bench.measure import Row
 from bench.service import VIEW, Service, change_bodies
 
 ENV_NAME = "SINK_DSN_BENCH"
+# The fields of bench.service.change_bodies' records, as a delta table's typed columns.
+DELTA_COLUMNS = {"id": "long", "customer": "string", "amount": "double"}
 
 
-def _transports(service: Service, schema: str) -> dict[str, dict[str, Any]]:
+def _transports(service: Service, schema: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each sink measured: its name in the results -> its transport and settings."""
     from app.transports import TRANSPORTS
 
-    found: dict[str, dict[str, Any]] = {"file": {"path": "tables-bench/file.jsonl"}}
+    found: dict[str, tuple[str, dict[str, Any]]] = {
+        "file": ("file", {"path": "tables-bench/file.jsonl"})
+    }
     if "postgres" in TRANSPORTS and os.environ.get(ENV_NAME):
-        found["postgres"] = {"dsn_env": ENV_NAME, "table": f"{schema}.totals"}
+        found["postgres"] = ("postgres", {"dsn_env": ENV_NAME, "table": f"{schema}.totals"})
     if "delta" in TRANSPORTS:
-        found["delta"] = {"path": "tables-bench/delta"}
+        found["delta"] = ("delta", {"path": "tables-bench/delta"})
+        typed = {"path": "tables-bench/delta-typed", "columns": DELTA_COLUMNS}
+        found["delta-typed"] = ("delta", typed)
     return found
 
 
@@ -45,13 +61,13 @@ def _sink_sql(dsn: str, statement: str) -> None:
 
 
 def _measure(
-    service: Service, name: str, config: dict[str, Any], records: int, batch: int
+    service: Service, name: str, transport: str, config: dict[str, Any], records: int, batch: int
 ) -> tuple[float, float, dict[str, Any]]:
     """Seconds to deliver ``records`` pushed inserts, then to replay them; the reset's status."""
     pipeline = f"tables-{name}"
     base = f"/v0/pipelines/{pipeline}"
     service.call("POST", "/v0/pipelines", (201,), json={"name": pipeline, "views": [VIEW]})
-    connector = {"name": "sink", "transport": {"name": name, "config": config}}
+    connector = {"name": "sink", "transport": {"name": transport, "config": config}}
     service.call("POST", f"{base}/views/{VIEW}/connectors", (201,), json=connector)
     service.call("POST", f"{base}/start", (200, 202))
     service.run_worker_until_idle()
@@ -105,8 +121,8 @@ def section_tables(
     rows: list[Row] = []
     try:
         measured: dict[str, tuple[float, float, dict[str, Any]]] = {}
-        for name, config in _transports(service, schema).items():
-            measured[name] = _measure(service, name, config, records, 1000)
+        for name, (transport, config) in _transports(service, schema).items():
+            measured[name] = _measure(service, name, transport, config, records, 1000)
         file_deliver, file_replay, _ = measured["file"]
         for name, (deliver, replay, _status) in measured.items():
             ratio = _ratio_note(name)
@@ -139,3 +155,22 @@ def section_tables(
         if dsn:
             _sink_sql(dsn, f'DROP SCHEMA "{schema}" CASCADE')
     return rows
+
+
+def main() -> None:
+    """Section f alone, on a SQLite service database in a temporary folder."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--sink-dsn", default=os.environ.get("BENCH_SINK_DSN"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        rows = section_tables(Path(folder), None, args.records, args.sink_dsn)
+    if isinstance(rows, str):
+        print(f"section f: {rows}")
+        return
+    for row in rows:
+        print(f"{row.measure}: {row.value:,.0f} {row.unit} ({row.note})")
+
+
+if __name__ == "__main__":
+    main()

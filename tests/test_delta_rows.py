@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections import Counter
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -23,6 +24,8 @@ import pytest
 import sqlalchemy as sa
 from deltalake import DeltaTable
 from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.delivery.sinks import PipelineRef, SinkTarget, ViewRef
 from app.delivery.worker import DeliveryWorker
@@ -238,6 +241,80 @@ def test_a_refused_batch_already_held_is_skipped_not_refused(sinks: Path) -> Non
     t = target()
     DRIVER.apply(t, log(1, (1, rec(1))), epoch=1)
     assert DRIVER.apply(t, log(1, (1, '{"id":1,"colour":"red"}')), epoch=1).skipped
+
+
+# The types Arrow's JSON reader converts in one pass (delta_columns._READER_TYPES), with
+# values around each one's edges; a field now and then holds a value of another kind, or
+# is not a column. A batch must come out exactly as converted one record at a time, or be
+# refused with the same message.
+READER_COLUMNS = {
+    "id": "long",
+    "i": "integer",
+    "s": "short",
+    "b": "byte",
+    "d": "double",
+    "t": "boolean",
+    "name": "string",
+}
+
+
+def _in(low: int, high: int) -> st.SearchStrategy[int]:
+    return st.integers(low, high) | st.sampled_from([low, high, 0, -1])
+
+
+TAKEN = {
+    "id": _in(-(2**63), 2**63 - 1),
+    "i": _in(-(2**31), 2**31 - 1),
+    "s": _in(-(2**15), 2**15 - 1),
+    "b": _in(-128, 127),
+    "d": st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from([1e20, 1e21, 2**53 + 1, -0.0, 5e-324, 1.7976931348623157e308]),
+    "t": st.booleans(),
+    "name": st.text(max_size=6) | st.sampled_from(["é", "😀", '"\\', "\n\t", "1", ""]),
+}
+ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.sampled_from(["a", "b"]), st.integers(), max_size=2),
+)
+
+
+def _field(name: str) -> st.SearchStrategy[Any]:
+    """Mostly a value the column takes (or null), one time in ten any JSON value."""
+    return st.integers(0, 9).flatmap(lambda r: ANY if r == 0 else (st.none() | TAKEN[name]))
+
+
+RECORDS = st.tuples(
+    st.fixed_dictionaries({}, optional={name: _field(name) for name in READER_COLUMNS}),
+    st.integers(0, 19),
+).map(lambda pair: {**pair[0], "other": 1} if pair[1] == 0 else pair[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(RECORDS, min_size=1, max_size=5))
+def test_a_batch_read_in_one_pass_is_what_record_by_record_conversion_gives(
+    records: list[dict[str, Any]],
+) -> None:
+    for key in ((), ("id",)):
+        columns = delta.Columns(READER_COLUMNS, key)
+        texts = [store.canonical(r) for r in records]
+        try:
+            one_by_one = pa.Table.from_arrays(
+                columns.arrays([columns.parse(t) for t in texts]), schema=columns.schema
+            )
+        except delta.Refused as exc:
+            with pytest.raises(delta.Refused) as caught:
+                columns.table(texts)
+            assert str(caught.value) == str(exc)
+            continue
+        read = columns.table(texts)
+        assert read.schema == one_by_one.schema
+        assert read.to_pylist() == one_by_one.to_pylist()
 
 
 # -- mode changes -----------------------------------------------------------------------
@@ -581,3 +658,161 @@ def test_the_merge_benchmark_runs_and_checks_its_table(tmp_path: Path) -> None:
     table = DeltaTable(str(tmp_path / "default" / "keyed"))
     assert table.to_pyarrow_dataset().count_rows() == 2_100
     assert [h["operation"] for h in table.history()] == ["MERGE", "WRITE", "CREATE TABLE"]
+
+
+# -- read back with Polars --------------------------------------------------------------
+
+TYPED = {**COLUMNS, "at": "timestamp", "price": "decimal(10,2)"}
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "table-sinks.md"
+
+
+def typed_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A keyed workload's record with a timestamp and a decimal, both a function of its id."""
+    i = record["id"]
+    return {**record, "at": f"2024-05-{1 + i % 28:02d}T12:{i % 60:02d}:00Z", "price": i % 997 / 4}
+
+
+def typed_view(app: Flask, columns: dict[str, str]) -> Counter[frozenset]:
+    """The view's records, converted into the declared columns (nulls left out), with weights."""
+    parser = delta.Columns(columns)
+    return Counter(
+        {frozenset(parser.parse(text).items()): w for text, w in view_contents(app).items()}
+    )
+
+
+def frame_rows(frame: Any, weight: str | None = None) -> Counter[frozenset]:
+    """A Polars frame's rows (nulls left out); ``weight`` names a column of copies."""
+    rows: Counter[frozenset] = Counter()
+    for row in frame.to_dicts():
+        copies = row.pop(weight) if weight else 1
+        rows[frozenset((k, v) for k, v in row.items() if v is not None)] += copies
+    return rows
+
+
+def polars_block() -> str:
+    """The Polars reader of docs/table-sinks.md, as a reader would paste it."""
+    blocks = [b for b in DOCS.read_text().split("```python\n")[1:] if "import polars" in b]
+    assert len(blocks) == 1, "one Polars block in docs/table-sinks.md"
+    return blocks[0].split("\n```")[0]
+
+
+def test_the_polars_queries_of_the_docs_read_the_view(
+    app: Flask, api, client, run_resets, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The docs' Polars block, run on a keyed table and a change table (typed columns, a
+    timestamp and a decimal among them) of one view, reads that view: after batches
+    (inserts, updates, deletes) and after a reset of each."""
+    app.config.update(DELIVERY_BATCH_SIZE=11, REPLAY_BATCH_SIZE=17)
+    api.create_pipeline()
+    for name, path, mode in (("keyed", "totals", "rows"), ("changes", "changes", "changes")):
+        config: dict[str, Any] = {"path": f"tables/{path}", "mode": mode, "columns": TYPED}
+        if mode == "rows":
+            config["key"] = ["id"]
+        body = {"name": name, "transport": {"name": "delta", "config": config}}
+        assert client.post(CONNECTORS, json=body).status_code == 201
+    api.action("orders", "start")
+    code = polars_block().replace("instance/sinks", app.config["SINK_DIR"])
+    changes = [
+        {op: typed_record(record) for op, record in change.items()}
+        for change in keyed_workload(8, 400)
+    ]
+
+    def read_back() -> None:
+        found: dict[str, Any] = {}
+        exec(code, found)  # noqa: S102 (the docs' own block)
+        expected = typed_view(app, TYPED)
+        assert frame_rows(found["keyed"].collect()) == expected
+        assert frame_rows(found["view"], weight="copies") == expected
+        assert str(sum(expected.values())) in capsys.readouterr().out
+
+    for start in range(0, len(changes), 100):
+        assert client.post(CHANGES, json=changes[start : start + 100]).status_code == 200
+        deliver(app)
+        read_back()
+    for connector in ("keyed", "changes"):
+        token = api.reset(connector=connector)
+        run_resets()
+        assert api.status(token).get_json()["status"] == "complete"
+    read_back()
+
+
+# -- a reader during a reset ------------------------------------------------------------
+
+BIG = 200_000
+GONE_EVERY = 40  # every 40th record leaves the view before the second reset: 5,000
+
+
+def push(app: Flask, changes: list[tuple[int, str]]) -> None:
+    """Store changes in the view as the API would, in one transaction (no HTTP, for speed)."""
+    from app.pipelines.service import get_pipeline
+    from app.view_data import service as view_data
+
+    with app.app_context():
+        view = view_data.writable_view(get_pipeline("default", "orders"), "totals")
+        view_data.push_changes(view, changes)
+        db.session.remove()
+
+
+def count_rows(path: Path, reader: int) -> int:
+    """The table's row count as a reader sees it, opening the table anew each time:
+    with deltalake, or with Polars, in turn."""
+    if reader % 2:
+        import polars as pl
+
+        return int(pl.scan_delta(str(path)).select(pl.len()).collect().item())
+    return DeltaTable(str(path)).to_pyarrow_dataset().count_rows()
+
+
+@pytest.mark.slow
+def test_a_reader_counting_rows_during_a_200k_record_reset_sees_the_old_count_or_the_new(
+    app: Flask, api, client, run_resets
+) -> None:
+    """A keyed table of 200,000 rows, reset through the service to a view 5,000 records
+    smaller: a reader counting rows all along (deltalake and Polars in turn, the table
+    opened anew each time) sees 200,000 until the overwrite commit, then 195,000."""
+    config = {"path": "tables/t", "mode": "rows", "columns": COLUMNS, "key": ["id"]}
+    lake_pipeline(api, client, config)
+    path = Path(app.config["SINK_DIR"]) / "default" / "tables" / "t"
+    for start in range(0, BIG, 20_000):
+        push(app, [(store.INSERT, rec(i)) for i in range(start, start + 20_000)])
+    first = api.reset(connector="lake")
+    run_resets()
+    assert api.status(first).get_json()["status"] == "complete"
+    old = count_rows(path, 0)
+    assert old == BIG
+    push(app, [(store.DELETE, rec(i)) for i in range(0, BIG, GONE_EVERY)])
+    new = BIG - BIG // GONE_EVERY
+
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(count_rows(path, len(seen)))
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    token = api.reset(connector="lake")
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        while len(seen) < 3 and not errors:  # the reader runs before the reset...
+            time.sleep(0.01)
+        before = len(seen)
+        assert run_resets() == 1
+        during = len(seen) - before
+        while len(seen) < before + during + 3 and not errors:  # ...and after it
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        reader.join(60)
+    assert not errors, errors
+    assert api.status(token).get_json()["status"] == "complete"
+    assert set(seen) == {old, new}, Counter(seen)
+    flip = seen.index(new)
+    assert set(seen[flip:]) == {new}, "the old count seen again after the new one"
+    assert during >= 3, f"only {during} reads while the reset ran"
+    assert as_records(read(path).to_pylist()) == view_contents(app)

@@ -3,9 +3,10 @@
 The fault cases of ``tests/test_faults.py`` (SIGSTOP past the lease and SIGKILL,
 mid-batch and mid-reset, a stop mid-replay, a sink changed or locked behind
 the service's back), with the ``postgres`` and ``delta`` transports, the
-latter in both its modes (``delta``: a change table of JSON records;
-``delta-rows``: typed columns keyed by ``id``, one MERGE per batch, fed a view
-keyed so). Each test ends the same way: the sink table holds exactly the view
+latter in its three layouts (``delta``: a change table of JSON records;
+``delta-typed``: a change table of declared, typed columns; ``delta-rows``:
+typed columns keyed by ``id``, one MERGE per batch, fed a view keyed so). Each
+test ends the same way: the sink table holds exactly the view
 (as a multiset of records; a Delta change table folded), the position the
 sink recorded is the connector's, the connector is in sync and healthy, and
 no staging copy is left.
@@ -34,6 +35,8 @@ from tests.test_postgres_sink import SINK_DSN
 pytestmark = pytest.mark.slow
 
 DELTA_PATH = "tables/totals"
+# The records' fields (tests.test_faults.Workload's and KeyedWorkload's) as typed columns.
+DELTA_COLUMNS = {"id": "long", "note": "string"}
 # The reset tests stop or kill a worker mid-replay: a snapshot of about 2,800
 # records replayed 2 at a time (some 1,400 fenced commits) is still under way
 # when they act, even where a table sink takes each batch in a millisecond.
@@ -66,13 +69,14 @@ class KeyedWorkload(Workload):
 
 
 class TableCluster(Cluster):
-    """The fault tests' cluster, with one table sink: ``postgres`` or ``delta``."""
+    """The fault tests' cluster, with one table sink: ``postgres`` or a ``delta`` kind."""
 
     def __init__(self, *args: Any, kind: str, schema: str) -> None:
         super().__init__(*args)
         self.kind = kind
         self.schema = schema
-        # The transport: "delta-rows" is the delta transport in mode rows.
+        # The transport: "delta-typed" and "delta-rows" are the delta transport with
+        # declared columns, in mode changes and in mode rows.
         self.transport = kind.partition("-")[0]
 
     def workload(self, seed: int) -> Workload:
@@ -95,12 +99,9 @@ class TableCluster(Cluster):
             self.sql(f'CREATE TABLE "{self.schema}".totals (id integer NOT NULL, note text)')
             config = {"dsn_env": "SINK_DSN_FAULTS", "table": f"{self.schema}.totals"}
         elif self.kind == "delta-rows":
-            config = {
-                "path": DELTA_PATH,
-                "mode": "rows",
-                "columns": {"id": "long", "note": "string"},
-                "key": ["id"],
-            }
+            config = {"path": DELTA_PATH, "mode": "rows", "columns": DELTA_COLUMNS, "key": ["id"]}
+        elif self.kind == "delta-typed":
+            config = {"path": DELTA_PATH, "columns": DELTA_COLUMNS}
         else:
             config = {"path": DELTA_PATH}
         self.create()
@@ -122,15 +123,18 @@ class TableCluster(Cluster):
             keys = Counter(data["id"].to_pylist())
             assert not [k for k, n in keys.items() if n > 1], "a key twice in a keyed table"
             return Counter(canonical(row) for row in data.to_pylist())
+        if self.kind == "delta-typed":  # the record is its columns
+            fields = [name for name in data.column_names if name not in ("seq", "op")]
+            records = [
+                canonical({k: v for k, v in row.items() if v is not None})
+                for row in data.select(fields).to_pylist()
+            ]
+        else:
+            records = data["record"].to_pylist()
         # Files come in no set order: the change-log order is the seq (a snapshot's rows
         # share one seq, and are all inserts).
         changes = sorted(
-            zip(
-                data["seq"].to_pylist(),
-                data["op"].to_pylist(),
-                data["record"].to_pylist(),
-                strict=True,
-            ),
+            zip(data["seq"].to_pylist(), data["op"].to_pylist(), records, strict=True),
             key=lambda change: (change[0], change[1] != "insert"),
         )
         folded: Counter = Counter()
@@ -200,6 +204,7 @@ KINDS = [
         marks=pytest.mark.skipif(not SINK_DSN, reason="no PostgreSQL server for sink tables"),
     ),
     "delta",
+    "delta-typed",
     "delta-rows",
 ]
 

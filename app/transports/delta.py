@@ -230,7 +230,7 @@ class _Layout:
         if self.columns is None:
             tail = [pa.array([row[2] for row in kept], pa.string())]
         else:
-            tail = self.columns.arrays([self.columns.parse(row[2]) for row in kept])
+            tail = self.columns.table([row[2] for row in kept]).columns
         return pa.Table.from_arrays([*head, *tail], schema=self.schema)
 
     def merge_source(self, rows: Sequence[LogRow]) -> pa.Table:
@@ -387,8 +387,9 @@ class DeltaReset:
         # Data files written into the table's folder that no commit names yet.
         self.written: list[Path] = []
         self.switched = False
-        # Mode rows: the keys staged so far (a key twice in the snapshot is refused).
-        self.keys: set[tuple[Any, ...]] = set()
+        # Mode rows: the keys staged so far (a key twice in the snapshot is refused): the
+        # key's value, or a tuple of them for a key of several columns.
+        self.keys: set[Any] = set()
         try:
             table.path.parent.mkdir(parents=True, exist_ok=True)
             self.remove_leftovers(table.path, epoch)
@@ -439,21 +440,32 @@ class DeltaReset:
         self.parts += 1
         if layout.columns is None:
             return _text_bytes(staged.column("record"))
-        return sum(len(text) if text.isascii() else len(text.encode()) for text in records)
+        # The UTF-8 length of the texts: one encoding of them all, less the separators.
+        return len("\n".join(records).encode()) - len(records) + 1
 
     def _check_keys(self, staged: pa.Table) -> None:
-        """Refuse a snapshot (mode rows) that holds one key twice: the view is not keyed so."""
+        """Refuse a snapshot (mode rows) that holds one key twice: the view is not keyed so.
+
+        The keys of a batch are added to those staged before as a set at once; only
+        a batch that repeats one is looked through, for the key to name.
+        """
         columns = self.table.layout.columns
         assert columns is not None
-        keys = zip(*(staged.column(name).to_pylist() for name in columns.key), strict=True)
+        values = [staged.column(name).to_pylist() for name in columns.key]
+        keys = list(zip(*values, strict=True)) if len(values) > 1 else values[0]
+        batch = set(keys)
+        if len(batch) == len(keys) and self.keys.isdisjoint(batch):
+            self.keys |= batch
+            return
+        seen: set[Any] = set()
         for key in keys:
-            if key in self.keys:
-                shown = json.dumps(list(key), default=str)[:80]
+            if key in self.keys or key in seen:
+                shown = json.dumps(list(key) if len(values) > 1 else [key], default=str)[:80]
                 raise Refused(
                     f"the snapshot holds two records with the key {shown}: the view is "
                     f"not keyed by {', '.join(columns.key)}"
                 )
-            self.keys.add(key)
+            seen.add(key)
 
     def switch_in(self, snapshot_seq: int, fence: Callable[[], None]) -> int | None:
         """Replace the table's contents with the staged snapshot in one commit.
