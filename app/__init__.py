@@ -28,9 +28,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     dsn_grants(app.config)  # a malformed grant table stops the service here
 
-    from app import database, errors, extensions, logs, metrics
+    from app import database, errors, extensions, logs, metrics, web
 
     extensions.init_app(app)
+    web.init_app(app)
     database.init_app(app)
     errors.init_app(app)
     logs.init_app(app)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, current_app, request
+from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -304,7 +304,6 @@ def init_app(app: Flask) -> None:
             create_private_sqlite_file(engine.url.database)
             busy_timeout_ms = int(app.config["SQLITE_BUSY_TIMEOUT_MS"])
             event.listen(engine, "connect", _sqlite_configurer(busy_timeout_ms))
-    app.before_request(require_schema)
     # Registered after Flask-SQLAlchemy's, so it runs first (teardowns run in reverse).
     app.teardown_appcontext(_remove_session)
 
@@ -356,22 +355,6 @@ def schema_problem() -> str | None:
     if not current:
         return f"The database has no schema yet: {MIGRATE_HINT}"
     return f"The database schema is not the one this code needs: {MIGRATE_HINT}"
-
-
-def require_schema() -> None:
-    """Before a ``/v0`` request: answer 503 with the one-line fix while the schema is not there."""
-    if not request.path.startswith("/v0"):
-        return
-    problem = schema_problem()
-    if problem is not None:
-        from app.errors import ServiceUnavailable
-
-        seconds = current_app.config["RETRY_AFTER_SECONDS"]
-        raise ServiceUnavailable(
-            problem,
-            details={"reason": "schema_not_ready", "retry_after_seconds": seconds},
-            headers={"Retry-After": str(seconds)},
-        )
 
 
 def read_outside_transaction(dialect: Dialect, dbapi_connection: Any, on: bool) -> bool:

@@ -47,7 +47,7 @@ def init_app(app: Flask) -> None:
     from app.auth.jwt import JwtVerifier
     from app.auth.routes import blp
     from app.auth.service import KeyCache
-    from app.extensions import api
+    from app.web import api
 
     app.extensions["jwt_verifier"] = JwtVerifier.from_config(app)
     app.extensions["api_key_cache"] = KeyCache(float(app.config["API_KEY_CACHE_SECONDS"]))
