@@ -6,6 +6,7 @@ behaviour (connection pragmas, which errors mean "busy, try again") lives here.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime as dt
 import hashlib
@@ -19,6 +20,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from app.extensions import db
+from app.extensions import MIGRATIONS_DIR, db
 
 log = logging.getLogger(__name__)
 
@@ -322,16 +324,43 @@ def _remove_session(_exc: BaseException | None) -> None:
             db.session.registry.clear()
 
 
+# Alembic's record of the revisions a database is at (its default name; env.py keeps it).
+_VERSIONS = sa.table("alembic_version", sa.column("version_num"))
 MIGRATE_HINT = "run `make migrate` (or `pipeline-manager db upgrade`)"
 # Engines whose schema was seen at the migration head: checked once per process,
 # then a set lookup on every /v0 request (the hot path; see bench/README.md).
 _schema_ready: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
+def migration_heads(versions: Path = MIGRATIONS_DIR / "versions") -> set[str]:
+    """Return the revisions no migration builds on: where ``db upgrade`` leaves a database.
+
+    Read from each script's ``revision`` and ``down_revision`` assignments,
+    not through Alembic, whose import alone would cost a command more than its
+    whole run (``python -m bench --cli``); tests/test_schema_check.py checks
+    that Alembic finds the same heads.
+    """
+    revisions: set[str] = set()
+    built_on: set[str] = set()
+    for script in versions.glob("*.py"):
+        values = {}
+        for node in ast.parse(script.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    if isinstance(target, ast.Name) and node.value is not None:
+                        with contextlib.suppress(ValueError):
+                            values[target.id] = ast.literal_eval(node.value)
+        revisions.add(values["revision"])
+        down = values.get("down_revision")
+        built_on.update((down,) if isinstance(down, str) else down or ())
+    return revisions - built_on
+
+
 def schema_problem() -> str | None:
     """Say in one line what is wrong with the database schema, or None if it is at head.
 
-    Compares the database's Alembic revision with the migrations' head. A
+    Compares the database's Alembic revision with the migrations' heads. A
     database with the tables but no revision at all was built from the models
     (``db.create_all()``, as the tests do) and is taken as current. Once a
     database was seen at head, the answer is remembered for the process (a
@@ -340,16 +369,13 @@ def schema_problem() -> str | None:
     engine = db.engine
     if engine in _schema_ready:
         return None
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    from app.extensions import MIGRATIONS_DIR
-
-    heads = set(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
     with engine.connect() as conn:
-        current = set(MigrationContext.configure(conn).get_current_heads())
-        built_from_models = not current and sa.inspect(conn).has_table("pipelines")
-    if current == heads or built_from_models:
+        inspector = sa.inspect(conn)
+        current: set[str] = set()
+        if inspector.has_table(_VERSIONS.name):
+            current = set(conn.execute(sa.select(_VERSIONS.c.version_num)).scalars())
+        built_from_models = not current and inspector.has_table("pipelines")
+    if current == migration_heads() or built_from_models:
         _schema_ready.add(engine)
         return None
     if not current:

@@ -6,6 +6,8 @@ service's strict JSON parser; the request class whose body never silently
 stops at ``MAX_CONTENT_LENGTH``; and the two checks before every request (the
 URL's length, the schema's revision). They import :mod:`app.errors`, which
 the extensions below them (:mod:`app.extensions`, :mod:`app.database`) do not.
+Only :func:`app.create_app` binds these: the app a command runs in
+(:func:`app.create_command_app`) serves no requests.
 """
 
 from __future__ import annotations
