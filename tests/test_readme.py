@@ -443,7 +443,11 @@ def code_in(path: Path) -> str:
 
 
 def test_the_layout_tree_names_every_module_of_app() -> None:
-    """The README's tree: each module of app/ on its line (a package's modules on its entry)."""
+    """The README's tree: each module of app/ on its line (a package's modules on its entry).
+
+    A package inside a package (``transports/http/``) is named on its parent's
+    entry as ``http/``, with its modules.
+    """
     (tree,) = [b.body for b in code_blocks(README) if b.language == "" and "app/" in b.body]
     entries: dict[str, str] = {}
     name = ""
@@ -468,6 +472,12 @@ def test_the_layout_tree_names_every_module_of_app() -> None:
         elif len(parts) == 3 and parts[2] != "__init__.py":
             entry = entries.get(parts[1] + "/", "")
             if not re.search(rf"\b{re.escape(Path(parts[2]).stem)}\b", entry):
+                missing.append(file)
+        elif len(parts) == 4:  # a package's own package: "http/ (... attempt, ...)"
+            entry = entries.get(parts[1] + "/", "")
+            stem = Path(parts[3]).stem
+            named = stem == "__init__" or re.search(rf"\b{re.escape(stem)}\b", entry)
+            if f"{parts[2]}/" not in entry or not named:
                 missing.append(file)
     assert not missing, f"the README's layout tree leaves out {missing}"
     gone = [name for name in entries if not (ROOT / "app" / name).exists()]
