@@ -484,6 +484,17 @@ def test_the_layout_tree_names_every_module_of_app() -> None:
     assert not gone, f"the README's layout tree names {gone}, which app/ no longer has"
 
 
+def test_the_layout_tree_names_every_top_level_entry() -> None:
+    """The tree's unindented lines: every file and folder at the top of the project."""
+    (tree,) = [b.body for b in code_blocks(README) if b.language == "" and "app/" in b.body]
+    drawn = {line.split()[0] for line in tree.splitlines() if line and not line[0].isspace()}
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    top = {name.split("/")[0] + ("/" if "/" in name else "") for name in tracked}
+    assert top - {"README.md", ".gitignore"} == drawn
+
+
 def test_what_the_not_run_blocks_leave_to_ci_is_run_by_ci() -> None:
     """The PostgreSQL commands are not run here (they need root): ``.ci/run`` runs them."""
     (block,) = [b for b in shell_blocks() if "make test-postgres" in b.body]
