@@ -6,12 +6,13 @@ behaviour (connection pragmas, which errors mean "busy, try again") lives here.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
+import re
 import select
 import socket
 import tempfile
@@ -332,29 +333,27 @@ MIGRATE_HINT = "run `make migrate` (or `pipeline-manager db upgrade`)"
 _schema_ready: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
-def migration_heads(versions: Path = MIGRATIONS_DIR / "versions") -> set[str]:
+# A migration script's own revision and the one(s) it builds on, as Alembic writes
+# them: `revision = "abc"`, `down_revision = "xyz"` (or None, or a tuple of them).
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\b[^=\n]*=(.*)$", re.MULTILINE)
+_QUOTED = re.compile(r"""["']([^"']+)["']""")
+
+
+@functools.cache
+def migration_heads(versions: Path = MIGRATIONS_DIR / "versions") -> frozenset[str]:
     """Return the revisions no migration builds on: where ``db upgrade`` leaves a database.
 
-    Read from each script's ``revision`` and ``down_revision`` assignments,
-    not through Alembic, whose import alone would cost a command more than its
-    whole run (``python -m bench --cli``); tests/test_schema_check.py checks
-    that Alembic finds the same heads.
+    Read once a process from each script's ``revision`` and ``down_revision``
+    lines, not through Alembic, whose import alone would cost a command more
+    than its whole run (``python -m bench --cli``); tests/test_schema_check.py
+    checks that Alembic finds the same heads.
     """
     revisions: set[str] = set()
     built_on: set[str] = set()
     for script in versions.glob("*.py"):
-        values = {}
-        for node in ast.parse(script.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Assign | ast.AnnAssign):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                for target in targets:
-                    if isinstance(target, ast.Name) and node.value is not None:
-                        with contextlib.suppress(ValueError):
-                            values[target.id] = ast.literal_eval(node.value)
-        revisions.add(values["revision"])
-        down = values.get("down_revision")
-        built_on.update((down,) if isinstance(down, str) else down or ())
-    return revisions - built_on
+        for name, value in _REVISION_LINE.findall(script.read_text(encoding="utf-8")):
+            (revisions if name == "revision" else built_on).update(_QUOTED.findall(value))
+    return frozenset(revisions - built_on)
 
 
 def schema_problem() -> str | None:

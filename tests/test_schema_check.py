@@ -91,3 +91,16 @@ def test_the_migration_heads_are_the_ones_alembic_finds():
     from app.extensions import MIGRATIONS_DIR
 
     assert migration_heads() == set(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
+
+
+def test_migration_heads_follow_branches_and_merges(tmp_path: Path):
+    from app.database import migration_heads
+
+    scripts = {"a": "None", "b": "'a'", "c": '"a"', "d": '("b", "c")'}
+    for folder, names in (("branched", "abc"), ("merged", "abcd")):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            text = f'revision: str = "{name}"\ndown_revision = {scripts[name]}\n'
+            (tmp_path / folder / f"{name}_step.py").write_text(text)
+    assert migration_heads(tmp_path / "branched") == {"b", "c"}
+    assert migration_heads(tmp_path / "merged") == {"d"}
