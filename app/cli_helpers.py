@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 import marshmallow as ma
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 from sqlalchemy.exc import DBAPIError
 
 from app.auth import DEFAULT_TENANT
@@ -55,13 +55,16 @@ class OperatorGroup(AppGroup):
     def invoke(self, ctx: click.Context) -> Any:
         """Run the sub-command; turn service errors into ``Error: ...`` and exit 1.
 
-        A database without the schema stops every command with one line saying
-        what to run, before any of them touches a table; ``--help`` needs no
-        database and answers whatever state it is in.
+        The app is built here (unless one is current already, as under
+        ``flask --app wsgi``), and its context entered for the command. A
+        database without the schema stops every command with one line saying
+        what to run, before any of them touches a table; ``--help`` needs
+        neither app nor database and answers whatever state it is in.
         """
         args = [*getattr(ctx, "_protected_args", ()), *ctx.args]
         try:
             if not set(ctx.help_option_names) & set(args):
+                _enter_app_context(ctx)
                 require_schema()
             return super().invoke(ctx)
         except ApiError as error:
@@ -71,6 +74,13 @@ class OperatorGroup(AppGroup):
             if not is_transient_error(error):
                 raise
             fail(ServiceUnavailable())
+
+
+def _enter_app_context(ctx: click.Context) -> None:
+    """Enter the context of the app the command runs in, for as long as ``ctx`` lasts."""
+    app = ctx.ensure_object(ScriptInfo).load_app()
+    if not current_app or current_app._get_current_object() is not app:
+        ctx.with_resource(app.app_context())
 
 
 def require_schema() -> None:

@@ -12,7 +12,27 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from app.transports.destinations import DEFAULT_DENIED
+# Never a sink: "this host" (http://0/ reaches the server itself), link-local
+# (where clouds serve instance metadata and credentials) and the metadata
+# services that live elsewhere. Loopback and private ranges are not here: see
+# docs/security.md ("Where http sinks may connect"). The rules that apply them
+# live in app/transports/destinations.py.
+DEFAULT_DENIED: tuple[str, ...] = (
+    "0.0.0.0/8",
+    "::/128",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "100.100.100.200/32",  # Alibaba Cloud metadata
+    "fd00:ec2::254/128",  # AWS instance metadata over IPv6
+    "192.0.0.192/32",  # Oracle Cloud metadata
+    "metadata",
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata.azure.com",
+    "instance-data",
+    "instance-data.ec2.internal",
+)
+
 
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 (a file name, not a secret)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
+import re
 import select
 import socket
 import tempfile
@@ -19,15 +21,16 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, current_app, request
+from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from app.extensions import db
+from app.extensions import MIGRATIONS_DIR, db
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +307,6 @@ def init_app(app: Flask) -> None:
             create_private_sqlite_file(engine.url.database)
             busy_timeout_ms = int(app.config["SQLITE_BUSY_TIMEOUT_MS"])
             event.listen(engine, "connect", _sqlite_configurer(busy_timeout_ms))
-    app.before_request(require_schema)
     # Registered after Flask-SQLAlchemy's, so it runs first (teardowns run in reverse).
     app.teardown_appcontext(_remove_session)
     # And at the end of each request: a request that runs inside an app context
@@ -328,16 +330,41 @@ def _remove_session(_exc: BaseException | None) -> None:
             db.session.registry.clear()
 
 
+# Alembic's record of the revisions a database is at (its default name; env.py keeps it).
+_VERSIONS = sa.table("alembic_version", sa.column("version_num"))
 MIGRATE_HINT = "run `make migrate` (or `pipeline-manager db upgrade`)"
 # Engines whose schema was seen at the migration head: checked once per process,
 # then a set lookup on every /v0 request (the hot path; see bench/README.md).
 _schema_ready: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
+# A migration script's own revision and the one(s) it builds on, as Alembic writes
+# them: `revision = "abc"`, `down_revision = "xyz"` (or None, or a tuple of them).
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\b[^=\n]*=(.*)$", re.MULTILINE)
+_QUOTED = re.compile(r"""["']([^"']+)["']""")
+
+
+@functools.cache
+def migration_heads(versions: Path = MIGRATIONS_DIR / "versions") -> frozenset[str]:
+    """Return the revisions no migration builds on: where ``db upgrade`` leaves a database.
+
+    Read once a process from each script's ``revision`` and ``down_revision``
+    lines, not through Alembic, whose import alone would cost a command more
+    than its whole run (``python -m bench --cli``); tests/test_schema_check.py
+    checks that Alembic finds the same heads.
+    """
+    revisions: set[str] = set()
+    built_on: set[str] = set()
+    for script in versions.glob("*.py"):
+        for name, value in _REVISION_LINE.findall(script.read_text(encoding="utf-8")):
+            (revisions if name == "revision" else built_on).update(_QUOTED.findall(value))
+    return frozenset(revisions - built_on)
+
+
 def schema_problem() -> str | None:
     """Say in one line what is wrong with the database schema, or None if it is at head.
 
-    Compares the database's Alembic revision with the migrations' head. A
+    Compares the database's Alembic revision with the migrations' heads. A
     database with the tables but no revision at all was built from the models
     (``db.create_all()``, as the tests do) and is taken as current. Once a
     database was seen at head, the answer is remembered for the process (a
@@ -346,37 +373,18 @@ def schema_problem() -> str | None:
     engine = db.engine
     if engine in _schema_ready:
         return None
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    from app.extensions import MIGRATIONS_DIR
-
-    heads = set(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
     with engine.connect() as conn:
-        current = set(MigrationContext.configure(conn).get_current_heads())
-        built_from_models = not current and sa.inspect(conn).has_table("pipelines")
-    if current == heads or built_from_models:
+        inspector = sa.inspect(conn)
+        current: set[str] = set()
+        if inspector.has_table(_VERSIONS.name):
+            current = set(conn.execute(sa.select(_VERSIONS.c.version_num)).scalars())
+        built_from_models = not current and inspector.has_table("pipelines")
+    if current == migration_heads() or built_from_models:
         _schema_ready.add(engine)
         return None
     if not current:
         return f"The database has no schema yet: {MIGRATE_HINT}"
     return f"The database schema is not the one this code needs: {MIGRATE_HINT}"
-
-
-def require_schema() -> None:
-    """Before a ``/v0`` request: answer 503 with the one-line fix while the schema is not there."""
-    if not request.path.startswith("/v0"):
-        return
-    problem = schema_problem()
-    if problem is not None:
-        from app.errors import ServiceUnavailable
-
-        seconds = current_app.config["RETRY_AFTER_SECONDS"]
-        raise ServiceUnavailable(
-            problem,
-            details={"reason": "schema_not_ready", "retry_after_seconds": seconds},
-            headers={"Retry-After": str(seconds)},
-        )
 
 
 def read_outside_transaction(dialect: Dialect, dbapi_connection: Any, on: bool) -> bool:

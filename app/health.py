@@ -19,9 +19,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import worker
 from app.database import schema_problem, storage_full_lately
 from app.errors import ServiceUnavailable
-from app.extensions import Blueprint, db
+from app.extensions import db
 from app.prepared import PreparedSelect
 from app.schemas import documented_only, documents_errors
+from app.web import Blueprint
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,6 @@ def readyz():
 
 def init_app(app: Flask) -> None:
     """Register the health route."""
-    from app.extensions import api
+    from app.web import api
 
     api.register_blueprint(blp)

@@ -27,6 +27,10 @@ g. ``--scale`` (alone): the service under gunicorn at 100,000 connectors
    against a small database (:mod:`bench.served_scale`): idle CPU, reset_status,
    push latency, tenant fairness, /metrics, and on PostgreSQL delivery with 1,
    2 and 4 delivery processes.
+h. The command line: how soon ``pipeline-manager --help`` and
+   ``pipeline-manager api-keys list`` answer, each a fresh process, against
+   ``python -c pass`` in the same rounds (:mod:`bench.cli_speed`); ``--cli``
+   runs it alone.
 e. ``--scale --in-process`` (alone): reset_status, ingestion, delivery and the
    change log's size on a big database built with bulk SQL, in process,
    against a small one measured in the same run (:mod:`bench.scale`).
@@ -54,6 +58,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from bench import baselines
+from bench.cli_speed import section_cli_speed
 from bench.measure import PartialFailure, Row, compare, statements_per_request
 from bench.memory import section_memory
 from bench.plain_app import create_plain_app
@@ -410,6 +415,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("BENCH_SINK_DSN"),
         help="a PostgreSQL DSN for section f's postgres sink table (default: $BENCH_SINK_DSN)",
     )
+    parser.add_argument(
+        "--cli", action="store_true", help="run section h alone (the command line, ~30 s)"
+    )
+    parser.add_argument("--cli-rounds", type=int, default=9, help="rounds of each command in h")
     parser.add_argument("--quick", action="store_true", help="a seconds-long run (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -432,6 +441,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             scale_records=500,
             table_records=500,
             worker_seconds=60.0,
+            cli_rounds=3,
         )
         args = parser.parse_args(argv)
     if args.database_url and not args.database_url.startswith("postgresql"):
@@ -485,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     statements: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pm-bench-") as tmp:
         workdir = Path(tmp)
-        if args.scale and args.in_process:
+        if args.cli:
+            failed = run_sections({"h": lambda: section_cli_speed(args.cli_rounds)}, rows, notes)
+        elif args.scale and args.in_process:
             failed = run_sections({"e": lambda: section_scale(workdir, args)}, rows, notes)
         elif args.scale:
             failed = run_sections({"g": lambda: section_served_scale(workdir, args)}, rows, notes)
@@ -507,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                     "f": lambda: section_tables(
                         workdir, args.database_url, args.table_records, args.sink_dsn
                     ),
+                    "h": lambda: section_cli_speed(args.cli_rounds),
                 }
                 failed = run_sections(sections, rows, notes)
             finally:

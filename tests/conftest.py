@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, has_app_context
 from flask.testing import FlaskClient
 
 from app import create_app
@@ -132,7 +132,11 @@ def run_resets(app: Flask):
         with app.app_context():
             done = ResetExecutor(owner="test-worker").run_pending()
             db.session.remove()
-            return done
+        if has_app_context():
+            # pytest-flask's request context, which the test client's requests
+            # share, may hold rows the executor just changed: read them afresh.
+            db.session.expire_all()
+        return done
 
     return run
 

@@ -56,6 +56,10 @@ def test_quick_bench_run_measures_every_section_it_can(tmp_path, capsys):
         )
         log = rows["change log rows after 200 pushes, all delivered"]
         assert 0 <= log["value"] <= 200, log
+    # Section h: the command line, each command a fresh process, beside two baselines.
+    assert "h" not in data["notes"], data["notes"]
+    assert "target <= 0.5 s" in rows["pipeline-manager --help"]["note"], rows
+    assert "target <= 0.5 s" in rows["pipeline-manager api-keys list"]["note"], rows
     assert "d" not in data["notes"], data["notes"]
     memory = [m for m in rows if m.startswith("peak RSS")]
     assert memory == [

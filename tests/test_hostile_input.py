@@ -33,10 +33,11 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from app.auth import service as auth_service
-from app.extensions import MAX_URL_BYTES, db
+from app.extensions import db
 from app.pipelines.models import NAME_PATTERN, Pipeline, View, is_valid_name
 from app.strict_json import JsonRefused
 from app.view_data import store
+from app.web import MAX_URL_BYTES
 from tests import faults
 from tests.conftest import assert_error
 

@@ -443,7 +443,11 @@ def code_in(path: Path) -> str:
 
 
 def test_the_layout_tree_names_every_module_of_app() -> None:
-    """The README's tree: each module of app/ on its line (a package's modules on its entry)."""
+    """The README's tree: each module of app/ on its line (a package's modules on its entry).
+
+    A package inside a package (``transports/http/``) is named on its parent's
+    entry as ``http/``, with its modules.
+    """
     (tree,) = [b.body for b in code_blocks(README) if b.language == "" and "app/" in b.body]
     entries: dict[str, str] = {}
     name = ""
@@ -469,9 +473,26 @@ def test_the_layout_tree_names_every_module_of_app() -> None:
             entry = entries.get(parts[1] + "/", "")
             if not re.search(rf"\b{re.escape(Path(parts[2]).stem)}\b", entry):
                 missing.append(file)
+        elif len(parts) == 4:  # a package's own package: "http/ (... attempt, ...)"
+            entry = entries.get(parts[1] + "/", "")
+            stem = Path(parts[3]).stem
+            named = stem == "__init__" or re.search(rf"\b{re.escape(stem)}\b", entry)
+            if f"{parts[2]}/" not in entry or not named:
+                missing.append(file)
     assert not missing, f"the README's layout tree leaves out {missing}"
     gone = [name for name in entries if not (ROOT / "app" / name).exists()]
     assert not gone, f"the README's layout tree names {gone}, which app/ no longer has"
+
+
+def test_the_layout_tree_names_every_top_level_entry() -> None:
+    """The tree's unindented lines: every file and folder at the top of the project."""
+    (tree,) = [b.body for b in code_blocks(README) if b.language == "" and "app/" in b.body]
+    drawn = {line.split()[0] for line in tree.splitlines() if line and not line[0].isspace()}
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    top = {name.split("/")[0] + ("/" if "/" in name else "") for name in tracked}
+    assert top - {"README.md", ".gitignore"} == drawn
 
 
 def test_what_the_not_run_blocks_leave_to_ci_is_run_by_ci() -> None:

@@ -81,3 +81,26 @@ def test_a_schema_built_from_the_models_is_taken_as_current(bare_config):
     with app.app_context():
         db.create_all()
     assert_error(app.test_client().get("/v0/pipelines"), 401, "AuthenticationFailed")
+
+
+def test_the_migration_heads_are_the_ones_alembic_finds():
+    """The schema check reads the heads without Alembic (a command's start); they must agree."""
+    from alembic.script import ScriptDirectory
+
+    from app.database import migration_heads
+    from app.extensions import MIGRATIONS_DIR
+
+    assert migration_heads() == set(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
+
+
+def test_migration_heads_follow_branches_and_merges(tmp_path: Path):
+    from app.database import migration_heads
+
+    scripts = {"a": "None", "b": "'a'", "c": '"a"', "d": '("b", "c")'}
+    for folder, names in (("branched", "abc"), ("merged", "abcd")):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            text = f'revision: str = "{name}"\ndown_revision = {scripts[name]}\n'
+            (tmp_path / folder / f"{name}_step.py").write_text(text)
+    assert migration_heads(tmp_path / "branched") == {"b", "c"}
+    assert migration_heads(tmp_path / "merged") == {"d"}

@@ -40,17 +40,23 @@ def current_tenant() -> str:
     return g.principal.tenant
 
 
+def init_state(app: Flask) -> None:
+    """Give the app its API-key cache, which the service keeps whether or not it serves HTTP."""
+    from app.auth.service import KeyCache
+
+    app.extensions["api_key_cache"] = KeyCache(float(app.config["API_KEY_CACHE_SECONDS"]))
+
+
 def init_app(app: Flask) -> None:
     """Load the JWT keys once, guard every ``/v0`` request and add the key routes."""
     # Imported here: these modules import Principal from this package.
     from app.auth import guard, openapi
     from app.auth.jwt import JwtVerifier
     from app.auth.routes import blp
-    from app.auth.service import KeyCache
-    from app.extensions import api
+    from app.web import api
 
     app.extensions["jwt_verifier"] = JwtVerifier.from_config(app)
-    app.extensions["api_key_cache"] = KeyCache(float(app.config["API_KEY_CACHE_SECONDS"]))
+    init_state(app)
     app.before_request(guard.check_request)
     openapi.install(api.spec)
     api.register_blueprint(blp)

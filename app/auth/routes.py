@@ -8,8 +8,8 @@ from flask.views import MethodView
 from app import idempotency
 from app.auth import current_principal, current_tenant, service
 from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyListQuery, ApiKeyOut
-from app.extensions import Blueprint
 from app.schemas import LINK_HEADER_DOC, documents_errors, page_headers
+from app.web import Blueprint
 
 blp = Blueprint(
     "api_keys",

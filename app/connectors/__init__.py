@@ -6,6 +6,6 @@ from flask import Flask
 def init_app(app: Flask) -> None:
     """Register the connectors blueprint."""
     from app.connectors.routes import blp
-    from app.extensions import api
+    from app.web import api
 
     api.register_blueprint(blp)

@@ -13,10 +13,10 @@ from app.connectors.schemas import (
     ConnectorOut,
     ConnectorStart,
 )
-from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.pipelines.service import get_view
 from app.schemas import LINK_HEADER_DOC, documents_errors, page_headers
+from app.web import Blueprint
 
 UNKNOWN = "Unknown pipeline, view or connector"
 

@@ -10,7 +10,7 @@ signing out, which moves the key's console generation on in the database (a
 copy of the cookie is worth nothing after it). A session also ends
 ``PERMANENT_SESSION_LIFETIME`` after its sign-in. The cookie is ``HttpOnly``,
 ``SameSite=Strict``, sent to ``/console`` only, and ``Secure`` over TLS (see
-``app/config.py`` and :class:`app.extensions.SessionInterface`).
+``app/config.py`` and :class:`app.web.SessionInterface`).
 
 Every POST carries a CSRF token: a random value kept in the session, signed
 with a max age (itsdangerous) into each form, and compared with the session's

@@ -10,6 +10,6 @@ from flask import Flask
 def init_app(app: Flask) -> None:
     """Register the delivery statistics blueprint."""
     from app.delivery.routes import blp
-    from app.extensions import api
+    from app.web import api
 
     api.register_blueprint(blp)

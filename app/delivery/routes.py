@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from app.delivery import service
 from app.delivery.schemas import ConnectorStats
-from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.schemas import documents_errors
+from app.web import Blueprint
 
 blp = Blueprint(
     "delivery",

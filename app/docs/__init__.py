@@ -23,7 +23,7 @@ from flask import Blueprint, Flask, Response, current_app, render_template
 from flask_swagger_ui import get_swaggerui_blueprint
 
 from app.docs.openapi import complete_spec
-from app.extensions import api
+from app.web import api
 
 DOCS_URL = "/docs"
 OPENAPI_URL = "/openapi.json"

@@ -14,7 +14,7 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Register the notifications blueprint."""
-    from app.extensions import api
     from app.notifications.routes import blp
+    from app.web import api
 
     api.register_blueprint(blp)

@@ -328,14 +328,14 @@ def body_of(claimed: _Claimed) -> bytes:
 def _send(claimed: _Claimed, timeout: float) -> str | None:
     """POST a claimed delivery once; return None if acknowledged (2xx), else why not.
 
-    The attempt is the http transport's own (``HttpTransport._attempt``): its
+    The attempt is the http transport's own (``HttpTransport.attempt``): its
     guarded connections (the destination policy checked at every connect),
     its deadline cutting the whole attempt, its bounded read of the answer,
     and its words for each failure (refused, unreachable and silent ports
     read alike).
     """
     from app.transports import TransportError, get_transport
-    from app.transports.http import HttpSettings, HttpTransport, _Failure, safe_url
+    from app.transports.http import AttemptFailed, HttpSettings, HttpTransport, safe_url
 
     driver = get_transport("http")
     assert isinstance(driver, HttpTransport)
@@ -352,9 +352,9 @@ def _send(claimed: _Claimed, timeout: float) -> str | None:
     settings = HttpSettings(claimed.url, timeout, timeout, 0, 0.0, 0.0)
     where = safe_url(claimed.url)
     try:
-        driver._attempt(settings, body, headers, timeout)
+        driver.attempt(settings, body, headers, timeout)
         return None
-    except _Failure as failure:
+    except AttemptFailed as failure:
         if failure.cause:
             log.info("notification to %s: %s (%s)", where, failure.reason, failure.cause)
         return f"POST {where}: {failure.reason}"

@@ -8,7 +8,6 @@ from flask.views import MethodView
 from app import idempotency
 from app.auth import current_tenant
 from app.docs.examples import ERROR_EXAMPLES
-from app.extensions import Blueprint
 from app.notifications import service
 from app.notifications.schemas import (
     DeliveryListQuery,
@@ -20,6 +19,7 @@ from app.notifications.schemas import (
     NotificationOut,
 )
 from app.schemas import LINK_HEADER_DOC, ErrorSchema, page_headers
+from app.web import Blueprint
 
 blp = Blueprint(
     "notifications",

@@ -5,7 +5,7 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Register the pipelines blueprint."""
-    from app.extensions import api
     from app.pipelines.routes import blp
+    from app.web import api
 
     api.register_blueprint(blp)

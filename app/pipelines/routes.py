@@ -7,7 +7,6 @@ from flask.views import MethodView
 
 from app import idempotency
 from app.auth import current_tenant
-from app.extensions import Blueprint
 from app.pipelines import service
 from app.pipelines.models import Pipeline
 from app.pipelines.schemas import (
@@ -19,6 +18,7 @@ from app.pipelines.schemas import (
     ViewOut,
 )
 from app.schemas import LINK_HEADER_DOC, documents_errors, page_headers
+from app.web import Blueprint
 
 UNKNOWN = "Unknown pipeline"
 NOT_STOPPED = "The pipeline is not stopped"

@@ -10,7 +10,6 @@ from flask import current_app, request
 from app import idempotency
 from app.auth import current_tenant
 from app.connectors.service import get_connector
-from app.extensions import Blueprint
 from app.pipelines.routes import load_pipeline
 from app.resets import events, service
 from app.resets.schemas import (
@@ -23,6 +22,7 @@ from app.resets.schemas import (
     ResetStatusQuery,
 )
 from app.schemas import LINK_HEADER_DOC, documented_only, documents_errors, page_headers
+from app.web import Blueprint
 
 blp = Blueprint(
     "resets",

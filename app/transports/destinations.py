@@ -36,27 +36,9 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import connection
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from app.config import DEFAULT_DENIED
 
-# Never a sink: "this host" (http://0/ reaches the server itself), link-local
-# (where clouds serve instance metadata and credentials) and the metadata
-# services that live elsewhere. Loopback and private ranges are not here: see
-# the README ("Secrets, sink networks and logs").
-DEFAULT_DENIED: tuple[str, ...] = (
-    "0.0.0.0/8",
-    "::/128",
-    "169.254.0.0/16",
-    "fe80::/10",
-    "100.100.100.200/32",  # Alibaba Cloud metadata
-    "fd00:ec2::254/128",  # AWS instance metadata over IPv6
-    "192.0.0.192/32",  # Oracle Cloud metadata
-    "metadata",
-    "metadata.google.internal",
-    "metadata.goog",
-    "metadata.azure.com",
-    "instance-data",
-    "instance-data.ec2.internal",
-)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class DestinationNotAllowed(Exception):

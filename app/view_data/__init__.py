@@ -5,7 +5,7 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Register the view-data blueprint."""
-    from app.extensions import api
     from app.view_data.routes import blp
+    from app.web import api
 
     api.register_blueprint(blp)

@@ -8,10 +8,10 @@ from flask import request
 
 from app import idempotency
 from app.auth import current_tenant
-from app.extensions import Blueprint
 from app.schemas import documents_errors
 from app.view_data import service
 from app.view_data.schemas import CHANGES_BODY, ChangesAccepted
+from app.web import Blueprint
 
 blp = Blueprint(
     "view_data",
@@ -49,7 +49,7 @@ def push_changes(pipeline_name, view_name):
     service.check_content_type(request.mimetype)
     view = service.view_to_push(current_tenant(), pipeline_name, view_name)
     service.check_size(size=request.content_length)
-    # A chunked body over MAX_CONTENT_LENGTH raises 413 here (app.extensions.Request).
+    # A chunked body over MAX_CONTENT_LENGTH raises 413 here (app.web.Request).
     body = request.get_data(cache=False)
     service.check_size(size=len(body))
     changes = service.parse_changes(body, request.mimetype)
