@@ -133,8 +133,9 @@ def run_resets(app: Flask):
             done = ResetExecutor(owner="test-worker").run_pending()
             db.session.remove()
         if has_app_context():
-            # pytest-flask's request context, which the test client's requests
-            # share, may hold rows the executor just changed: read them afresh.
+            # The test's own session (pytest-flask's request context) may hold
+            # rows the executor just changed: read them afresh. (Each request
+            # of the test client ends its own session: app.database.)
             db.session.expire_all()
         return done
 
