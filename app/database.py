@@ -213,6 +213,38 @@ def insert_adding(table: sa.Table, index_elements: list[str], column: str) -> sa
 _driver_sql: dict[tuple[sa.Executable, str], tuple[str, tuple[str, ...], bool]] = {}
 
 
+def tenants_with(column: sa.Column, name: str) -> sa.CTE:
+    """The distinct tenants of rows whose ``column`` is set: a skip scan of its index.
+
+    ``column``'s table is indexed on (tenant, column), or partially on tenant
+    where the column is set. A recursive query steps from one tenant to the next (one index probe
+    each), so its cost grows with the tenants that have such rows, never with
+    the rows. The last row's tenant is NULL: callers keep ``tenant IS NOT NULL``.
+    """
+    table = column.table
+    first = sa.select(sa.func.min(table.c.tenant).label("tenant")).where(column.is_not(None))
+    tenants = first.cte(name, recursive=True)
+    step = table.alias("step")
+    after = (
+        sa.select(sa.func.min(step.c.tenant))
+        .where(step.c[column.name].is_not(None), step.c.tenant > tenants.c.tenant)
+        .scalar_subquery()
+    )
+    return tenants.union_all(sa.select(after).where(tenants.c.tenant.is_not(None)))
+
+
+def of_each_tenant(
+    column: sa.Column, tenants: sa.CTE, aggregate: Callable[[Any], Any], alias: str
+) -> sa.ScalarSelect:
+    """``aggregate`` (``sa.func.min``, ``max``) of ``column`` over each of ``tenants``' set rows."""
+    rows = column.table.alias(alias)
+    return (
+        sa.select(aggregate(rows.c[column.name]))
+        .where(rows.c.tenant == tenants.c.tenant, rows.c[column.name].is_not(None))
+        .scalar_subquery()
+    )
+
+
 def executemany(statement: sa.Executable, names: tuple[str, ...], rows: list[tuple]) -> None:
     """Run ``statement`` once per row, in one driver ``executemany``, in the session's transaction.
 

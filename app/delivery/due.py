@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app.connectors.models import Connector, SyncState
-from app.database import begin_alone, db_time, notify_work
+from app.database import begin_alone, db_time, notify_work, of_each_tenant, tenants_with
 from app.delivery import leases, wake
 from app.extensions import db
 from app.pipelines.models import Pipeline, PipelineStatus, View
@@ -371,28 +371,10 @@ def _due_tenants_query() -> sa.Select:
     index (one probe each), then reads each one's earliest entry: the cost
     grows with the tenants that have work, never with idle connectors.
     """
-    c = Connector.__table__
-    first = sa.select(sa.func.min(c.c.tenant).label("tenant")).where(c.c.due_at.is_not(None))
-    tenants = first.cte("due_tenants", recursive=True)
-    step = c.alias("step")
-    after = (
-        sa.select(sa.func.min(step.c.tenant))
-        .where(step.c.due_at.is_not(None), step.c.tenant > tenants.c.tenant)
-        .scalar_subquery()
-    )
-    tenants = tenants.union_all(sa.select(after).where(tenants.c.tenant.is_not(None)))
-    head = c.alias("head")
-    tail = c.alias("tail")
-    earliest = (
-        sa.select(sa.func.min(head.c.due_at))
-        .where(head.c.tenant == tenants.c.tenant, head.c.due_at.is_not(None))
-        .scalar_subquery()
-    )
-    latest = (
-        sa.select(sa.func.max(tail.c.due_at))
-        .where(tail.c.tenant == tenants.c.tenant, tail.c.due_at.is_not(None))
-        .scalar_subquery()
-    )
+    due_at = Connector.__table__.c.due_at
+    tenants = tenants_with(due_at, "due_tenants")
+    earliest = of_each_tenant(due_at, tenants, sa.func.min, "head")
+    latest = of_each_tenant(due_at, tenants, sa.func.max, "tail")
     return sa.select(tenants.c.tenant, earliest, latest, db_time()).where(
         tenants.c.tenant.is_not(None)
     )

@@ -65,7 +65,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 
-from app.database import db_time, read_db_time
+from app.database import db_time, of_each_tenant, read_db_time, tenants_with
 from app.extensions import db
 from app.notifications.models import (
     DeliveryState,
@@ -189,24 +189,9 @@ def _due_tenants_query() -> sa.Select:
     the cost grows with the tenants that have deliveries owed, never with the
     deliveries done.
     """
-    d = NotificationDelivery.__table__
-    first = sa.select(sa.func.min(d.c.tenant).label("tenant")).where(
-        d.c.next_attempt_at.is_not(None)
-    )
-    tenants = first.cte("notification_tenants", recursive=True)
-    step = d.alias("step")
-    after = (
-        sa.select(sa.func.min(step.c.tenant))
-        .where(step.c.next_attempt_at.is_not(None), step.c.tenant > tenants.c.tenant)
-        .scalar_subquery()
-    )
-    tenants = tenants.union_all(sa.select(after).where(tenants.c.tenant.is_not(None)))
-    head = d.alias("head")
-    earliest = (
-        sa.select(sa.func.min(head.c.next_attempt_at))
-        .where(head.c.tenant == tenants.c.tenant, head.c.next_attempt_at.is_not(None))
-        .scalar_subquery()
-    )
+    due = NotificationDelivery.__table__.c.next_attempt_at
+    tenants = tenants_with(due, "notification_tenants")
+    earliest = of_each_tenant(due, tenants, sa.func.min, "head")
     return sa.select(tenants.c.tenant).where(tenants.c.tenant.is_not(None), earliest <= db_time())
 
 
