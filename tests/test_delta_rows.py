@@ -37,6 +37,7 @@ from app.transports.delta import DeltaTransport
 from app.transports.tables import Applied, LogRow
 from app.view_data import store
 from tests.conftest import assert_error
+from tests.test_delta_sink import race_two_writers
 from tests.test_delta_sink import sinks as sinks
 from tests.test_view_data import view_contents
 
@@ -413,33 +414,8 @@ def test_two_writers_of_one_merge_batch_commit_it_once(
     t = target()
     path = sinks / "tables" / "t"
     DRIVER.apply(t, log(1, (1, rec(1)), (1, rec(2))), epoch=1)
-    loaded = threading.Barrier(2, timeout=30)
-    load = delta._Table.load
-    waited: set[int] = set()
-
-    def load_then_wait(self: Any, action: str) -> Any:
-        table = load(self, action)
-        if threading.get_ident() not in waited:
-            waited.add(threading.get_ident())
-            loaded.wait()
-        return table
-
-    monkeypatch.setattr(delta._Table, "load", load_then_wait)
-    results: list[Applied | BaseException] = []
-
-    def writer(epoch: int) -> None:
-        with app.app_context():
-            try:
-                batch = log(3, (-1, rec(1)), (1, rec(1, "new")), (1, rec(3)))
-                results.append(DRIVER.apply(t, batch, epoch=epoch))
-            except BaseException as exc:
-                results.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(e,)) for e in (2, 3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    batch = log(3, (-1, rec(1)), (1, rec(1, "new")), (1, rec(3)))
+    results = race_two_writers(app, monkeypatch, lambda epoch: DRIVER.apply(t, batch, epoch=epoch))
     assert all(isinstance(r, Applied) for r in results), results
     assert sorted(r.skipped for r in results if isinstance(r, Applied)) == [False, True]
     table = DeltaTable(str(path))

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -225,16 +225,14 @@ def test_a_batch_after_a_gap_raises_sink_moved_with_the_position(sinks: Path) ->
     assert DeltaTable(str(sinks / "tables" / "orders")).version() == 1
 
 
-@pytest.mark.parametrize("existing", [True, False], ids=["append", "create"])
-def test_two_writers_of_one_batch_commit_it_once(
-    app: Flask, sinks: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
-) -> None:
-    t = target()
-    path = sinks / "tables" / "orders"
-    if existing:
-        DRIVER.apply(t, inserts(1, range(3)), epoch=1)
-    first = 4 if existing else 1
-    # Both writers load the table (at the same version) before either commits.
+def race_two_writers(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, apply: Callable[[int], Applied]
+) -> list[Applied | BaseException]:
+    """Run ``apply(epoch)`` in two threads (epochs 2 and 3); return what each gave or raised.
+
+    Both load the table (at the same version) before either commits: the
+    race a stale writer loses at the commit.
+    """
     loaded = threading.Barrier(2, timeout=30)
     load = delta._Table.load
     waited: set[int] = set()
@@ -252,7 +250,7 @@ def test_two_writers_of_one_batch_commit_it_once(
     def writer(epoch: int) -> None:
         with app.app_context():
             try:
-                results.append(DRIVER.apply(t, inserts(first, range(10, 13)), epoch=epoch))
+                results.append(apply(epoch))
             except BaseException as exc:
                 results.append(exc)
 
@@ -261,6 +259,21 @@ def test_two_writers_of_one_batch_commit_it_once(
         thread.start()
     for thread in threads:
         thread.join(60)
+    return results
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["append", "create"])
+def test_two_writers_of_one_batch_commit_it_once(
+    app: Flask, sinks: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    t = target()
+    path = sinks / "tables" / "orders"
+    if existing:
+        DRIVER.apply(t, inserts(1, range(3)), epoch=1)
+    first = 4 if existing else 1
+    results = race_two_writers(
+        app, monkeypatch, lambda epoch: DRIVER.apply(t, inserts(first, range(10, 13)), epoch=epoch)
+    )
     assert all(isinstance(r, Applied) for r in results), results
     assert sorted(r.skipped for r in results if isinstance(r, Applied)) == [False, True]
     table = DeltaTable(str(path))
