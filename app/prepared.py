@@ -24,7 +24,7 @@ writes, or needs the request's session, uses the session.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +104,34 @@ class PreparedSelect:
         return plan
 
     @staticmethod
+    @contextlib.contextmanager
+    def _translated(
+        dialect: Dialect,
+        plan: _Plan,
+        args: Any,
+        dbapi_connection: Any,
+        invalidate: Callable[[BaseException], None],
+    ) -> Iterator[None]:
+        """Raise driver errors as SQLAlchemy's; a dead connection goes to ``invalidate`` first."""
+        try:
+            yield
+        except dialect.loaded_dbapi.Error as exc:
+            # Neither driver's dialect reads the cursor to tell a dead connection.
+            dead = dialect.is_disconnect(exc, dbapi_connection, None)
+            if dead:
+                invalidate(exc)
+            raise DBAPIError.instance(
+                plan.sql,
+                args,
+                exc,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=dead,
+                dialect=dialect,
+            ) from exc
+
+    @classmethod
     def _run(
+        cls,
         dialect: Dialect,
         plan: _Plan,
         args: Any,
@@ -121,21 +148,10 @@ class PreparedSelect:
             listener(plan.sql, args)
         cursor = None
         try:
-            cursor = dbapi_connection.cursor()
-            cursor.execute(plan.sql, args)
-            return fetch(cursor)
-        except dialect.loaded_dbapi.Error as exc:
-            dead = dialect.is_disconnect(exc, dbapi_connection, cursor)
-            if dead:
-                invalidate(exc)
-            raise DBAPIError.instance(
-                plan.sql,
-                args,
-                exc,
-                dialect.loaded_dbapi.Error,
-                connection_invalidated=dead,
-                dialect=dialect,
-            ) from exc
+            with cls._translated(dialect, plan, args, dbapi_connection, invalidate):
+                cursor = dbapi_connection.cursor()
+                cursor.execute(plan.sql, args)
+                return fetch(cursor)
         finally:
             if cursor is not None:
                 with contextlib.suppress(dialect.loaded_dbapi.Error):
@@ -191,3 +207,39 @@ class PreparedSelect:
         if not plan.processed:
             return rows
         return [plan.row(row) for row in rows]
+
+    @contextlib.contextmanager
+    def stream(
+        self, conn: sa.Connection, params: Mapping[str, Any], name: str
+    ) -> Iterator[Callable[[int], list[tuple[Any, ...]]]]:
+        """Run the statement in ``conn``'s transaction through a server-side cursor ``name``.
+
+        PostgreSQL (``DECLARE``, then ``FETCH``): yields ``fetch(n)``, the next
+        ``n`` rows as tuples (fewer at the end), so a caller reads a large
+        result a page at a time. The cursor is closed on the way out.
+        """
+        dialect = conn.dialect
+        plan = self._plan(dialect)
+        args = plan.args(params)
+        dbapi_connection = conn.connection.dbapi_connection
+
+        def translated() -> contextlib.AbstractContextManager[None]:
+            return self._translated(dialect, plan, args, dbapi_connection, conn.invalidate)
+
+        for listener in statement_listeners:
+            listener(plan.sql, args)
+        with translated():
+            cursor = dbapi_connection.cursor(name=name)
+        try:
+            with translated():
+                cursor.execute(plan.sql, args)
+
+            def fetch(size: int) -> list[tuple[Any, ...]]:
+                with translated():
+                    rows = cursor.fetchmany(size)
+                return [plan.row(row) for row in rows] if plan.processed else rows
+
+            yield fetch
+        finally:
+            with contextlib.suppress(dialect.loaded_dbapi.Error):
+                cursor.close()

@@ -152,6 +152,31 @@ def test_sqlite_pages_a_snapshot_in_rowid_order_through_its_index(view):
     assert "TEMP B-TREE" not in details, details
 
 
+def test_a_snapshot_whose_connection_dies_raises_the_database_error_and_drops_it(view):
+    """PostgreSQL: the cursor's driver errors come as SQLAlchemy's, the dead connection invalidated.
+
+    As every other statement's: the executor and the worker tell a database
+    gone from a bug by them.
+    """
+    if is_sqlite():
+        pytest.skip("PostgreSQL reads a snapshot through a server-side cursor; SQLite pages")
+    push(view, [(store.INSERT, text(i)) for i in range(10)])
+    db.session.commit()
+    with (
+        pytest.raises(sa.exc.OperationalError) as caught,
+        reader.open_snapshot(view.id) as snapshot,
+    ):
+        pages = snapshot._texts()
+        assert len(next(pages)) == 3
+        pid = snapshot.connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with db.engine.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        list(pages)
+    assert caught.value.connection_invalidated
+    with reader.open_snapshot(view.id) as snapshot:  # the pool hands out a live one
+        assert sum(len(b) for b in snapshot.batches(100)) == 10
+
+
 def test_a_page_that_does_not_split_into_its_rows_is_read_row_by_row(view, statements):
     # Not canonical (canonical text holds no newline), written straight into the
     # Z-set: the joined page does not split into one text per row.

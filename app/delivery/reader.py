@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from app.database import snapshot_connection
 from app.extensions import db
-from app.prepared import PreparedSelect, statement_listeners
+from app.prepared import PreparedSelect
 from app.view_data.models import ViewChange, ViewLog, ViewRecord
 
 # Rows per statement: enough that a statement's own cost is small beside its
@@ -98,8 +98,8 @@ _SNAPSHOT_JOINED = PreparedSelect(
 # by key cost a scan of the index and a top-N sort each wherever the planner
 # misjudges the view's size (a view filled since the last ``ANALYZE``): 17 ms
 # a page of 2,000, 0.87 s for 100,000 records, against about 0.1 s.
-_SNAPSHOT_ROWS = sa.select(_records.record, _records.weight).where(
-    _records.view_id == sa.bindparam("view_id")
+_SNAPSHOT_ROWS = PreparedSelect(
+    sa.select(_records.record, _records.weight).where(_records.view_id == sa.bindparam("view_id"))
 )
 _SNAPSHOT_CURSOR = "pipeline_manager_snapshot"
 # The log's end and the Z-set's size at it, both kept by every batch (one row).
@@ -194,16 +194,11 @@ class Snapshot:
 
             yield fetch_page
             return
-        sql = str(_SNAPSHOT_ROWS.compile(dialect=self.connection.dialect))
         params = {"view_id": self.view_id}
-        for listener in statement_listeners:
-            listener(sql, params)
-        driver = self.connection.connection.driver_connection
-        with driver.cursor(name=_SNAPSHOT_CURSOR) as cursor:
-            cursor.execute(sql, params)
+        with _SNAPSHOT_ROWS.stream(self.connection, params, _SNAPSHOT_CURSOR) as fetch:
 
             def fetch_rows(limit: int) -> tuple[list[str], int]:
-                rows = cursor.fetchmany(limit)
+                rows = fetch(limit)
                 return [text for text, weight in rows for _ in range(weight)], len(rows)
 
             yield fetch_rows
