@@ -83,6 +83,21 @@ class Work:
     reset_id: uuid.UUID | None = None
 
 
+# Statements of the hot paths (a push's mark, the poller's rounds), built once per engine
+# (they read its clock): building the poller's recursive query anew at every round cost
+# more than running it, and building a push's mark about as much as the push's statements.
+_statements: dict[tuple[str, str], Any] = {}
+
+
+def _statement(name: str, build: Callable[[], Any]) -> Any:
+    """The statement ``name`` for the session's engine, built on first use."""
+    key = (name, db.session.get_bind().dialect.name)
+    statement = _statements.get(key)
+    if statement is None:
+        statement = _statements[key] = build()
+    return statement
+
+
 def held() -> sa.ColumnElement[bool]:
     """A connector's lease is held and has not run out (database clock)."""
     return sa.and_(Connector.lease_owner.is_not(None), Connector.lease_expires_at > db_time())
@@ -98,21 +113,26 @@ def _marked_due_at() -> sa.ColumnElement:
     )
 
 
-def _mark(where: sa.ColumnElement[bool]) -> int:
-    """Mark the connectors ``where`` holds as due, in the caller's transaction; return how many.
+def _mark(name: str, where: Callable[[], sa.ColumnElement[bool]], **params: Any) -> int:
+    """Mark the connectors ``where()`` holds as due, in the caller's transaction; return how many.
 
     Every row that matches is written, even one already due: its ``wakes``
     moves, which is what tells a worker deciding "nothing to do" that it must
     look again. Other processes' workers are told at commit (``NOTIFY`` on
     PostgreSQL; SQLite's other connections see the file change), this one's
-    through its doorbell.
+    through its doorbell. The statement is built once (every push runs one):
+    ``where`` takes its values from ``params`` as bound parameters.
     """
-    result = db.session.execute(
-        sa.update(Connector)
-        .where(where)
-        .values(wakes=Connector.wakes + 1, due_at=_marked_due_at())
-        .execution_options(synchronize_session=False)
+    statement = _statement(
+        name,
+        lambda: (
+            sa.update(Connector)
+            .where(where())
+            .values(wakes=Connector.wakes + 1, due_at=_marked_due_at())
+            .execution_options(synchronize_session=False)
+        ),
     )
+    result = db.session.execute(statement, params)
     if result.rowcount:
         notify_work()
         wake.ring_after_commit()
@@ -121,18 +141,28 @@ def _mark(where: sa.ColumnElement[bool]) -> int:
 
 def mark_view(view_id: int) -> int:
     """Mark a view's connectors due (a push added changes); return how many it has."""
-    return _mark(Connector.view_id == view_id)
+    return _mark(
+        "mark_view", lambda: Connector.view_id == sa.bindparam("marked_view"), marked_view=view_id
+    )
 
 
 def mark_pipeline(pipeline_id: uuid.UUID) -> int:
     """Mark every connector of a pipeline due (it starts or resumes)."""
-    views = sa.select(View.id).where(View.pipeline_id == pipeline_id).scalar_subquery()
-    return _mark(Connector.view_id.in_(views))
+
+    def where() -> sa.ColumnElement[bool]:
+        views = sa.select(View.id).where(View.pipeline_id == sa.bindparam("marked_pipeline"))
+        return Connector.view_id.in_(views.scalar_subquery())
+
+    return _mark("mark_pipeline", where, marked_pipeline=pipeline_id)
 
 
 def mark_connector(connector_id: int) -> int:
     """Mark one connector due (a reset requested, the connector started)."""
-    return _mark(Connector.id == connector_id)
+    return _mark(
+        "mark_connector",
+        lambda: Connector.id == sa.bindparam("marked_connector"),
+        marked_connector=connector_id,
+    )
 
 
 # -- what a connector has to do ----------------------------------------------------------------
@@ -152,20 +182,6 @@ def _live_reset(column: sa.ColumnElement) -> sa.ScalarSelect:
         .correlate(Connector, Pipeline)
         .scalar_subquery()
     )
-
-
-# Statements of the poller's hot path, built once per engine (they read its clock):
-# building a recursive query anew at every round cost the poller more than running it.
-_statements: dict[tuple[str, str], Any] = {}
-
-
-def _statement(name: str, build: Callable[[], Any]) -> Any:
-    """The statement ``name`` for the session's engine, built on first use."""
-    key = (name, db.session.get_bind().dialect.name)
-    statement = _statements.get(key)
-    if statement is None:
-        statement = _statements[key] = build()
-    return statement
 
 
 def _work_query() -> sa.Select:

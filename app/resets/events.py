@@ -46,6 +46,9 @@ _SLOTS_KEY = "pipeline_manager.event_stream_slots"
 
 def wanted() -> bool:
     """Whether the request prefers an event stream to JSON (``Accept: text/event-stream``)."""
+    # Pollers send no such header: spare them parsing theirs (media types ignore case).
+    if "event-stream" not in request.headers.get("Accept", "").lower():
+        return False
     accept = request.accept_mimetypes
     return accept.best_match(["application/json", MEDIA_TYPE]) == MEDIA_TYPE
 
