@@ -29,6 +29,7 @@ renews, checks and gives back a lease.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,9 +92,21 @@ def take(connector_id: int, owner: str, seconds: float, **values: Any) -> Lease 
     ``values`` are written to the connector in the same statement. Returns the
     lease, or None when someone else holds it.
     """
-    row = db.session.execute(
+    if values:
+        statement = _taking(owner, seconds, values)
+    else:  # every delivery's claim: its statement is built once per engine, owner and length
+        statement = _plain_taking(db.session.get_bind().dialect.name, owner, float(seconds))
+    row = db.session.execute(statement, {"taken": connector_id}).one_or_none()
+    if row is None:
+        return None
+    return Lease(connector_id, owner, int(row[0]), seconds, int(row[1]))
+
+
+def _taking(owner: str, seconds: float, values: dict[str, Any]) -> sa.Update:
+    """The ``UPDATE`` of :func:`take`, for the connector bound as ``taken``."""
+    return (
         sa.update(Connector)
-        .where(Connector.id == connector_id, lease_is_free(owner, seconds))
+        .where(Connector.id == sa.bindparam("taken"), lease_is_free(owner, seconds))
         .values(
             lease_owner=owner,
             lease_epoch=Connector.lease_epoch + 1,
@@ -112,10 +125,13 @@ def take(connector_id: int, owner: str, seconds: float, **values: Any) -> Lease 
         )
         .returning(Connector.lease_epoch, Connector.wakes)
         .execution_options(synchronize_session=False)
-    ).one_or_none()
-    if row is None:
-        return None
-    return Lease(connector_id, owner, int(row[0]), seconds, int(row[1]))
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_taking(dialect: str, owner: str, seconds: float) -> sa.Update:
+    """:func:`_taking` with no values, for ``dialect`` (built in that engine's session)."""
+    return _taking(owner, seconds, {})
 
 
 def held(lease: Lease) -> sa.ColumnElement[bool]:
