@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import marshmallow as ma
 from flask import current_app
 from flask.cli import AppGroup, ScriptInfo
 from sqlalchemy.exc import DBAPIError
@@ -26,8 +25,10 @@ from sqlalchemy.exc import DBAPIError
 from app.auth import DEFAULT_TENANT
 from app.database import is_transient_error
 from app.errors import ApiError, InvalidRequest, ServiceUnavailable
-from app.pipelines.models import is_valid_name
-from app.pipelines.schemas import NAME_FIELD_HELP
+from app.pipelines.models import NAME_FIELD_HELP, is_valid_name
+
+if TYPE_CHECKING:
+    import marshmallow as ma
 
 EXIT_ERROR = 1
 
@@ -95,6 +96,8 @@ def require_schema() -> None:
 
 def load_input(schema: ma.Schema, data: Mapping[str, Any]) -> dict[str, Any]:
     """Validate command-line input with the API's schema; raise ``InvalidRequest``."""
+    import marshmallow as ma  # with the schema: a command that reads only never loads it
+
     try:
         return schema.load(data)
     except ma.ValidationError as exc:

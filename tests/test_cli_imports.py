@@ -146,6 +146,15 @@ cli("pipelines", "list")
     assert loaded_after(tmp_path, code, WEB_SIDE) == []
 
 
+def test_listing_keys_as_a_table_loads_no_schema_library(tmp_path: Path):
+    """The operator's most frequent command: marshmallow loads only to validate or dump JSON."""
+    loaded_after(tmp_path, 'cli("db", "upgrade")\ncli("api-keys", "create", "ops")')
+    assert loaded_after(tmp_path, 'cli("api-keys", "list")', ("marshmallow",)) == []
+    assert loaded_after(tmp_path, 'cli("api-keys", "list", "--json")', ("marshmallow",)) == [
+        "marshmallow"
+    ]
+
+
 def _imported(path: Path) -> set[str]:
     """The ``app`` modules a file imports, at its top or inside a function."""
     names = set()

@@ -12,7 +12,6 @@ import click
 
 from app.auth import service
 from app.auth.models import ApiKey, Role
-from app.auth.schemas import ApiKeyCreate, ApiKeyOut
 from app.cli_helpers import (
     OperatorGroup,
     echo_json,
@@ -70,6 +69,8 @@ def create_command(
 ) -> None:
     """Create API key NAME and print the key alone on stdout (it is shown this once)."""
     data = {"name": name, "role": role, "expires_at": _expires_at(expires_in, expires_at)}
+    from app.auth.schemas import ApiKeyCreate  # marshmallow: not for the table listing
+
     body = load_input(ApiKeyCreate(), data)
     api_key, secret = service.create_key(tenant, body["name"], body["role"], body["expires_at"])
     click.echo(secret)
@@ -88,6 +89,8 @@ def list_command(tenant: str, as_json: bool) -> None:
     """List the tenant's API keys (never the keys themselves)."""
     keys: list[ApiKey] = service.list_keys(tenant)
     if as_json:
+        from app.auth.schemas import ApiKeyOut  # marshmallow: not for the table listing
+
         echo_json(ApiKeyOut(many=True).dump(keys))
         return
     echo_table(

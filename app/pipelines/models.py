@@ -14,6 +14,8 @@ from app.extensions import db
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"
 NAME_MAX = 100
+# How a name is described wherever one is refused (the API, the command line).
+NAME_FIELD_HELP = "Letters, digits, '_' and '-', 1 to 100 characters."
 _NAME_RE = re.compile(NAME_PATTERN)
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import validate
 
-from app.pipelines.models import NAME_PATTERN, PipelineStatus, is_valid_name
+from app.pipelines.models import NAME_FIELD_HELP, NAME_PATTERN, PipelineStatus, is_valid_name
 from app.schemas import PageQuery
-
-NAME_FIELD_HELP = "Letters, digits, '_' and '-', 1 to 100 characters."
 
 
 def _check_name(value: str) -> None:
