@@ -198,14 +198,16 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """Start the worker process's background worker thread, without delivery processes.
+    """Freeze what the app loaded; start the process's background worker thread, if it runs one.
 
     On SIGTERM that thread is told to stop at once, so it winds down (finishing
     its claim, giving its leases back) while gunicorn lets in-flight requests
     finish; ``worker_exit`` then waits for it within ``graceful_timeout``.
     """
+    from app.serving import freeze_loaded_objects
     from app.worker import start_background, stop_background
 
+    freeze_loaded_objects()
     start_background(worker.wsgi)
     gunicorn_exit = signal.getsignal(signal.SIGTERM)
 
