@@ -131,6 +131,12 @@ class DuplicateName(ConflictError):
     error_code = "DuplicateName"
 
 
+class IdempotencyKeyInProgress(ConflictError):
+    """The first request with this Idempotency-Key is still running (:mod:`app.idempotency`)."""
+
+    error_code = "IdempotencyKeyInProgress"
+
+
 class ResetNotCancellable(ConflictError):
     """The reset cannot be cancelled: it ended, or its sink was already told to reset."""
 
@@ -165,6 +171,13 @@ class IllegalConnectorAction(ConflictError):
     """The connector cannot do that now (``details.reason`` says why)."""
 
     error_code = "IllegalConnectorAction"
+
+
+class IdempotencyKeyReused(ApiError):
+    """The Idempotency-Key was already used for a different request (:mod:`app.idempotency`)."""
+
+    status_code = 422
+    error_code = "IdempotencyKeyReused"
 
 
 class PipelineRestarted(ApiError):
@@ -268,8 +281,6 @@ def error_codes() -> list[str]:
     are defined) and those of the HTTP errors answered outside them. The
     OpenAPI document lists exactly these as the ``error_code`` enum.
     """
-    import app.idempotency  # noqa: F401 (defines error classes of its own)
-
     codes = {*_HTTP_ERROR_CODES.values(), HTTP_ERROR_FALLBACK}
     pending: list[type[ApiError]] = [ApiError]
     while pending:

@@ -50,11 +50,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.exceptions import HTTPException
 
-from app.auth import current_tenant
+from app.auth.principal import current_tenant
 from app.database import UTCDateTime, db_time
 from app.errors import (
     ApiError,
-    ConflictError,
+    IdempotencyKeyInProgress,
+    IdempotencyKeyReused,
     InvalidRequest,
     QuotaExceeded,
     handle_api_error,
@@ -96,19 +97,6 @@ HEADER_DOC = {
     "are per tenant.",
     "example": "3f0c1b8e-6a0d-4a55-9a3e-2d7c1f1e9b42",
 }
-
-
-class IdempotencyKeyReused(ApiError):
-    """The key was already used for a different request."""
-
-    status_code = 422
-    error_code = "IdempotencyKeyReused"
-
-
-class IdempotencyKeyInProgress(ConflictError):
-    """The first request with this key is still running."""
-
-    error_code = "IdempotencyKeyInProgress"
 
 
 class IdempotencyKey(db.Model):

@@ -8,36 +8,23 @@ request's :class:`Principal`; routes act for :func:`current_tenant` only.
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass
+from flask import Flask
 
-from flask import Flask, g
+from app.auth.principal import (
+    DEFAULT_TENANT,
+    Principal,
+    current_principal,
+    current_tenant,
+)
 
-DEFAULT_TENANT = "default"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The caller of a request: a name, a tenant, a role and when the credential expires.
-
-    ``expires_at`` is None for a credential that never expires (an API key made
-    without one); a JWT's is its ``exp``.
-    """
-
-    name: str
-    tenant: str
-    role: str
-    expires_at: dt.datetime | None = None
-
-
-def current_principal() -> Principal:
-    """Return the principal of the current request."""
-    return g.principal
-
-
-def current_tenant() -> str:
-    """Return the tenant that the current request acts for."""
-    return g.principal.tenant
+__all__ = [
+    "DEFAULT_TENANT",
+    "Principal",
+    "current_principal",
+    "current_tenant",
+    "init_app",
+    "init_state",
+]
 
 
 def init_state(app: Flask) -> None:
