@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -37,6 +39,13 @@ def text(i: int) -> str:
 
 def push(view, changes) -> None:
     view_data.push_changes(view, changes)
+
+
+def wait_for(done, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
 
 
 def is_sqlite() -> bool:
@@ -96,6 +105,56 @@ def test_a_snapshot_does_not_see_changes_committed_after_it(view):
         db.session.commit()
         assert (snapshot.seq, snapshot.records) == (5, 5)
         assert sorted(t for b in snapshot.batches(2) for t in b) == sorted(map(text, range(5)))
+
+
+def test_pages_are_read_ahead_and_the_reader_stops_with_its_caller(view, monkeypatch):
+    """The next page is read while the caller works on one; a caller that stops
+    half-way (an error, a lost lease) leaves no reader on the snapshot's connection."""
+    push(view, [(store.INSERT, text(i)) for i in range(30)])
+    db.session.commit()
+    pages = reader.Snapshot._pages
+    read: list[int] = []
+
+    def counted(self):
+        for page in pages(self):
+            read.append(len(page))
+            yield page
+
+    monkeypatch.setattr(reader.Snapshot, "_pages", counted)
+    with reader.open_snapshot(view.id) as snapshot:
+        batches = snapshot.batches(2)
+        assert len(next(batches)) == 2
+        # Pages of 3: the first was split into batches, the second read ahead meanwhile.
+        wait_for(lambda: len(read) >= 2)
+        readers = [t for t in threading.enumerate() if t.name == "snapshot-reader"]
+        assert len(readers) == 1
+        # The caller stops here, its generator left unfinished: the snapshot's end
+        # stops the reader before it rolls the connection back.
+    readers[0].join(timeout=5)
+    assert not readers[0].is_alive()
+    assert len(read) < 10  # it stopped reading
+    with reader.open_snapshot(view.id) as snapshot:
+        assert sum(len(b) for b in snapshot.batches(4)) == 30
+    assert read[-10:] == [3] * 10
+    assert not [t for t in threading.enumerate() if t.name == "snapshot-reader"]
+
+
+def test_a_page_reader_error_is_raised_to_the_caller(view, monkeypatch):
+    push(view, [(store.INSERT, text(i)) for i in range(9)])
+    db.session.commit()
+    pages = reader.Snapshot._pages
+
+    def failing(self):
+        found = pages(self)
+        yield next(found)
+        raise sa.exc.OperationalError("FETCH", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(reader.Snapshot, "_pages", failing)
+    with reader.open_snapshot(view.id) as snapshot:
+        batches = snapshot.batches(100)
+        with pytest.raises(sa.exc.OperationalError, match="connection lost"):
+            list(batches)
+    assert not [t for t in threading.enumerate() if t.name == "snapshot-reader"]
 
 
 def test_an_empty_view_has_an_empty_snapshot(view):
@@ -166,9 +225,10 @@ def test_a_snapshot_whose_connection_dies_raises_the_database_error_and_drops_it
         pytest.raises(sa.exc.OperationalError) as caught,
         reader.open_snapshot(view.id) as snapshot,
     ):
+        # Asked before the pages are: from then on their reader alone uses the connection.
+        pid = snapshot.connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         pages = snapshot._texts()
         assert len(next(pages)) == 3
-        pid = snapshot.connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         with db.engine.connect() as other:
             other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
         list(pages)

@@ -52,6 +52,10 @@ pytestmark = pytest.mark.slow
 
 LEASE = 1
 POLL = 0.05
+# The tests that stop or kill a worker mid-replay replay a record a batch: some
+# 1,000 fenced commits, still under way when they act (a replay of 5 a batch
+# could end between the test's look at its progress and its signal).
+SLOW_REPLAY_BATCH = 1
 NOTES = ("plain", "café", "naïve ✓", 'with "quotes" and \\ backslash')
 
 
@@ -438,7 +442,7 @@ def test_executor_stopped_past_its_lease_cannot_touch_the_sink_another_one_reset
     sink = c.file_pipeline()
     work = Workload(2)
     c.push(work.batch(1500))
-    a = c.worker(REPLAY_BATCH_SIZE=5)
+    a = c.worker(REPLAY_BATCH_SIZE=SLOW_REPLAY_BATCH)
     c.wait_caught_up()
     token = c.reset()
     wait_for(lambda: c.status(token)["replayed_records"] >= 100, what="the replay")
@@ -476,7 +480,7 @@ def test_stop_mid_replay_leaves_the_connector_resetting_and_start_redoes_it(clus
     sink = c.file_pipeline()
     work = Workload(3)
     c.push(work.batch(1000))
-    a = c.worker(REPLAY_BATCH_SIZE=5)
+    a = c.worker(REPLAY_BATCH_SIZE=SLOW_REPLAY_BATCH)
     c.wait_caught_up()
     before_reset = sink.read_bytes()
     token = c.reset()
@@ -628,7 +632,7 @@ def test_worker_killed_during_a_reset_leaves_the_sink_whole_for_the_next_worker(
     sink = c.file_pipeline()
     work = Workload(6)
     c.push(work.batch(1200))
-    a = c.worker(REPLAY_BATCH_SIZE=5)
+    a = c.worker(REPLAY_BATCH_SIZE=SLOW_REPLAY_BATCH)
     c.wait_caught_up()
     before_reset = sink.read_bytes()
     token = c.reset()

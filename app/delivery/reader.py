@@ -7,8 +7,9 @@ transports splice the stored texts into the lines and messages they send
 
 The statements are Core, built once; rows come back as plain tuples, a page
 of at most :data:`PAGE_ROWS` per statement, and a batch ends at a number of
-records or of bytes, whichever comes first: memory holds one page and one
-batch, whatever the view's size. ``make bench`` section b (stream delivery
+records or of bytes, whichever comes first: memory holds a few pages (a
+snapshot's next page is read ahead, in a thread, while the last is written
+out) and one batch, whatever the view's size. ``make bench`` section b (stream delivery
 and snapshot replay to a file sink) and section c (a reset to complete,
 issue 19's target 5) measure this path.
 
@@ -22,10 +23,14 @@ statement, fetched a page at a time from a server-side cursor.
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -162,6 +167,8 @@ class Snapshot:
     view_id: int
     seq: int
     records: int
+    # How to stop each page reader running (:meth:`_texts`), for :meth:`close`.
+    _halts: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def _page(self, after: int, limit: int) -> tuple[list[str], int, int]:
         """SQLite: read up to ``limit`` rows after rowid ``after``: their texts, weight n n times.
@@ -203,7 +210,7 @@ class Snapshot:
 
             yield fetch_rows
 
-    def _texts(self) -> Iterator[list[str]]:
+    def _pages(self) -> Iterator[list[str]]:
         """Yield the records' texts page by page, pages sized by their text."""
         limit = min(FIRST_PAGE_ROWS, PAGE_ROWS)
         with self._reader() as fetch:
@@ -216,6 +223,55 @@ class Snapshot:
                 characters = max(1, sum(map(len, texts)))
                 limit = max(1, min(PAGE_ROWS, PAGE_CHARACTERS * count // characters))
 
+    def _texts(self) -> Iterator[list[str]]:
+        """:meth:`_pages`, each read while the caller works on the one before.
+
+        A thread of its own reads the next page (the database's work, which
+        both drivers do without Python's lock) while the caller writes the last
+        one out. It alone uses the snapshot's connection until it ends, which
+        it does before this generator does, however the caller stops.
+        """
+        pages: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                with contextlib.closing(self._pages()) as found:
+                    for page in found:
+                        pages.put(("page", page))
+                        if stop.is_set():
+                            return
+                pages.put(("end", None))
+            except BaseException as exc:  # handed to the caller's thread, raised there
+                pages.put(("error", exc))
+
+        def halt() -> None:
+            stop.set()
+            while reader.is_alive():  # free a put the reader may be blocked in
+                with contextlib.suppress(queue.Empty):
+                    pages.get(timeout=0.05)
+            reader.join()
+
+        reader = threading.Thread(target=read, name="snapshot-reader", daemon=True)
+        self._halts.append(halt)
+        reader.start()
+        try:
+            while True:
+                kind, item = pages.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise item
+                yield item
+        finally:
+            halt()
+            self._halts.remove(halt)
+
+    def close(self) -> None:
+        """Stop the page readers still running (a caller that left its batches unfinished)."""
+        for halt in list(self._halts):
+            halt()
+
     def batches(self, max_records: int, max_bytes: int | None = None) -> Iterator[list[str]]:
         """Yield the snapshot's records as canonical JSON texts, in batches.
 
@@ -224,7 +280,7 @@ class Snapshot:
         brings its length to ``max_bytes``. Reads the Z-set a page at a time
         (SQLite: keyset pages by rowid; PostgreSQL: fetches of one server-side
         cursor) within the snapshot's read transaction, in the table's order,
-        so memory holds one page and one batch.
+        one page read ahead: memory holds three pages at most and one batch.
         """
         budget = UNBOUNDED if max_bytes is None else max_bytes
         batch: list[str] = []
@@ -255,7 +311,11 @@ def open_snapshot(view_id: int) -> Iterator[Snapshot]:
         params = {"view_id": view_id}
         head = conn.execute(_LOG_HEAD, params).one_or_none()
         seq, records = head if head is not None else (0, 0)
-        yield Snapshot(conn, view_id, seq, int(records))
+        snapshot = Snapshot(conn, view_id, seq, int(records))
+        try:
+            yield snapshot
+        finally:
+            snapshot.close()  # before the connection's transaction ends
 
 
 def change_texts(rows: Sequence[tuple[int, int, str]]) -> list[str]:

@@ -38,6 +38,7 @@ The work of one attempt:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -159,6 +160,29 @@ def queue_owed_reset(connector_id: int) -> uuid.UUID | None:
         return None
     log.info("queued a redo of the reset of connector %s: %s", connector_id, reason)
     return reset_id
+
+
+@functools.lru_cache(maxsize=8)
+def _progress_statement(dialect: str, sampled: bool) -> sa.Update:
+    """The fenced write of a replay's progress (``ResetExecutor._replayed``), built once.
+
+    Per engine (built in that engine's session), with or without a new rate
+    sample (``rate_at``, ``rate_records``).
+    """
+    columns = Reset.__table__.c
+    values: dict[str, Any] = {"replayed_records": sa.bindparam("replayed", type_=sa.BigInteger)}
+    if sampled:
+        values["rate_at"] = sa.bindparam("sampled_at", type_=columns.rate_at.type)
+        values["rate_records"] = sa.bindparam("sampled_records", type_=sa.BigInteger)
+    return (
+        sa.update(Reset.__table__)
+        .where(
+            columns.id == sa.bindparam("reset"),
+            columns.status == ResetStatus.IN_PROGRESS,
+            columns.epoch == sa.bindparam("held_epoch"),
+        )
+        .values(**values)
+    )
 
 
 class _Progress:
@@ -335,6 +359,26 @@ class ResetExecutor:
             db.session.rollback()
             raise LeaseLost(f"reset {reset_id}")
 
+    def _replayed(
+        self, reset_id: uuid.UUID, lease: Lease, records: int, size: int, replayed: int
+    ) -> None:
+        """:meth:`_advance` after a replayed batch, with statements built once; the caller commits.
+
+        The connector's counters grow by the batch, the lease is renewed, and
+        the reset records ``replayed`` (and a new rate sample when one is due).
+        """
+        leases.renew_adding(
+            lease, transmitted_records=records, transmitted_bytes=size, replayed_records=records
+        )
+        sample = self._progress.sample(replayed)
+        statement = _progress_statement(db.session.get_bind().dialect.name, bool(sample))
+        params = {"reset": reset_id, "held_epoch": lease.epoch, "replayed": replayed}
+        if sample:
+            params.update(sampled_at=sample["rate_at"], sampled_records=sample["rate_records"])
+        if db.session.execute(statement, params).rowcount != 1:
+            db.session.rollback()
+            raise LeaseLost(f"reset {reset_id}")
+
     # -- doing --------------------------------------------------------------
 
     def run_once(self) -> bool:
@@ -392,17 +436,7 @@ class ResetExecutor:
                 for batch in snapshot.batches(self.batch_size, self.batch_bytes):
                     size = self._replay(target, lease, staging, batch, replayed, snapshot.seq)
                     replayed += len(batch)
-                    self._advance(
-                        reset_id,
-                        lease,
-                        connector={
-                            "transmitted_records": Connector.transmitted_records + len(batch),
-                            "transmitted_bytes": Connector.transmitted_bytes + size,
-                            "replayed_records": Connector.replayed_records + len(batch),
-                        },
-                        replayed_records=replayed,
-                        **self._progress.sample(replayed),
-                    )
+                    self._replayed(reset_id, lease, len(batch), size, replayed)
                     db.session.commit()
                 self._complete(reset_id, lease, staging, snapshot.seq)
                 staging = None
