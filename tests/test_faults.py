@@ -747,7 +747,8 @@ def test_recreated_connector_is_a_new_connector_to_its_sinks(cluster):
         for message in receiver.messages:
             assert sent.setdefault(message["batch_id"], message) == message
         batches = [
-            {b for b, m in sent.items() if m["connector_id"] == uid} for uid in (first_id, second_id)
+            {batch for batch, m in sent.items() if m["connector_id"] == uid}
+            for uid in (first_id, second_id)
         ]
         assert batches[0] and batches[1] and batches[0].isdisjoint(batches[1])
         assert len(receiver.messages) > len(sent)
