@@ -24,6 +24,7 @@ statement, fetched a page at a time from a server-side cursor.
 from __future__ import annotations
 
 import contextlib
+import operator
 import queue
 import sys
 import threading
@@ -52,6 +53,9 @@ FIRST_PAGE_ROWS = 16
 PAGE_CHARACTERS = 4 * 1024 * 1024
 # A batch with no byte bound.
 UNBOUNDED = sys.maxsize
+
+# A snapshot row's text and weight (PostgreSQL's rows: record, weight).
+_text, _weight = operator.itemgetter(0), operator.itemgetter(1)
 
 _changes = ViewChange.__table__.c
 _records = ViewRecord.__table__.c
@@ -206,6 +210,8 @@ class Snapshot:
 
             def fetch_rows(limit: int) -> tuple[list[str], int]:
                 rows = fetch(limit)
+                if max(map(_weight, rows), default=1) == 1:  # the rule: a copy of each record
+                    return list(map(_text, rows)), len(rows)
                 return [text for text, weight in rows for _ in range(weight)], len(rows)
 
             yield fetch_rows
