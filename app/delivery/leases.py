@@ -143,45 +143,42 @@ def held(lease: Lease) -> sa.ColumnElement[bool]:
     )
 
 
-def renew(lease: Lease, **values: Any) -> None:
+def renew(lease: Lease, added: dict[str, int] | None = None, **values: Any) -> None:
     """Check the lease is still held, renew it and write ``values``; the caller commits.
 
     This is the fence: the ``UPDATE`` locks the connector's row until the caller
     commits, so nothing done before that commit races with a takeover. Raises
     :class:`LeaseLost` (after a rollback) when the lease is gone.
+
+    ``added`` (``{"transmitted_records": n}``) adds amounts to the connector's
+    counters, for a loop's steady writes (a replay's batches): with no
+    ``values``, its ``UPDATE`` is built once per engine, lease length and set
+    of counters, the lease and the amounts bound.
     """
-    expires = db_time(lease.seconds)
-    result = db.session.execute(
-        sa.update(Connector)
-        .where(held(lease))
-        .values(**{"lease_expires_at": expires, "due_at": expires, **values})
-        .execution_options(synchronize_session=False)
-    )
+    if added and not values:
+        statement = _renewing(
+            db.session.get_bind().dialect.name, float(lease.seconds), tuple(sorted(added))
+        )
+        params = {"held": lease.connector_id, "held_epoch": lease.epoch, "held_owner": lease.owner}
+        params.update((f"added_{name}", amount) for name, amount in added.items())
+        result = db.session.execute(statement, params)
+    else:
+        expires = db_time(lease.seconds)
+        counters = {name: getattr(Connector, name) + n for name, n in (added or {}).items()}
+        result = db.session.execute(
+            sa.update(Connector)
+            .where(held(lease))
+            .values(**{"lease_expires_at": expires, "due_at": expires, **counters, **values})
+            .execution_options(synchronize_session=False)
+        )
     if result.rowcount != 1:
-        db.session.rollback()
-        raise LeaseLost(f"connector {lease.connector_id} (epoch {lease.epoch})")
-
-
-def renew_adding(lease: Lease, **amounts: int) -> None:
-    """:func:`renew`, adding ``amounts`` to the connector's counters (``transmitted_records=n``).
-
-    For a loop's steady writes (a replay's batches): the ``UPDATE`` is built
-    once per engine, lease length and set of counters, with the lease and the
-    amounts bound, where :func:`renew` builds its statement at every call.
-    """
-    statement = _renewing(
-        db.session.get_bind().dialect.name, float(lease.seconds), tuple(sorted(amounts))
-    )
-    params = {"held": lease.connector_id, "held_epoch": lease.epoch, "held_owner": lease.owner}
-    params.update((f"added_{name}", amount) for name, amount in amounts.items())
-    if db.session.execute(statement, params).rowcount != 1:
         db.session.rollback()
         raise LeaseLost(f"connector {lease.connector_id} (epoch {lease.epoch})")
 
 
 @functools.lru_cache(maxsize=64)
 def _renewing(dialect: str, seconds: float, counters: tuple[str, ...]) -> sa.Update:
-    """:func:`renew_adding`'s ``UPDATE`` for ``dialect`` (built in that engine's session)."""
+    """:func:`renew`'s ``UPDATE`` adding to ``counters``, for ``dialect`` (built in its session)."""
     columns = Connector.__table__.c
     expires = db_time(seconds)
     added = {

@@ -367,9 +367,12 @@ class ResetExecutor:
         The connector's counters grow by the batch, the lease is renewed, and
         the reset records ``replayed`` (and a new rate sample when one is due).
         """
-        leases.renew_adding(
-            lease, transmitted_records=records, transmitted_bytes=size, replayed_records=records
-        )
+        counters = {
+            "transmitted_records": records,
+            "transmitted_bytes": size,
+            "replayed_records": records,
+        }
+        leases.renew(lease, added=counters)
         sample = self._progress.sample(replayed)
         statement = _progress_statement(db.session.get_bind().dialect.name, bool(sample))
         params = {"reset": reset_id, "held_epoch": lease.epoch, "replayed": replayed}
