@@ -25,7 +25,7 @@ import pytest
 
 from app.delivery.sinks import PipelineRef, SinkTarget, ViewRef
 from app.errors import InvalidRequest
-from app.transports import TransportError, get_transport
+from app.transports import TransportError, get_transport, postgres
 from app.transports.postgres import database_of
 from app.transports.tables import SinkDiverged, SinkMoved, is_table_sink
 
@@ -320,6 +320,34 @@ def test_two_writers_of_one_batch_land_it_once(app, schema):
             thread.join()
     assert sorted(r.skipped for r in results) == [False, True, True, True]
     assert sum(contents(schema).values()) == 500
+
+
+def test_a_progress_table_made_by_another_writer_at_the_same_moment_is_taken_as_made(schema):
+    """Two ``CREATE TABLE IF NOT EXISTS`` at once: the loser may be told its table's row
+    type already exists (42710); that writer goes on with the table the other made."""
+    orders_table(schema)
+    assert SINK_DSN is not None
+    table = postgres._Table(target(schema))
+    with psycopg.connect(SINK_DSN, autocommit=True) as conn:
+        real = conn.execute
+        lost: list[str] = []
+
+        def racing(statement: Any, *args: Any, **kwargs: Any) -> Any:
+            text = statement.as_string(conn) if hasattr(statement, "as_string") else statement
+            if "CREATE TABLE" in text and not lost:
+                real(statement, *args, **kwargs)  # the other writer's, made first
+                lost.append(text)
+                raise psycopg.errors.DuplicateObject(
+                    'type "pipeline_manager_progress" already exists'
+                )
+            return real(statement, *args, **kwargs)
+
+        conn.execute = racing  # type: ignore[method-assign]
+        table.ensure_progress(conn, again=True)
+    assert lost and "pipeline_manager_progress" in lost[0]
+    assert ("pipeline_manager_progress",) in sql(
+        f"SELECT tablename FROM pg_tables WHERE schemaname = '{schema}'"
+    )
 
 
 # -- resets ----------------------------------------------------------------------

@@ -282,7 +282,13 @@ class _Table:
                     with conn.transaction():
                         conn.execute(statement)
                     break
-                except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+                except (
+                    psycopg.errors.UniqueViolation,
+                    psycopg.errors.DuplicateTable,
+                    # The loser of two CREATE TABLE IF NOT EXISTS at once may instead
+                    # be told 'type "<table>" already exists' (the table's row type).
+                    psycopg.errors.DuplicateObject,
+                ):
                     continue  # created at the same moment by another writer
         _PROGRESS_CURRENT.add(key)
 
