@@ -18,7 +18,7 @@ POSTGRES_SUITES := tests/test_pipelines.py tests/test_connectors.py tests/test_r
 	tests/test_table_sink_faults.py tests/test_dispatch.py tests/test_quotas.py \
 	tests/test_reset_lifecycle.py tests/test_reset_events.py tests/test_reset_events_served.py \
 	tests/test_delta_rows.py tests/test_notifications.py tests/test_delivery_reader.py \
-	tests/test_delivery_encoding.py
+	tests/test_delivery_encoding.py tests/test_fast_status.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

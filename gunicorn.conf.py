@@ -85,14 +85,6 @@ class RedactingLogger(glogging.Logger):
         for handler in self.access_log.handlers:
             handler.setFormatter(access or glogging.logging.Formatter(self.access_fmt))
 
-    def atoms(self, resp, req, environ, request_time):
-        """gunicorn's atoms with secret query values replaced."""
-        atoms = super().atoms(resp, req, environ, request_time)
-        for name, value in atoms.items():
-            if isinstance(value, str) and "=" in value:
-                atoms[name] = SECRET_QUERY_VALUE.sub(r"\1***", value)
-        return atoms
-
     def access(self, resp, req, environ, request_time):
         """The access line: gunicorn's text, or one JSON object with the request's context."""
         if self.log_format != "json":
@@ -122,6 +114,24 @@ class RedactingLogger(glogging.Logger):
 SECRET_QUERY_VALUE = re.compile(
     r"((?:^|[?&;])[^=&;\s\"]*(?:token|key|secret|password)=)[^&;\s\"]*", re.IGNORECASE
 )
+
+
+class RedactedAtoms(glogging.SafeAtoms):
+    """gunicorn's access-line atoms, each with secret query values replaced as it is read.
+
+    The text format reads a handful of the atoms (the request line, the
+    referer...); redacting only those spares every request a pass over all
+    of them (its headers included).
+    """
+
+    def __getitem__(self, name):
+        value = super().__getitem__(name)
+        if isinstance(value, str) and "=" in value:
+            return SECRET_QUERY_VALUE.sub(r"\1***", value)
+        return value
+
+
+RedactingLogger.atoms_wrapper_class = RedactedAtoms
 logger_class = RedactingLogger
 # gunicorn answers longer request lines itself (414). 8190 is its ceiling: a
 # larger value is silently taken as 8190, and 0 means no bound at all. The

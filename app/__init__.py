@@ -80,6 +80,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     for module in (*modules, console, worker):
         module.init_app(app)
+    # Last: it answers the plain reset_status poll before Flask, with every hook in place.
+    from app.resets import fast_status
+
+    fast_status.install(app)
     return app
 
 

@@ -292,13 +292,18 @@ def error_codes() -> list[str]:
 
 def request_id() -> str:
     """Return this request's id: the caller's ``X-Request-Id`` if sane, else a new one."""
+    return request_id_of(request.environ)
+
+
+def request_id_of(environ: dict[str, Any]) -> str:
+    """The id of the request ``environ`` describes (:func:`request_id`, in WSGI terms)."""
     # Kept in the request's environ, not in ``g``: an app context (and its
     # ``g``) can outlive one request, e.g. around a test client's requests.
-    rid = request.environ.get(_REQUEST_ID_KEY)
+    rid = environ.get(_REQUEST_ID_KEY)
     if rid is None:
-        given = request.headers.get("X-Request-Id", "")
+        given = environ.get("HTTP_X_REQUEST_ID", "")
         rid = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
-        request.environ[_REQUEST_ID_KEY] = rid
+        environ[_REQUEST_ID_KEY] = rid
     return rid
 
 

@@ -121,16 +121,22 @@ def _observe(response: Response) -> Response:
     req = request._get_current_object()  # type: ignore[attr-defined]
     rule = req.url_rule
     method = req.method
-    key = (
+    observe_request(
         UNMATCHED_ROUTE if rule is None else rule.rule,
         method if method in KNOWN_METHODS else "other",
         response.status_code,
+        perf_counter() - req.environ[_STARTED],
     )
+    return response
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    """Count one request of a route template, method and status that took ``seconds``."""
+    key = (route, method, status)
     child = _children.get(key)
     if child is None:
         child = _children.setdefault(key, REQUESTS.labels(*key))
-    child.observe(perf_counter() - req.environ[_STARTED])
-    return response
+    child.observe(seconds)
 
 
 # -- the budget ------------------------------------------------------------------------------
