@@ -111,9 +111,9 @@ class FastStatus:
         pipeline_name = path.group(1)
         body = None
         with self.app.app_context():
-            for hook in self.start_hooks:
-                hook()
             try:
+                for hook in self.start_hooks:
+                    hook()
                 principal = principal_of_key(key.group(1))
                 if (
                     principal is not None
