@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import subprocess
 import threading
 import time
@@ -556,3 +557,76 @@ def test_a_worker_an_hour_fast_leaves_nothing_stuck_when_it_dies(
         kill(heir)
     assert sorted(line["insert"]["id"] for line in sink_lines(sink)) == list(range(1500))
     assert "clock runs fast" in (tmp_path / "heir.log").read_text()
+
+
+def test_marks_and_settles_of_many_connectors_never_deadlock(app, running_pipeline):
+    """Every write of several connectors' rows locks them in id order (app/delivery/due.py).
+
+    A pipeline's resume marks all its connectors in one statement while the
+    poller settles a batch of them in one transaction. On PostgreSQL the two
+    took row locks in different orders and deadlocked (seen in ``make
+    bench-scale``: the resume answered 503). Here two settlers with their
+    batches in random orders run beside a resume's mark and a push's, for a
+    few seconds: no statement may fail.
+    """
+    with app.app_context():
+        view = db.session.execute(sa.select(View)).scalar_one()
+        now = dt.datetime.now(dt.UTC)
+        db.session.execute(
+            sa.insert(Connector),
+            [
+                {
+                    "view_id": view.id,
+                    "tenant": "default",
+                    "name": f"more{n}",
+                    "transport": "file",
+                    "config": {"path": f"more/{n}.jsonl"},
+                    "sink_key": f"default/more/{n}.jsonl",
+                    "uid": uuid.uuid4(),
+                    "created_at": now,
+                }
+                for n in range(199)
+            ],
+        )
+        db.session.commit()
+        pipeline_id, view_id = view.pipeline_id, view.id
+        db.session.remove()
+    stop = time.monotonic() + 4.0
+    failures: list[str] = []
+    rounds = {"settle": 0, "mark": 0}
+    rng = random.Random(7)
+
+    def settle() -> None:
+        with app.app_context():
+            while time.monotonic() < stop and not failures:
+                seen = db.session.execute(sa.select(Connector.id, Connector.wakes)).all()
+                db.session.commit()
+                works = [due.Work(cid, "default", due.Kind.NONE, wakes) for cid, wakes in seen]
+                rng.shuffle(works)
+                try:
+                    due.settle_all(works)
+                except sa.exc.DBAPIError as exc:
+                    failures.append(f"settle: {exc.orig}")
+                rounds["settle"] += 1
+            db.session.remove()
+
+    def mark() -> None:
+        with app.app_context():
+            while time.monotonic() < stop and not failures:
+                try:
+                    due.mark_pipeline(pipeline_id)
+                    db.session.commit()
+                    due.mark_view(view_id)
+                    db.session.commit()
+                except sa.exc.DBAPIError as exc:
+                    failures.append(f"mark: {exc.orig}")
+                rounds["mark"] += 1
+            db.session.remove()
+
+    threads = [threading.Thread(target=job) for job in (settle, settle, mark)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert rounds["settle"] >= 4 and rounds["mark"] >= 2, rounds

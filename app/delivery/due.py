@@ -113,21 +113,41 @@ def _marked_due_at() -> sa.ColumnElement:
     )
 
 
-def _mark(name: str, where: Callable[[], sa.ColumnElement[bool]], **params: Any) -> int:
-    """Mark the connectors ``where()`` holds as due, in the caller's transaction; return how many.
+def _in_id_order(where: Callable[[sa.TableClause], sa.ColumnElement[bool]]) -> sa.ColumnElement:
+    """Connectors that ``where(table)`` holds, their rows locked in id order first (PostgreSQL).
+
+    Every statement that writes several connectors' rows takes their locks in
+    id order (this, and :func:`settle_all`'s sorted batch): two of them at
+    once then wait for each other instead of each holding a row the other
+    wants. A pipeline's resume (every connector of it marked) beside the
+    poller settling a batch of its connectors deadlocked that way, and
+    PostgreSQL failed one of them (the resume answered 503). SQLite has one
+    writer at a time and renders no ``FOR UPDATE``.
+    """
+    locked = Connector.__table__.alias("locked")
+    return Connector.id.in_(
+        sa.select(locked.c.id).where(where(locked)).order_by(locked.c.id).with_for_update()
+    )
+
+
+def _mark(
+    name: str, where: Callable[[sa.TableClause], sa.ColumnElement[bool]], **params: Any
+) -> int:
+    """Mark the connectors ``where(table)`` holds due, in the caller's transaction; return how many.
 
     Every row that matches is written, even one already due: its ``wakes``
     moves, which is what tells a worker deciding "nothing to do" that it must
     look again. Other processes' workers are told at commit (``NOTIFY`` on
     PostgreSQL; SQLite's other connections see the file change), this one's
-    through its doorbell. The statement is built once (every push runs one):
-    ``where`` takes its values from ``params`` as bound parameters.
+    through its doorbell. The rows are locked in id order (:func:`_in_id_order`).
+    The statement is built once (every push runs one): ``where`` takes its
+    values from ``params`` as bound parameters.
     """
     statement = _statement(
         name,
         lambda: (
             sa.update(Connector)
-            .where(where())
+            .where(_in_id_order(where))
             .values(wakes=Connector.wakes + 1, due_at=_marked_due_at())
             .execution_options(synchronize_session=False)
         ),
@@ -142,16 +162,18 @@ def _mark(name: str, where: Callable[[], sa.ColumnElement[bool]], **params: Any)
 def mark_view(view_id: int) -> int:
     """Mark a view's connectors due (a push added changes); return how many it has."""
     return _mark(
-        "mark_view", lambda: Connector.view_id == sa.bindparam("marked_view"), marked_view=view_id
+        "mark_view",
+        lambda table: table.c.view_id == sa.bindparam("marked_view"),
+        marked_view=view_id,
     )
 
 
 def mark_pipeline(pipeline_id: uuid.UUID) -> int:
     """Mark every connector of a pipeline due (it starts or resumes)."""
 
-    def where() -> sa.ColumnElement[bool]:
+    def where(table: sa.TableClause) -> sa.ColumnElement[bool]:
         views = sa.select(View.id).where(View.pipeline_id == sa.bindparam("marked_pipeline"))
-        return Connector.view_id.in_(views.scalar_subquery())
+        return table.c.view_id.in_(views.scalar_subquery())
 
     return _mark("mark_pipeline", where, marked_pipeline=pipeline_id)
 
@@ -160,7 +182,7 @@ def mark_connector(connector_id: int) -> int:
     """Mark one connector due (a reset requested, the connector started)."""
     return _mark(
         "mark_connector",
-        lambda: Connector.id == sa.bindparam("marked_connector"),
+        lambda table: table.c.id == sa.bindparam("marked_connector"),
         marked_connector=connector_id,
     )
 
@@ -329,15 +351,23 @@ def settle(work: Work) -> bool:
     return result.rowcount == 1
 
 
+def _connector_id(work: Work) -> int:
+    return work.connector_id
+
+
 def settle_all(works: list[Work]) -> None:
     """:func:`settle` each of ``works``, in one transaction (one ``executemany``)."""
     if not works:
         return
     # On the session's connection (Core), not through the ORM, whose bulk UPDATE of a
     # list would want primary keys by name.
+    # In connector id order, as every write of several connectors' rows (see _in_id_order).
     db.session.connection().execute(
         _statement("settle", _settle_statement),
-        [{"cid": w.connector_id, "seen": w.wakes, "next_due": w.next_due} for w in works],
+        [
+            {"cid": w.connector_id, "seen": w.wakes, "next_due": w.next_due}
+            for w in sorted(works, key=_connector_id)
+        ],
     )
     db.session.commit()
 
