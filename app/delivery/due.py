@@ -130,6 +130,19 @@ def _in_id_order(where: Callable[[sa.TableClause], sa.ColumnElement[bool]]) -> s
     )
 
 
+def lock_in_id_order(where: Callable[[sa.TableClause], sa.ColumnElement[bool]]) -> None:
+    """Lock the connectors ``where(table)`` holds, in id order, in the caller's transaction.
+
+    For a transaction that then writes their rows in several statements (a
+    pipeline's stop): each statement's own locks would come in its own order,
+    and one statement's rows would be held while the next waits for others.
+    """
+    locked = Connector.__table__.alias("locked")
+    db.session.execute(
+        sa.select(locked.c.id).where(where(locked)).order_by(locked.c.id).with_for_update()
+    ).all()
+
+
 def _mark(
     name: str, where: Callable[[sa.TableClause], sa.ColumnElement[bool]], **params: Any
 ) -> int:

@@ -239,8 +239,12 @@ def _abandon_resets(pipeline: Pipeline, now: object) -> None:
 
     A connector whose reset had begun still owes its snapshot (its sink may be
     partial): it stays ``resetting``, and the worker redoes the reset after the
-    next start. Its reason says so.
+    next start. Its reason says so. The pipeline's connectors are locked in id
+    order first, as every write of several connectors' rows takes them
+    (:func:`app.delivery.due.lock_in_id_order`).
     """
+    pipeline_views = sa.select(View.id).where(View.pipeline_id == pipeline.id).scalar_subquery()
+    due.lock_in_id_order(lambda table: table.c.view_id.in_(pipeline_views))
     begun = (
         sa.select(Reset.connector_id)
         .where(
@@ -269,7 +273,6 @@ def _abandon_resets(pipeline: Pipeline, now: object) -> None:
         )
         .scalar_subquery()
     )
-    pipeline_views = sa.select(View.id).where(View.pipeline_id == pipeline.id).scalar_subquery()
     db.session.execute(
         sa.update(Connector)
         .where(Connector.view_id.in_(pipeline_views))
