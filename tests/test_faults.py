@@ -936,7 +936,10 @@ def test_cancel_racing_the_final_switch_has_exactly_one_winner(cluster):
     c.push(work.batch(2000))
     # A lease far longer than a stop lasts: a stopped executor past its lease is
     # judged gone (409 owed), which is not what this test is about.
-    worker = c.worker(REPLAY_BATCH_SIZE=20, WORKER_LEASE_SECONDS=30)
+    # 5 records a batch: at 20 the replay's last 200 records took a few milliseconds,
+    # and under CI's load every stop missed them; at 1, PostgreSQL's took longer than
+    # the longest delay below, and the cancel won every round.
+    worker = c.worker(REPLAY_BATCH_SIZE=5, WORKER_LEASE_SECONDS=30)
     c.wait_caught_up()
     outcomes = []
     for delay in (0.0, 0.0, 0.005, 0.01, 0.02, 0.05, 0.2, 0.4):
@@ -944,14 +947,21 @@ def test_cancel_racing_the_final_switch_has_exactly_one_winner(cluster):
         seq_before = c.stats()["delivered_seq"]
         token = c.reset()
 
-        def near_the_end(token: str = token) -> bool:
+        def left_at_most(records: int, token: str = token) -> bool:
             status = c.status(token)
             return (status["status"], status["phase"]) == (
                 "inprogress",
                 "replaying_snapshot",
-            ) and status["replayed_records"] >= status["snapshot_records"] - 200
+            ) and status["replayed_records"] >= status["snapshot_records"] - records
 
-        pause_when(worker, near_the_end)
+        # Free up to the replay's last 400 records (watched without a pause between
+        # looks), then stopped within its last 200: each of pause_when's tries lets
+        # the worker run a few milliseconds only, and from the replay's start its
+        # tries could run out before the end came near.
+        deadline = time.monotonic() + 60
+        while not left_at_most(400):
+            assert time.monotonic() < deadline, "the replay never came to its last 400"
+        pause_when(worker, lambda: left_at_most(200))
         answers: list[TestResponse] = []
         sender = threading.Thread(target=lambda: answers.append(c.cancel(token)))  # noqa: B023
         if delay == 0.0:
