@@ -50,8 +50,8 @@ shell: install  ## Open a shell with .venv active: pipeline-manager on PATH (exi
 	@echo "pipeline-manager, pytest and ruff are on PATH in this shell; exit leaves it"
 	@VIRTUAL_ENV="$(abspath $(VENV))" PATH="$(abspath $(BIN)):$$PATH" $${SHELL:-/bin/bash}
 
-test: install  ## Run the whole test suite: about 8 to 11 minutes on a quiet machine
-	@echo "make test: the whole suite, about 8 to 11 minutes on a quiet 2-CPU machine; make test-quick leaves out the slow, browser and postgres tests"
+test: install  ## Run the whole test suite: about 15 minutes on a quiet machine
+	@echo "make test: the whole suite, about 15 minutes on a quiet 2-CPU machine; make test-quick leaves out the slow, browser and postgres tests"
 	$(BIN)/python -m pytest
 
 test-quick: install  ## Run the tests not marked slow, browser or postgres (pyproject.toml's markers)
