@@ -52,6 +52,26 @@ if delivery_processes > 0:
     os.environ["PIPELINE_MANAGER_BACKGROUND_WORKER"] = "false"
 
 
+SECRET_QUERY_VALUE = re.compile(
+    r"((?:^|[?&;])[^=&;\s\"]*(?:token|key|secret|password)=)[^&;\s\"]*", re.IGNORECASE
+)
+
+
+class RedactedAtoms(glogging.SafeAtoms):
+    """gunicorn's access-line atoms, each with secret query values replaced as it is read.
+
+    The text format reads a handful of the atoms (the request line, the
+    referer...); redacting only those spares every request a pass over all
+    of them (its headers included).
+    """
+
+    def __getitem__(self, name):
+        value = super().__getitem__(name)
+        if isinstance(value, str) and "=" in value:
+            return SECRET_QUERY_VALUE.sub(r"\1***", value)
+        return value
+
+
 class RedactingLogger(glogging.Logger):
     """gunicorn's logger in the service's ``LOG_FORMAT``, with secrets left out of the access log.
 
@@ -68,6 +88,7 @@ class RedactingLogger(glogging.Logger):
     """
 
     log_format = "text"
+    atoms_wrapper_class = RedactedAtoms
 
     def setup(self, cfg):
         """gunicorn's handlers, then the service's format on them (again after a reload)."""
@@ -111,27 +132,6 @@ class RedactingLogger(glogging.Logger):
         return None
 
 
-SECRET_QUERY_VALUE = re.compile(
-    r"((?:^|[?&;])[^=&;\s\"]*(?:token|key|secret|password)=)[^&;\s\"]*", re.IGNORECASE
-)
-
-
-class RedactedAtoms(glogging.SafeAtoms):
-    """gunicorn's access-line atoms, each with secret query values replaced as it is read.
-
-    The text format reads a handful of the atoms (the request line, the
-    referer...); redacting only those spares every request a pass over all
-    of them (its headers included).
-    """
-
-    def __getitem__(self, name):
-        value = super().__getitem__(name)
-        if isinstance(value, str) and "=" in value:
-            return SECRET_QUERY_VALUE.sub(r"\1***", value)
-        return value
-
-
-RedactingLogger.atoms_wrapper_class = RedactedAtoms
 logger_class = RedactingLogger
 # gunicorn answers longer request lines itself (414). 8190 is its ceiling: a
 # larger value is silently taken as 8190, and 0 means no bound at all. The

@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from app.delivery import due, leases
 from app.delivery.leases import LeaseLost
 from app.delivery.models import WorkerProcess
 from app.extensions import db
+from app.pipelines import service as pipelines
 from app.pipelines.models import Pipeline, View
 from app.view_data.models import ViewLog
 from app.worker import Dispatcher
@@ -597,47 +598,40 @@ def test_marks_and_settles_of_many_connectors_never_deadlock(app, running_pipeli
     rounds = {"settle": 0, "mark": 0, "restart": 0}
     rng = random.Random(7)
 
+    def repeat(name: str, step: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            with app.app_context():
+                while time.monotonic() < stop and not failures:
+                    try:
+                        step()
+                    except sa.exc.DBAPIError as exc:
+                        failures.append(f"{name}: {exc.orig}")
+                    rounds[name] += 1
+                    db.session.remove()
+
+        return run
+
     def settle() -> None:
-        with app.app_context():
-            while time.monotonic() < stop and not failures:
-                seen = db.session.execute(sa.select(Connector.id, Connector.wakes)).all()
-                db.session.commit()
-                works = [due.Work(cid, "default", due.Kind.NONE, wakes) for cid, wakes in seen]
-                rng.shuffle(works)
-                try:
-                    due.settle_all(works)
-                except sa.exc.DBAPIError as exc:
-                    failures.append(f"settle: {exc.orig}")
-                rounds["settle"] += 1
-            db.session.remove()
+        seen = db.session.execute(sa.select(Connector.id, Connector.wakes)).all()
+        db.session.commit()
+        works = [due.Work(cid, "default", due.Kind.NONE, wakes) for cid, wakes in seen]
+        rng.shuffle(works)
+        due.settle_all(works)
 
     def mark() -> None:
-        with app.app_context():
-            while time.monotonic() < stop and not failures:
-                try:
-                    due.mark_pipeline(pipeline_id)
-                    db.session.commit()
-                    due.mark_view(view_id)
-                    db.session.commit()
-                except sa.exc.DBAPIError as exc:
-                    failures.append(f"mark: {exc.orig}")
-                rounds["mark"] += 1
-            db.session.remove()
+        due.mark_pipeline(pipeline_id)
+        db.session.commit()
+        due.mark_view(view_id)
+        db.session.commit()
 
     def restart() -> None:
-        # A stop's or restart's writes to the pipeline's connectors (app.pipelines.service).
-        from app.pipelines import service as pipelines
+        # A restart ends the incarnation's resets (writing the pipeline's connectors),
+        # then marks them all (app.pipelines.service).
+        pipelines.restart(db.session.get(Pipeline, pipeline_id))
 
-        with app.app_context():
-            while time.monotonic() < stop and not failures:
-                try:
-                    pipelines.restart(db.session.get(Pipeline, pipeline_id))
-                except sa.exc.DBAPIError as exc:
-                    failures.append(f"restart: {exc.orig}")
-                rounds["restart"] += 1
-                db.session.remove()
-
-    threads = [threading.Thread(target=job) for job in (settle, settle, mark, restart)]
+    jobs = [repeat("settle", settle), repeat("settle", settle)]
+    jobs += [repeat("mark", mark), repeat("restart", restart)]
+    threads = [threading.Thread(target=job) for job in jobs]
     for thread in threads:
         thread.start()
     for thread in threads:

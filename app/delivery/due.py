@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import operator
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,10 +125,7 @@ def _in_id_order(where: Callable[[sa.TableClause], sa.ColumnElement[bool]]) -> s
     PostgreSQL failed one of them (the resume answered 503). SQLite has one
     writer at a time and renders no ``FOR UPDATE``.
     """
-    locked = Connector.__table__.alias("locked")
-    return Connector.id.in_(
-        sa.select(locked.c.id).where(where(locked)).order_by(locked.c.id).with_for_update()
-    )
+    return Connector.id.in_(_ids_locked_in_order(where))
 
 
 def lock_in_id_order(where: Callable[[sa.TableClause], sa.ColumnElement[bool]]) -> None:
@@ -137,10 +135,13 @@ def lock_in_id_order(where: Callable[[sa.TableClause], sa.ColumnElement[bool]]) 
     pipeline's stop): each statement's own locks would come in its own order,
     and one statement's rows would be held while the next waits for others.
     """
+    db.session.execute(_ids_locked_in_order(where)).all()
+
+
+def _ids_locked_in_order(where: Callable[[sa.TableClause], sa.ColumnElement[bool]]) -> sa.Select:
+    """The ids of the connectors ``where(table)`` holds, sorted, their rows locked as they come."""
     locked = Connector.__table__.alias("locked")
-    db.session.execute(
-        sa.select(locked.c.id).where(where(locked)).order_by(locked.c.id).with_for_update()
-    ).all()
+    return sa.select(locked.c.id).where(where(locked)).order_by(locked.c.id).with_for_update()
 
 
 def _mark(
@@ -364,10 +365,6 @@ def settle(work: Work) -> bool:
     return result.rowcount == 1
 
 
-def _connector_id(work: Work) -> int:
-    return work.connector_id
-
-
 def settle_all(works: list[Work]) -> None:
     """:func:`settle` each of ``works``, in one transaction (one ``executemany``)."""
     if not works:
@@ -379,7 +376,7 @@ def settle_all(works: list[Work]) -> None:
         _statement("settle", _settle_statement),
         [
             {"cid": w.connector_id, "seen": w.wakes, "next_due": w.next_due}
-            for w in sorted(works, key=_connector_id)
+            for w in sorted(works, key=operator.attrgetter("connector_id"))
         ],
     )
     db.session.commit()

@@ -152,7 +152,7 @@ class FastStatus:
         """The URL length check of app/web.py, on the raw URL as sent."""
         url = environ.get("RAW_URI") or environ.get("REQUEST_URI")
         if url is None:
-            # No raw URL (a test client): the path and query fit by the patterns' bounds.
+            # No raw URL (a test client): the path and query, as web.py measures them then.
             url = environ.get("PATH_INFO", "") + "?" + environ.get("QUERY_STRING", "")
         return len(url) <= MAX_URL_BYTES
 
